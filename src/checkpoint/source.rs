@@ -1,0 +1,228 @@
+//! The `VarBuilder` backend every model is built through. One mechanism serves
+//! inference (tensors straight from the checkpoint), fine-tuning (trainable `Var`s
+//! initialised from the checkpoint) and training from scratch (`Var`s initialised as
+//! the model asks), and it records every tensor handed out under its Hugging Face name,
+//! which is exactly what saving needs.
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+
+use candle_core::{DType, Device, Result, Shape, Tensor, Var};
+use candle_nn::var_builder::SimpleBackend;
+use candle_nn::{Init, VarBuilder};
+
+use super::store::TensorStore;
+use crate::error::WickError;
+
+/// Which tensors absent from the checkpoint may be freshly initialised.
+#[derive(Debug, Clone)]
+pub enum InitPolicy {
+    /// None: a missing tensor is an error (inference).
+    Never,
+    /// Those whose name starts with one of these prefixes (a new task head).
+    Prefixes(Vec<String>),
+    /// Every tensor (training from scratch).
+    All,
+}
+
+struct Inner {
+    store: Option<TensorStore>,
+    init: InitPolicy,
+    trainable: bool,
+    /// Every tensor handed out, in order, by name; Vars alongside when trainable.
+    tensors: Mutex<Vec<(String, Tensor)>>,
+    vars: Mutex<Vec<(String, Var)>>,
+    initialised: Mutex<Vec<String>>,
+}
+
+/// A handle on the weights behind a model: keep it to save, train or inspect the model.
+#[derive(Clone)]
+pub struct WeightSource {
+    inner: Arc<Inner>,
+}
+
+/// Buffers transformers keeps in some checkpoints that are not parameters.
+fn is_buffer(name: &str) -> bool {
+    name.ends_with(".attn.bias")
+        || name.ends_with(".attn.masked_bias")
+        || name.ends_with("position_ids")
+}
+
+impl WeightSource {
+    pub fn new(store: Option<TensorStore>, init: InitPolicy, trainable: bool) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                store,
+                init,
+                trainable,
+                tensors: Mutex::new(Vec::new()),
+                vars: Mutex::new(Vec::new()),
+                initialised: Mutex::new(Vec::new()),
+            }),
+        }
+    }
+
+    /// Frozen weights from a checkpoint, nothing initialised.
+    pub fn inference(store: TensorStore) -> Self {
+        Self::new(Some(store), InitPolicy::Never, false)
+    }
+
+    /// Randomly initialised trainable weights.
+    pub fn from_scratch() -> Self {
+        Self::new(None, InitPolicy::All, true)
+    }
+
+    pub fn var_builder(&self, dtype: DType, device: &Device) -> VarBuilder<'static> {
+        VarBuilder::from_backend(Box::new(self.clone()), dtype, device.clone())
+    }
+
+    pub fn store(&self) -> Option<&TensorStore> {
+        self.inner.store.as_ref()
+    }
+
+    /// Every (name, tensor) the model holds, in the order it asked for them.
+    pub fn tensors(&self) -> Vec<(String, Tensor)> {
+        self.inner.tensors.lock().unwrap().clone()
+    }
+
+    /// The trainable variables (empty unless built trainable).
+    pub fn vars(&self) -> Vec<(String, Var)> {
+        self.inner.vars.lock().unwrap().clone()
+    }
+
+    /// Names that were not in the checkpoint and were initialised.
+    pub fn initialised(&self) -> Vec<String> {
+        self.inner.initialised.lock().unwrap().clone()
+    }
+
+    /// Checkpoint tensors the model never asked for (buffers excluded): the analogue of
+    /// transformers' "some weights were not used" warning.
+    pub fn unused(&self) -> Vec<String> {
+        let Some(store) = &self.inner.store else {
+            return vec![];
+        };
+        let used: HashSet<String> = self
+            .inner
+            .tensors
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(n, _)| n.clone())
+            .collect();
+        let mut unused: Vec<String> = store
+            .names()
+            .filter(|n| !used.contains(*n) && !is_buffer(n))
+            .map(String::from)
+            .collect();
+        unused.sort();
+        unused
+    }
+
+    /// Number of scalar parameters handed out.
+    pub fn num_parameters(&self) -> usize {
+        self.inner
+            .tensors
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(_, t)| t.elem_count())
+            .sum()
+    }
+
+    fn may_init(&self, name: &str) -> bool {
+        match &self.inner.init {
+            InitPolicy::Never => false,
+            InitPolicy::All => true,
+            InitPolicy::Prefixes(ps) => ps.iter().any(|p| name.starts_with(p.as_str())),
+        }
+    }
+
+    fn record(&self, name: &str, tensor: Tensor) -> Result<Tensor> {
+        let tensor = if self.inner.trainable {
+            let var = Var::from_tensor(&tensor)?;
+            self.inner
+                .vars
+                .lock()
+                .unwrap()
+                .push((name.to_string(), var.clone()));
+            var.as_tensor().clone()
+        } else {
+            tensor
+        };
+        self.inner
+            .tensors
+            .lock()
+            .unwrap()
+            .push((name.to_string(), tensor.clone()));
+        Ok(tensor)
+    }
+}
+
+impl SimpleBackend for WeightSource {
+    fn get(
+        &self,
+        shape: Shape,
+        name: &str,
+        init: Init,
+        dtype: DType,
+        dev: &Device,
+    ) -> Result<Tensor> {
+        if let Some((_, t)) = self
+            .inner
+            .tensors
+            .lock()
+            .unwrap()
+            .iter()
+            .find(|(n, _)| n == name)
+        {
+            return Ok(t.clone());
+        }
+        let in_store = self.inner.store.as_ref().filter(|s| s.contains(name));
+        let tensor = match in_store {
+            Some(store) => {
+                let found = store.shape(name).unwrap_or_default();
+                if found != shape.dims() {
+                    return Err(candle_core::Error::wrap(WickError::ShapeMismatch {
+                        file: store.file_of(name).to_path_buf(),
+                        name: name.to_string(),
+                        expected: shape.dims().to_vec(),
+                        found: found.to_vec(),
+                    }));
+                }
+                let t = store.load(name).map_err(candle_core::Error::wrap)?;
+                t.to_dtype(dtype)?.to_device(dev)?
+            }
+            None if self.may_init(name) => {
+                self.inner
+                    .initialised
+                    .lock()
+                    .unwrap()
+                    .push(name.to_string());
+                init.var(shape, dtype, dev)?.as_tensor().clone()
+            }
+            None => {
+                let file = match &self.inner.store {
+                    Some(s) => s.file_of(name).to_path_buf(),
+                    None => "<no checkpoint>".into(),
+                };
+                return Err(candle_core::Error::wrap(WickError::MissingTensor {
+                    file,
+                    name: name.to_string(),
+                }));
+            }
+        };
+        self.record(name, tensor)
+    }
+
+    fn get_unchecked(&self, name: &str, dtype: DType, dev: &Device) -> Result<Tensor> {
+        let store = self.inner.store.as_ref().ok_or_else(|| {
+            candle_core::Error::msg(format!("tensor `{name}` requested without a checkpoint"))
+        })?;
+        let t = store.load(name).map_err(candle_core::Error::wrap)?;
+        self.record(name, t.to_dtype(dtype)?.to_device(dev)?)
+    }
+
+    fn contains_tensor(&self, name: &str) -> bool {
+        self.inner.store.as_ref().is_some_and(|s| s.contains(name))
+    }
+}

@@ -1,0 +1,13 @@
+//! wick: train, fine-tune and run transformer language models from one model
+//! definition on candle.
+//!
+//! - [`nn`]: building blocks (embeddings, attention, feed-forward, LayerNorm, masks).
+//! - [`models`]: GPT-2, BERT and the encoder-decoder Transformer built from them.
+//! - [`checkpoint`]: Hugging Face checkpoints in and out.
+
+pub mod checkpoint;
+pub mod error;
+pub mod models;
+pub mod nn;
+
+pub use error::{Result, WickError};

@@ -1,0 +1,433 @@
+//! BERT: token + position + token-type embeddings, a stack of post-LN encoder layers,
+//! the [CLS] pooler, and the two task heads transformers defines: the masked-LM head
+//! (`cls.predictions`, decoder tied to the word embeddings) and the sequence
+//! classifier on the pooled [CLS] state.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use candle_core::{DType, IndexOp, Result, Tensor};
+use candle_nn::{Init, Module, VarBuilder};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use crate::error::WickError;
+use crate::nn::{
+    attention_bias, dropout, residual, Activation, Embedding, FeedForward, LayerNorm, Linear,
+    MultiHeadAttention, NormPlacement, QkvProjection,
+};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BertConfig {
+    pub vocab_size: usize,
+    pub hidden_size: usize,
+    pub num_hidden_layers: usize,
+    pub num_attention_heads: usize,
+    pub intermediate_size: usize,
+    #[serde(default = "defaults::gelu")]
+    pub hidden_act: Activation,
+    #[serde(default = "defaults::pdrop")]
+    pub hidden_dropout_prob: f32,
+    #[serde(default = "defaults::pdrop")]
+    pub attention_probs_dropout_prob: f32,
+    #[serde(default = "defaults::max_positions")]
+    pub max_position_embeddings: usize,
+    #[serde(default = "defaults::type_vocab")]
+    pub type_vocab_size: usize,
+    #[serde(default = "defaults::eps")]
+    pub layer_norm_eps: f64,
+    #[serde(default)]
+    pub pad_token_id: Option<u32>,
+    #[serde(default = "defaults::absolute")]
+    pub position_embedding_type: String,
+    #[serde(default)]
+    pub classifier_dropout: Option<f32>,
+    /// Label names by class index, as strings ("0": "negative") like transformers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id2label: Option<BTreeMap<String, String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub label2id: Option<BTreeMap<String, u32>>,
+    /// transformers' `architectures[0]`: which head the checkpoint is for.
+    #[serde(skip)]
+    pub architecture: Option<String>,
+}
+
+mod defaults {
+    use crate::nn::Activation;
+    pub fn gelu() -> Activation {
+        Activation::Gelu
+    }
+    pub fn pdrop() -> f32 {
+        0.1
+    }
+    pub fn max_positions() -> usize {
+        512
+    }
+    pub fn type_vocab() -> usize {
+        2
+    }
+    pub fn eps() -> f64 {
+        1e-12
+    }
+    pub fn absolute() -> String {
+        "absolute".into()
+    }
+}
+
+impl BertConfig {
+    pub fn from_json(obj: &Map<String, Value>, path: &Path) -> crate::error::Result<Self> {
+        let mut cfg: Self = super::config::parse_strict(obj, path, &[])?;
+        if cfg.position_embedding_type != "absolute" {
+            return Err(WickError::config(
+                path,
+                format!(
+                    "position_embedding_type `{}` is not supported (absolute)",
+                    cfg.position_embedding_type
+                ),
+            ));
+        }
+        if cfg.num_attention_heads == 0 || cfg.hidden_size % cfg.num_attention_heads != 0 {
+            return Err(WickError::config(
+                path,
+                "hidden_size is not divisible by num_attention_heads",
+            ));
+        }
+        cfg.architecture = obj
+            .get("architectures")
+            .and_then(|a| a.get(0))
+            .and_then(|a| a.as_str())
+            .map(String::from);
+        // `num_labels` alone (no label names) means LABEL_0..LABEL_{n-1}, as transformers.
+        if cfg.id2label.is_none() {
+            if let Some(n) = obj.get("num_labels").and_then(|n| n.as_u64()) {
+                cfg.set_labels(&(0..n).map(|i| format!("LABEL_{i}")).collect::<Vec<_>>());
+            }
+        }
+        Ok(cfg)
+    }
+
+    pub fn architectures(&self) -> Vec<String> {
+        vec![self
+            .architecture
+            .clone()
+            .unwrap_or_else(|| "BertModel".into())]
+    }
+
+    pub fn num_labels(&self) -> usize {
+        self.id2label.as_ref().map_or(0, |m| m.len())
+    }
+
+    /// Label names in class-index order.
+    pub fn labels(&self) -> Vec<String> {
+        let mut labels: Vec<(usize, String)> = self
+            .id2label
+            .iter()
+            .flatten()
+            .map(|(k, v)| (k.parse().unwrap_or(usize::MAX), v.clone()))
+            .collect();
+        labels.sort();
+        labels.into_iter().map(|(_, v)| v).collect()
+    }
+
+    pub fn set_labels(&mut self, labels: &[String]) {
+        self.id2label = Some(
+            labels
+                .iter()
+                .enumerate()
+                .map(|(i, l)| (i.to_string(), l.clone()))
+                .collect(),
+        );
+        self.label2id = Some(
+            labels
+                .iter()
+                .enumerate()
+                .map(|(i, l)| (l.clone(), i as u32))
+                .collect(),
+        );
+    }
+}
+
+#[derive(Debug, Clone)]
+struct BertEmbeddings {
+    word_embeddings: Embedding,
+    position_embeddings: Embedding,
+    token_type_embeddings: Embedding,
+    layer_norm: LayerNorm,
+    dropout: f32,
+}
+
+impl BertEmbeddings {
+    fn load(cfg: &BertConfig, vb: VarBuilder) -> Result<Self> {
+        let h = cfg.hidden_size;
+        Ok(Self {
+            word_embeddings: Embedding::load(cfg.vocab_size, h, vb.pp("word_embeddings"))?,
+            position_embeddings: Embedding::load(
+                cfg.max_position_embeddings,
+                h,
+                vb.pp("position_embeddings"),
+            )?,
+            token_type_embeddings: Embedding::load(
+                cfg.type_vocab_size,
+                h,
+                vb.pp("token_type_embeddings"),
+            )?,
+            layer_norm: LayerNorm::load(h, cfg.layer_norm_eps, vb.pp("LayerNorm"))?,
+            dropout: cfg.hidden_dropout_prob,
+        })
+    }
+
+    /// ids, token types: (B, T) -> (B, T, H)
+    fn forward(
+        &self,
+        ids: &Tensor,
+        token_type_ids: Option<&Tensor>,
+        train: bool,
+    ) -> Result<Tensor> {
+        let (b, t) = ids.dims2()?;
+        let types = match token_type_ids {
+            Some(tt) => tt.clone(),
+            None => Tensor::zeros((b, t), DType::U32, ids.device())?,
+        };
+        let pos = crate::nn::position_ids(b, t, 0, ids.device())?;
+        let x = (self.word_embeddings.forward(ids)?
+            + self.position_embeddings.forward(&pos)?
+            + self.token_type_embeddings.forward(&types)?)?;
+        dropout(&self.layer_norm.forward(&x)?, self.dropout, train)
+    }
+}
+
+/// One post-LN encoder layer: LN(x + attn(x)), then LN(x + ffn(x)).
+#[derive(Debug, Clone)]
+struct BertLayer {
+    attention: MultiHeadAttention,
+    attention_norm: LayerNorm,
+    ffn: FeedForward,
+    output_norm: LayerNorm,
+    dropout: f32,
+}
+
+impl BertLayer {
+    fn load(cfg: &BertConfig, vb: VarBuilder) -> Result<Self> {
+        let h = cfg.hidden_size;
+        let sa = vb.pp("attention.self");
+        let attention = MultiHeadAttention::new(
+            QkvProjection::Separate {
+                q: Linear::load(h, h, true, sa.pp("query"))?,
+                k: Linear::load(h, h, true, sa.pp("key"))?,
+                v: Linear::load(h, h, true, sa.pp("value"))?,
+            },
+            Linear::load(h, h, true, vb.pp("attention.output.dense"))?,
+            cfg.num_attention_heads,
+            1.0 / ((h / cfg.num_attention_heads) as f64).sqrt(),
+            cfg.attention_probs_dropout_prob,
+        );
+        let ffn = FeedForward::new(
+            Linear::load(h, cfg.intermediate_size, true, vb.pp("intermediate.dense"))?,
+            Linear::load(cfg.intermediate_size, h, true, vb.pp("output.dense"))?,
+            cfg.hidden_act,
+            cfg.hidden_dropout_prob,
+        );
+        Ok(Self {
+            attention,
+            attention_norm: LayerNorm::load(
+                h,
+                cfg.layer_norm_eps,
+                vb.pp("attention.output.LayerNorm"),
+            )?,
+            ffn,
+            output_norm: LayerNorm::load(h, cfg.layer_norm_eps, vb.pp("output.LayerNorm"))?,
+            dropout: cfg.hidden_dropout_prob,
+        })
+    }
+
+    /// x: (B, T, H) -> (B, T, H)
+    fn forward(&self, x: &Tensor, bias: Option<&Tensor>, train: bool) -> Result<Tensor> {
+        let x = residual(x, &self.attention_norm, NormPlacement::Post, |h| {
+            dropout(
+                &self.attention.forward(h, bias, None, train)?,
+                self.dropout,
+                train,
+            )
+        })?;
+        residual(&x, &self.output_norm, NormPlacement::Post, |h| {
+            self.ffn.forward(h, train)
+        })
+    }
+}
+
+/// The masked-LM head: dense + activation + LayerNorm, then the tied decoder.
+#[derive(Debug, Clone)]
+struct BertMlmHead {
+    dense: Linear,
+    activation: Activation,
+    layer_norm: LayerNorm,
+    decoder: Linear,
+}
+
+impl BertMlmHead {
+    fn load(cfg: &BertConfig, word_embeddings: &Tensor, vb: VarBuilder) -> Result<Self> {
+        let h = cfg.hidden_size;
+        let t = vb.pp("predictions.transform");
+        let bias = vb
+            .pp("predictions")
+            .get_with_hints(cfg.vocab_size, "bias", Init::Const(0.0))?;
+        Ok(Self {
+            dense: Linear::load(h, h, true, t.pp("dense"))?,
+            activation: cfg.hidden_act,
+            layer_norm: LayerNorm::load(h, cfg.layer_norm_eps, t.pp("LayerNorm"))?,
+            decoder: Linear::new(word_embeddings.clone(), Some(bias), false),
+        })
+    }
+
+    /// (B, T, H) -> (B, T, V)
+    fn forward(&self, hidden: &Tensor) -> Result<Tensor> {
+        let h = self.activation.forward(&self.dense.forward(hidden)?)?;
+        self.decoder.forward(&self.layer_norm.forward(&h)?)
+    }
+}
+
+/// Which parts of BERT to build.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct BertHeads {
+    pub pooler: bool,
+    pub mlm: bool,
+    pub classifier: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct Bert {
+    embeddings: BertEmbeddings,
+    layers: Vec<BertLayer>,
+    pooler: Option<Linear>,
+    mlm: Option<BertMlmHead>,
+    classifier: Option<Linear>,
+    classifier_dropout: f32,
+    cfg: BertConfig,
+}
+
+impl BertHeads {
+    /// The heads a checkpoint holds (and, for a fresh model, its architecture implies).
+    pub fn detect(cfg: &BertConfig, vb: &VarBuilder) -> Self {
+        let arch = cfg.architecture.as_deref().unwrap_or("BertModel");
+        let has = |n: &str| vb.contains_tensor(n) || vb.contains_tensor(&format!("bert.{n}"));
+        Self {
+            pooler: has("pooler.dense.weight") || arch == "BertForSequenceClassification",
+            mlm: vb.contains_tensor("cls.predictions.bias") || arch == "BertForMaskedLM",
+            classifier: vb.contains_tensor("classifier.weight")
+                || arch == "BertForSequenceClassification",
+        }
+    }
+}
+
+impl Bert {
+    pub fn load(cfg: &BertConfig, heads: BertHeads, vb: VarBuilder) -> Result<Self> {
+        // Task models (BertFor*) prefix the encoder with `bert.`; BertModel does not.
+        let prefixed = vb.contains_tensor("bert.embeddings.word_embeddings.weight")
+            || (!vb.contains_tensor("embeddings.word_embeddings.weight")
+                && (heads.mlm || heads.classifier));
+        let vb_b = if prefixed { vb.pp("bert") } else { vb.clone() };
+        let h = cfg.hidden_size;
+        let embeddings = BertEmbeddings::load(cfg, vb_b.pp("embeddings"))?;
+        let layers = (0..cfg.num_hidden_layers)
+            .map(|i| BertLayer::load(cfg, vb_b.pp(format!("encoder.layer.{i}"))))
+            .collect::<Result<Vec<_>>>()?;
+        let pooler = heads
+            .pooler
+            .then(|| Linear::load(h, h, true, vb_b.pp("pooler.dense")))
+            .transpose()?;
+        let mlm = heads
+            .mlm
+            .then(|| BertMlmHead::load(cfg, embeddings.word_embeddings.weight(), vb.pp("cls")))
+            .transpose()?;
+        let classifier = if heads.classifier {
+            if cfg.num_labels() == 0 {
+                candle_core::bail!(
+                    "a classification head needs labels (id2label or num_labels in config.json)"
+                )
+            }
+            Some(Linear::load(
+                h,
+                cfg.num_labels(),
+                true,
+                vb.pp("classifier"),
+            )?)
+        } else {
+            None
+        };
+        Ok(Self {
+            embeddings,
+            layers,
+            pooler,
+            mlm,
+            classifier,
+            classifier_dropout: cfg.classifier_dropout.unwrap_or(cfg.hidden_dropout_prob),
+            cfg: cfg.clone(),
+        })
+    }
+
+    pub fn config(&self) -> &BertConfig {
+        &self.cfg
+    }
+
+    pub fn has_mlm_head(&self) -> bool {
+        self.mlm.is_some()
+    }
+
+    pub fn has_classifier(&self) -> bool {
+        self.classifier.is_some()
+    }
+
+    /// Last hidden states. ids, token types, mask: (B, T) -> (B, T, H).
+    pub fn forward(
+        &self,
+        ids: &Tensor,
+        token_type_ids: Option<&Tensor>,
+        attention_mask: Option<&Tensor>,
+        train: bool,
+    ) -> Result<Tensor> {
+        let (_, t) = ids.dims2()?;
+        if t > self.cfg.max_position_embeddings {
+            return Err(candle_core::Error::wrap(WickError::TooLong {
+                len: t,
+                max: self.cfg.max_position_embeddings,
+            }));
+        }
+        let mut x = self.embeddings.forward(ids, token_type_ids, train)?;
+        let bias = attention_bias(t, t, false, attention_mask, x.dtype(), x.device())?;
+        for layer in &self.layers {
+            x = layer.forward(&x, bias.as_ref(), train)?;
+        }
+        Ok(x)
+    }
+
+    /// tanh(W·h_[CLS] + b): (B, T, H) -> (B, H).
+    pub fn pooled(&self, hidden: &Tensor) -> Result<Tensor> {
+        let pooler = self
+            .pooler
+            .as_ref()
+            .ok_or_else(|| candle_core::Error::msg("this BERT checkpoint has no pooler"))?;
+        pooler.forward(&hidden.i((.., 0))?)?.tanh()
+    }
+
+    /// Masked-LM logits: (B, T, H) -> (B, T, V).
+    pub fn mlm_logits(&self, hidden: &Tensor) -> Result<Tensor> {
+        let head = self.mlm.as_ref().ok_or_else(|| {
+            candle_core::Error::msg(
+                "this BERT checkpoint has no masked-LM head (cls.predictions.*)",
+            )
+        })?;
+        head.forward(hidden)
+    }
+
+    /// Classification logits from the pooled [CLS] state: (B, T, H) -> (B, num_labels).
+    pub fn classifier_logits(&self, hidden: &Tensor, train: bool) -> Result<Tensor> {
+        let classifier = self.classifier.as_ref().ok_or_else(|| {
+            candle_core::Error::msg(
+                "this BERT checkpoint has no classification head (classifier.*)",
+            )
+        })?;
+        let pooled = dropout(&self.pooled(hidden)?, self.classifier_dropout, train)?;
+        classifier.forward(&pooled)
+    }
+}

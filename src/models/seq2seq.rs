@@ -1,0 +1,365 @@
+//! The original Transformer ("Attention Is All You Need"): an encoder of post-LN
+//! self-attention layers and a decoder of post-LN layers with masked self-attention,
+//! cross-attention over the encoder output and a feed-forward network. Sinusoidal
+//! positions; one embedding shared by source, target and the output projection.
+//! Tensor names follow BART/Marian (`shared`, `encoder.layers.N.self_attn.q_proj`, ...).
+
+use candle_core::{Result, Tensor};
+use candle_nn::{Module, VarBuilder};
+use serde::{Deserialize, Serialize};
+
+use crate::error::WickError;
+use crate::nn::{
+    attention_bias, dropout, residual, Activation, Embedding, FeedForward, KvCache, LayerNorm,
+    Linear, MultiHeadAttention, NormPlacement, QkvProjection, SinusoidalPositions,
+};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Seq2SeqConfig {
+    pub vocab_size: usize,
+    pub d_model: usize,
+    pub encoder_layers: usize,
+    pub decoder_layers: usize,
+    pub num_heads: usize,
+    pub d_ff: usize,
+    #[serde(default = "defaults::dropout")]
+    pub dropout: f32,
+    #[serde(default)]
+    pub attention_dropout: f32,
+    #[serde(default = "defaults::relu")]
+    pub activation: Activation,
+    #[serde(default = "defaults::max_positions")]
+    pub max_position_embeddings: usize,
+    #[serde(default = "defaults::eps")]
+    pub layer_norm_eps: f64,
+    #[serde(default)]
+    pub pad_token_id: u32,
+    #[serde(default = "defaults::bos")]
+    pub bos_token_id: u32,
+    #[serde(default = "defaults::eos")]
+    pub eos_token_id: u32,
+    /// Multiply embeddings by sqrt(d_model) before adding positions (paper §3.4).
+    #[serde(default = "defaults::yes")]
+    pub scale_embedding: bool,
+}
+
+mod defaults {
+    use crate::nn::Activation;
+    pub fn dropout() -> f32 {
+        0.1
+    }
+    pub fn relu() -> Activation {
+        Activation::Relu
+    }
+    pub fn max_positions() -> usize {
+        512
+    }
+    pub fn eps() -> f64 {
+        1e-5
+    }
+    pub fn bos() -> u32 {
+        1
+    }
+    pub fn eos() -> u32 {
+        2
+    }
+    pub fn yes() -> bool {
+        true
+    }
+}
+
+fn attention(cfg: &Seq2SeqConfig, vb: VarBuilder) -> Result<MultiHeadAttention> {
+    let d = cfg.d_model;
+    Ok(MultiHeadAttention::new(
+        QkvProjection::Separate {
+            q: Linear::load(d, d, true, vb.pp("q_proj"))?,
+            k: Linear::load(d, d, true, vb.pp("k_proj"))?,
+            v: Linear::load(d, d, true, vb.pp("v_proj"))?,
+        },
+        Linear::load(d, d, true, vb.pp("out_proj"))?,
+        cfg.num_heads,
+        1.0 / ((d / cfg.num_heads) as f64).sqrt(),
+        cfg.attention_dropout,
+    ))
+}
+
+fn feed_forward(cfg: &Seq2SeqConfig, vb: &VarBuilder) -> Result<FeedForward> {
+    Ok(FeedForward::new(
+        Linear::load(cfg.d_model, cfg.d_ff, true, vb.pp("fc1"))?,
+        Linear::load(cfg.d_ff, cfg.d_model, true, vb.pp("fc2"))?,
+        cfg.activation,
+        cfg.dropout,
+    ))
+}
+
+#[derive(Debug, Clone)]
+struct EncoderLayer {
+    self_attn: MultiHeadAttention,
+    self_attn_layer_norm: LayerNorm,
+    ffn: FeedForward,
+    final_layer_norm: LayerNorm,
+    dropout: f32,
+}
+
+impl EncoderLayer {
+    fn load(cfg: &Seq2SeqConfig, vb: VarBuilder) -> Result<Self> {
+        Ok(Self {
+            self_attn: attention(cfg, vb.pp("self_attn"))?,
+            self_attn_layer_norm: LayerNorm::load(
+                cfg.d_model,
+                cfg.layer_norm_eps,
+                vb.pp("self_attn_layer_norm"),
+            )?,
+            ffn: feed_forward(cfg, &vb)?,
+            final_layer_norm: LayerNorm::load(
+                cfg.d_model,
+                cfg.layer_norm_eps,
+                vb.pp("final_layer_norm"),
+            )?,
+            dropout: cfg.dropout,
+        })
+    }
+
+    /// x: (B, S, C) -> (B, S, C)
+    fn forward(&self, x: &Tensor, bias: Option<&Tensor>, train: bool) -> Result<Tensor> {
+        let x = residual(x, &self.self_attn_layer_norm, NormPlacement::Post, |h| {
+            dropout(
+                &self.self_attn.forward(h, bias, None, train)?,
+                self.dropout,
+                train,
+            )
+        })?;
+        residual(&x, &self.final_layer_norm, NormPlacement::Post, |h| {
+            self.ffn.forward(h, train)
+        })
+    }
+}
+
+#[derive(Debug, Clone)]
+struct DecoderLayer {
+    self_attn: MultiHeadAttention,
+    self_attn_layer_norm: LayerNorm,
+    encoder_attn: MultiHeadAttention,
+    encoder_attn_layer_norm: LayerNorm,
+    ffn: FeedForward,
+    final_layer_norm: LayerNorm,
+    dropout: f32,
+}
+
+/// Per decoder layer: the growing self-attention cache and the fixed cross-attention
+/// keys/values of the encoder output.
+#[derive(Debug, Clone, Default)]
+pub struct Seq2SeqCache {
+    self_attn: Vec<KvCache>,
+    cross_attn: Vec<KvCache>,
+}
+
+impl Seq2SeqCache {
+    pub fn len(&self) -> usize {
+        self.self_attn.first().map_or(0, KvCache::len)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub fn select_batch(&mut self, indices: &Tensor) -> Result<()> {
+        for c in self.self_attn.iter_mut().chain(self.cross_attn.iter_mut()) {
+            c.select_batch(indices)?;
+        }
+        Ok(())
+    }
+}
+
+impl DecoderLayer {
+    fn load(cfg: &Seq2SeqConfig, vb: VarBuilder) -> Result<Self> {
+        let ln = |name: &str| LayerNorm::load(cfg.d_model, cfg.layer_norm_eps, vb.pp(name));
+        Ok(Self {
+            self_attn: attention(cfg, vb.pp("self_attn"))?,
+            self_attn_layer_norm: ln("self_attn_layer_norm")?,
+            encoder_attn: attention(cfg, vb.pp("encoder_attn"))?,
+            encoder_attn_layer_norm: ln("encoder_attn_layer_norm")?,
+            ffn: feed_forward(cfg, &vb)?,
+            final_layer_norm: ln("final_layer_norm")?,
+            dropout: cfg.dropout,
+        })
+    }
+
+    /// x: (B, T, C), memory: (B, S, C) -> (B, T, C)
+    #[allow(clippy::too_many_arguments)]
+    fn forward(
+        &self,
+        x: &Tensor,
+        memory: &Tensor,
+        self_bias: Option<&Tensor>,
+        cross_bias: Option<&Tensor>,
+        caches: Option<(&mut KvCache, &mut KvCache)>,
+        train: bool,
+    ) -> Result<Tensor> {
+        let (self_cache, cross_cache) = match caches {
+            Some((s, c)) => (Some(s), Some(c)),
+            None => (None, None),
+        };
+        let p = self.dropout;
+        let x = residual(x, &self.self_attn_layer_norm, NormPlacement::Post, |h| {
+            dropout(
+                &self.self_attn.forward(h, self_bias, self_cache, train)?,
+                p,
+                train,
+            )
+        })?;
+        let x = residual(
+            &x,
+            &self.encoder_attn_layer_norm,
+            NormPlacement::Post,
+            |h| {
+                dropout(
+                    &self
+                        .encoder_attn
+                        .forward_cross(h, memory, cross_bias, cross_cache, train)?,
+                    p,
+                    train,
+                )
+            },
+        )?;
+        residual(&x, &self.final_layer_norm, NormPlacement::Post, |h| {
+            self.ffn.forward(h, train)
+        })
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Seq2Seq {
+    shared: Embedding,
+    positions: SinusoidalPositions,
+    encoder: Vec<EncoderLayer>,
+    decoder: Vec<DecoderLayer>,
+    cfg: Seq2SeqConfig,
+}
+
+impl Seq2Seq {
+    pub fn load(cfg: &Seq2SeqConfig, vb: VarBuilder) -> Result<Self> {
+        if cfg.num_heads == 0 || cfg.d_model % cfg.num_heads != 0 {
+            candle_core::bail!(
+                "d_model {} is not divisible by num_heads {}",
+                cfg.d_model,
+                cfg.num_heads
+            )
+        }
+        Ok(Self {
+            shared: Embedding::load(cfg.vocab_size, cfg.d_model, vb.pp("shared"))?,
+            positions: SinusoidalPositions::new(
+                cfg.max_position_embeddings,
+                cfg.d_model,
+                vb.dtype(),
+                vb.device(),
+            )?,
+            encoder: (0..cfg.encoder_layers)
+                .map(|i| EncoderLayer::load(cfg, vb.pp(format!("encoder.layers.{i}"))))
+                .collect::<Result<_>>()?,
+            decoder: (0..cfg.decoder_layers)
+                .map(|i| DecoderLayer::load(cfg, vb.pp(format!("decoder.layers.{i}"))))
+                .collect::<Result<_>>()?,
+            cfg: cfg.clone(),
+        })
+    }
+
+    pub fn config(&self) -> &Seq2SeqConfig {
+        &self.cfg
+    }
+
+    pub fn new_cache(&self, capacity: usize) -> Seq2SeqCache {
+        Seq2SeqCache {
+            self_attn: (0..self.cfg.decoder_layers)
+                .map(|_| KvCache::with_capacity(capacity))
+                .collect(),
+            cross_attn: (0..self.cfg.decoder_layers)
+                .map(|_| KvCache::default())
+                .collect(),
+        }
+    }
+
+    /// Token embedding (scaled) plus sinusoidal position, then dropout.
+    fn embed(&self, ids: &Tensor, offset: usize, train: bool) -> Result<Tensor> {
+        let (b, t) = ids.dims2()?;
+        if offset + t > self.positions.max_len() {
+            return Err(candle_core::Error::wrap(WickError::TooLong {
+                len: offset + t,
+                max: self.positions.max_len(),
+            }));
+        }
+        let scale = if self.cfg.scale_embedding {
+            (self.cfg.d_model as f64).sqrt()
+        } else {
+            1.0
+        };
+        let tok = (self.shared.forward(ids)? * scale)?; // (B, T, C)
+        let pos = self
+            .positions
+            .forward(&crate::nn::position_ids(b, t, offset, ids.device())?)?;
+        dropout(&(tok + pos)?, self.cfg.dropout, train)
+    }
+
+    /// src ids and mask: (B, S) -> memory (B, S, C).
+    pub fn encode(&self, src: &Tensor, src_mask: Option<&Tensor>, train: bool) -> Result<Tensor> {
+        let s = src.dim(1)?;
+        let mut x = self.embed(src, 0, train)?;
+        let bias = attention_bias(s, s, false, src_mask, x.dtype(), x.device())?;
+        for layer in &self.encoder {
+            x = layer.forward(&x, bias.as_ref(), train)?;
+        }
+        Ok(x)
+    }
+
+    /// Next-token logits for target ids (B, T) given the encoder memory: (B, T, V).
+    /// `tgt_mask` (B, past + T) marks target padding; the causal mask is always applied.
+    pub fn decode(
+        &self,
+        tgt: &Tensor,
+        memory: &Tensor,
+        src_mask: Option<&Tensor>,
+        tgt_mask: Option<&Tensor>,
+        mut cache: Option<&mut Seq2SeqCache>,
+        train: bool,
+    ) -> Result<Tensor> {
+        let t = tgt.dim(1)?;
+        let s = memory.dim(1)?;
+        let past = cache.as_ref().map_or(0, |c| c.len());
+        let mut x = self.embed(tgt, past, train)?;
+        let self_bias = attention_bias(t, past + t, true, tgt_mask, x.dtype(), x.device())?;
+        let cross_bias = attention_bias(t, s, false, src_mask, x.dtype(), x.device())?;
+        for (i, layer) in self.decoder.iter().enumerate() {
+            let caches = cache.as_deref_mut().map(|c| {
+                let Seq2SeqCache {
+                    self_attn,
+                    cross_attn,
+                } = c;
+                (&mut self_attn[i], &mut cross_attn[i])
+            });
+            x = layer.forward(
+                &x,
+                memory,
+                self_bias.as_ref(),
+                cross_bias.as_ref(),
+                caches,
+                train,
+            )?;
+        }
+        // The output projection is the shared embedding, transposed.
+        Linear::new(self.shared.weight().clone(), None, false).forward(&x)
+    }
+
+    /// Teacher-forced logits: encode the source, decode the shifted target.
+    pub fn forward(
+        &self,
+        src: &Tensor,
+        src_mask: Option<&Tensor>,
+        tgt: &Tensor,
+        tgt_mask: Option<&Tensor>,
+        train: bool,
+    ) -> Result<Tensor> {
+        let memory = self.encode(src, src_mask, train)?;
+        self.decode(tgt, &memory, src_mask, tgt_mask, None, train)
+    }
+}

@@ -1,0 +1,222 @@
+//! Multi-head scaled dot-product attention: self-attention (queries, keys and values
+//! from the same sequence) and cross-attention (queries from the decoder, keys and
+//! values from the encoder output), with an additive mask bias and an optional KV cache.
+
+use candle_core::{Result, Tensor, D};
+use candle_nn::Module;
+
+use super::{dropout, KvCache, Linear};
+
+/// softmax(q·kᵀ·scale + bias)·v.
+/// q: (B, H, Tq, D), k and v: (B, H, Tk, D), bias broadcastable to (B, H, Tq, Tk).
+pub fn scaled_dot_product_attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    bias: Option<&Tensor>,
+    scale: f64,
+    dropout_p: f32,
+    train: bool,
+) -> Result<Tensor> {
+    let scores = (q.matmul(&k.t()?)? * scale)?; // (B, H, Tq, Tk)
+    let scores = match bias {
+        Some(bias) => scores.broadcast_add(bias)?,
+        None => scores,
+    };
+    // ops::softmax is built from exp/sum/div and so has a backward; softmax_last_dim has not.
+    let probs = candle_nn::ops::softmax(&scores, D::Minus1)?;
+    let probs = dropout(&probs, dropout_p, train)?;
+    probs.matmul(v) // (B, H, Tq, D)
+}
+
+/// How queries, keys and values are projected: GPT-2 fuses the three into one
+/// `c_attn` matrix; BERT and the encoder-decoder keep three.
+#[derive(Debug, Clone)]
+pub enum QkvProjection {
+    Fused(Linear),
+    Separate { q: Linear, k: Linear, v: Linear },
+}
+
+#[derive(Debug, Clone)]
+pub struct MultiHeadAttention {
+    qkv: QkvProjection,
+    out: Linear,
+    num_heads: usize,
+    scale: f64,
+    dropout: f32,
+}
+
+impl MultiHeadAttention {
+    pub fn new(
+        qkv: QkvProjection,
+        out: Linear,
+        num_heads: usize,
+        scale: f64,
+        dropout: f32,
+    ) -> Self {
+        Self {
+            qkv,
+            out,
+            num_heads,
+            scale,
+            dropout,
+        }
+    }
+
+    /// (B, T, C) -> (B, H, T, C/H)
+    fn split_heads(&self, x: &Tensor) -> Result<Tensor> {
+        let (b, t, c) = x.dims3()?;
+        x.reshape((b, t, self.num_heads, c / self.num_heads))?
+            .transpose(1, 2)?
+            .contiguous()
+    }
+
+    fn project_q(&self, x: &Tensor) -> Result<Tensor> {
+        match &self.qkv {
+            QkvProjection::Separate { q, .. } => q.forward(x),
+            QkvProjection::Fused(_) => unreachable!("fused projections are used together"),
+        }
+    }
+
+    fn project_kv(&self, x: &Tensor) -> Result<(Tensor, Tensor)> {
+        match &self.qkv {
+            QkvProjection::Separate { k, v, .. } => Ok((k.forward(x)?, v.forward(x)?)),
+            QkvProjection::Fused(_) => unreachable!("fused projections are used together"),
+        }
+    }
+
+    /// Self-attention over x: (B, T, C) -> (B, T, C). With a cache, x holds only the new
+    /// positions and the bias must cover (T, past + T).
+    pub fn forward(
+        &self,
+        x: &Tensor,
+        bias: Option<&Tensor>,
+        cache: Option<&mut KvCache>,
+        train: bool,
+    ) -> Result<Tensor> {
+        let (q, k, v) = match &self.qkv {
+            QkvProjection::Fused(qkv) => {
+                let c = x.dim(D::Minus1)?;
+                let qkv = qkv.forward(x)?; // (B, T, 3C)
+                (
+                    qkv.narrow(2, 0, c)?,
+                    qkv.narrow(2, c, c)?,
+                    qkv.narrow(2, 2 * c, c)?,
+                )
+            }
+            QkvProjection::Separate { .. } => {
+                let (k, v) = self.project_kv(x)?;
+                (self.project_q(x)?, k, v)
+            }
+        };
+        let (q, k, v) = (
+            self.split_heads(&q)?,
+            self.split_heads(&k)?,
+            self.split_heads(&v)?,
+        );
+        let (k, v) = match cache {
+            Some(cache) => cache.append(&k, &v)?,
+            None => (k, v),
+        };
+        self.attend(&q, &k, &v, bias, train)
+    }
+
+    /// Cross-attention: queries from x (B, Tq, C), keys and values from `memory`
+    /// (B, Tk, C). The encoder output does not change while decoding, so with a cache
+    /// its keys and values are projected once and reused.
+    pub fn forward_cross(
+        &self,
+        x: &Tensor,
+        memory: &Tensor,
+        bias: Option<&Tensor>,
+        cache: Option<&mut KvCache>,
+        train: bool,
+    ) -> Result<Tensor> {
+        let q = self.split_heads(&self.project_q(x)?)?;
+        let project = |m: &Tensor| -> Result<(Tensor, Tensor)> {
+            let (k, v) = self.project_kv(m)?;
+            Ok((self.split_heads(&k)?, self.split_heads(&v)?))
+        };
+        let (k, v) = match cache {
+            Some(cache) => match cache.current()? {
+                Some(kv) => kv,
+                None => {
+                    let (k, v) = project(memory)?;
+                    cache.append(&k, &v)?
+                }
+            },
+            None => project(memory)?,
+        };
+        self.attend(&q, &k, &v, bias, train)
+    }
+
+    fn attend(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        bias: Option<&Tensor>,
+        train: bool,
+    ) -> Result<Tensor> {
+        let y = scaled_dot_product_attention(q, k, v, bias, self.scale, self.dropout, train)?;
+        let (b, h, t, d) = y.dims4()?;
+        let y = y.transpose(1, 2)?.reshape((b, t, h * d))?; // (B, T, C)
+        self.out.forward(&y)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{Device, IndexOp};
+
+    /// The worked example: X = [[1,2],[3,4]], W_Q = W_K = W_V = I, d_k = 2.
+    #[test]
+    fn worked_example_of_self_attention() -> Result<()> {
+        let dev = Device::Cpu;
+        let x = Tensor::new(&[[[[1f64, 2.], [3., 4.]]]], &dev)?; // (1, 1, 2, 2)
+        let scores = x.matmul(&x.t()?)?.i((0, 0))?.to_vec2::<f64>()?;
+        assert_eq!(scores, vec![vec![5., 11.], vec![11., 25.]]);
+
+        let scale = 1.0 / 2f64.sqrt();
+        let z = scaled_dot_product_attention(&x, &x, &x, None, scale, 0.0, false)?;
+        let z = z.i((0, 0))?.to_vec2::<f64>()?;
+        // Exact values: row softmax of scores/sqrt(2), then a weighted sum of X's rows.
+        let x_rows = [[1f64, 2.], [3., 4.]];
+        for (i, row) in [[5f64, 11.], [11., 25.]].iter().enumerate() {
+            let e: Vec<f64> = row.iter().map(|s| (s * scale).exp()).collect();
+            let p: Vec<f64> = e.iter().map(|v| v / (e[0] + e[1])).collect();
+            for j in 0..2 {
+                let want = p[0] * x_rows[0][j] + p[1] * x_rows[1][j];
+                assert!((z[i][j] - want).abs() < 1e-12);
+            }
+        }
+        // The figures quoted in the model issue, to 1e-4.
+        let quoted = [[2.9717, 3.9717], [2.9999, 3.9999]];
+        for i in 0..2 {
+            for j in 0..2 {
+                assert!(
+                    (z[i][j] - quoted[i][j]).abs() < 1e-4,
+                    "{} vs {}",
+                    z[i][j],
+                    quoted[i][j]
+                );
+            }
+        }
+        let p0 = 1.0 / (1.0 + (6.0 * scale).exp());
+        assert!((p0 - 0.0142).abs() < 1e-4);
+        Ok(())
+    }
+
+    #[test]
+    fn masked_keys_get_no_weight() -> Result<()> {
+        let dev = Device::Cpu;
+        let q = Tensor::new(&[[[[1f32, 0.]]]], &dev)?; // (1, 1, 1, 2)
+        let k = Tensor::new(&[[[[1f32, 0.], [5., 5.]]]], &dev)?;
+        let v = Tensor::new(&[[[[1f32, 1.], [100., 100.]]]], &dev)?;
+        let bias = Tensor::new(&[[[[0f32, f32::MIN]]]], &dev)?;
+        let z = scaled_dot_product_attention(&q, &k, &v, Some(&bias), 1.0, 0.0, false)?;
+        assert_eq!(z.flatten_all()?.to_vec1::<f32>()?, vec![1., 1.]);
+        Ok(())
+    }
+}

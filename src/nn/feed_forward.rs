@@ -1,0 +1,31 @@
+//! The position-wise feed-forward network: expand, non-linearity, project back.
+
+use candle_core::{Result, Tensor};
+use candle_nn::Module;
+
+use super::{dropout, Activation, Linear};
+
+#[derive(Debug, Clone)]
+pub struct FeedForward {
+    up: Linear,
+    down: Linear,
+    activation: Activation,
+    dropout: f32,
+}
+
+impl FeedForward {
+    pub fn new(up: Linear, down: Linear, activation: Activation, dropout: f32) -> Self {
+        Self {
+            up,
+            down,
+            activation,
+            dropout,
+        }
+    }
+
+    /// (B, T, C) -> (B, T, 4C) -> (B, T, C), dropout on the output.
+    pub fn forward(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        let h = self.activation.forward(&self.up.forward(x)?)?;
+        dropout(&self.down.forward(&h)?, self.dropout, train)
+    }
+}
