@@ -4,10 +4,12 @@
 //! - [`nn`]: building blocks (embeddings, attention, feed-forward, LayerNorm, masks).
 //! - [`models`]: GPT-2, BERT and the encoder-decoder Transformer built from them.
 //! - [`checkpoint`]: Hugging Face checkpoints in and out.
+//! - [`tokenizer`]: tokenizer.json, GPT-2/BERT vocab files, character level.
 
 pub mod checkpoint;
 pub mod error;
 pub mod models;
 pub mod nn;
+pub mod tokenizer;
 
 pub use error::{Result, WickError};

@@ -1,8 +1,14 @@
 //! Checkpoint I/O in the Hugging Face layout: resolving a folder or hub id, reading
 //! weights, building a model from them, and saving atomically.
 
+pub mod load;
+pub mod resolve;
+pub mod save;
 pub mod source;
 pub mod store;
 
+pub use load::{load, LoadOptions, Model, Pretrained};
+pub use resolve::resolve;
+pub use save::{atomic_write, save_pretrained};
 pub use source::{InitPolicy, WeightSource};
 pub use store::TensorStore;

@@ -48,6 +48,15 @@ pub struct BertConfig {
     pub id2label: Option<BTreeMap<String, String>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub label2id: Option<BTreeMap<String, u32>>,
+    #[serde(default)]
+    pub bos_token_id: Option<u32>,
+    #[serde(default, with = "super::config::token_ids")]
+    pub eos_token_id: Vec<u32>,
+    /// The masked-LM decoder shares the word embeddings unless this is false.
+    #[serde(default = "defaults::yes")]
+    pub tie_word_embeddings: bool,
+    #[serde(default)]
+    pub add_cross_attention: bool,
     /// transformers' `architectures[0]`: which head the checkpoint is for.
     #[serde(skip)]
     pub architecture: Option<String>,
@@ -70,6 +79,9 @@ mod defaults {
     pub fn eps() -> f64 {
         1e-12
     }
+    pub fn yes() -> bool {
+        true
+    }
     pub fn absolute() -> String {
         "absolute".into()
     }
@@ -85,6 +97,16 @@ impl BertConfig {
                     "position_embedding_type `{}` is not supported (absolute)",
                     cfg.position_embedding_type
                 ),
+            ));
+        }
+        let is_decoder = obj
+            .get("is_decoder")
+            .and_then(|v| v.as_bool())
+            .unwrap_or(false);
+        if cfg.add_cross_attention || is_decoder {
+            return Err(WickError::config(
+                path,
+                "BERT as a decoder (is_decoder / add_cross_attention) is not supported",
             ));
         }
         if cfg.num_attention_heads == 0 || cfg.hidden_size % cfg.num_attention_heads != 0 {
@@ -272,11 +294,17 @@ impl BertMlmHead {
         let bias = vb
             .pp("predictions")
             .get_with_hints(cfg.vocab_size, "bias", Init::Const(0.0))?;
+        let decoder_weight = if cfg.tie_word_embeddings {
+            word_embeddings.clone()
+        } else {
+            vb.pp("predictions.decoder")
+                .get((cfg.vocab_size, h), "weight")?
+        };
         Ok(Self {
             dense: Linear::load(h, h, true, t.pp("dense"))?,
             activation: cfg.hidden_act,
             layer_norm: LayerNorm::load(h, cfg.layer_norm_eps, t.pp("LayerNorm"))?,
-            decoder: Linear::new(word_embeddings.clone(), Some(bias), false),
+            decoder: Linear::new(decoder_weight, Some(bias), false),
         })
     }
 

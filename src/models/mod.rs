@@ -9,3 +9,51 @@ pub use bert::{Bert, BertConfig, BertHeads};
 pub use config::ModelConfig;
 pub use gpt2::{Gpt2, Gpt2Cache, Gpt2Config};
 pub use seq2seq::{Seq2Seq, Seq2SeqCache, Seq2SeqConfig};
+
+use candle_core::Result;
+use candle_nn::VarBuilder;
+
+/// Any of the three variants, built from a config through one `VarBuilder`.
+#[derive(Debug, Clone)]
+pub enum Model {
+    Gpt2(Gpt2),
+    Bert(Bert),
+    Seq2Seq(Seq2Seq),
+}
+
+impl Model {
+    /// Builds the variant `config` describes. BERT builds the heads given, or those the
+    /// checkpoint holds when `bert_heads` is `None`.
+    pub fn build(
+        config: &ModelConfig,
+        bert_heads: Option<BertHeads>,
+        vb: VarBuilder,
+    ) -> Result<Self> {
+        Ok(match config {
+            ModelConfig::Gpt2(c) => Model::Gpt2(Gpt2::load(c, vb)?),
+            ModelConfig::Bert(c) => {
+                let heads = bert_heads.unwrap_or_else(|| BertHeads::detect(c, &vb));
+                Model::Bert(Bert::load(c, heads, vb)?)
+            }
+            ModelConfig::Seq2Seq(c) => Model::Seq2Seq(Seq2Seq::load(c, vb)?),
+        })
+    }
+
+    /// A short human name for the architecture.
+    pub fn architecture(&self) -> String {
+        match self {
+            Model::Gpt2(_) => "GPT-2 decoder (GPT2LMHeadModel)".into(),
+            Model::Bert(b) => {
+                let mut parts = vec!["BERT encoder"];
+                if b.has_mlm_head() {
+                    parts.push("masked-LM head");
+                }
+                if b.has_classifier() {
+                    parts.push("classification head");
+                }
+                parts.join(" + ")
+            }
+            Model::Seq2Seq(_) => "encoder-decoder Transformer".into(),
+        }
+    }
+}

@@ -1,0 +1,81 @@
+//! Loading a pretrained model: resolve the reference, read config.json, open the
+//! weights, build the variant, load the tokenizer.
+
+use std::path::PathBuf;
+
+use candle_core::{DType, Device};
+
+use super::{resolve, TensorStore, WeightSource};
+use crate::error::{Result, WickError};
+pub use crate::models::Model;
+use crate::models::{BertHeads, ModelConfig};
+use crate::tokenizer::Tokenizer;
+
+#[derive(Debug, Clone)]
+pub struct LoadOptions {
+    pub device: Device,
+    /// Weights are converted to this dtype on load (fp16 checkpoints run in f32 on CPU).
+    pub dtype: DType,
+    /// BERT heads to build; `None` builds what the checkpoint holds.
+    pub bert_heads: Option<BertHeads>,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        Self {
+            device: Device::Cpu,
+            dtype: DType::F32,
+            bert_heads: None,
+        }
+    }
+}
+
+/// A model with everything that came with it.
+pub struct Pretrained {
+    pub dir: PathBuf,
+    pub config: ModelConfig,
+    pub model: Model,
+    /// `None` when the folder has no tokenizer files at all.
+    pub tokenizer: Option<Tokenizer>,
+    pub weights: WeightSource,
+}
+
+impl Pretrained {
+    pub fn tokenizer(&self) -> Result<&Tokenizer> {
+        self.tokenizer
+            .as_ref()
+            .ok_or_else(|| WickError::MissingFile {
+                path: self.dir.clone(),
+                what: "no tokenizer: looked for tokenizer.json, vocab.json + merges.txt, vocab.txt"
+                    .into(),
+            })
+    }
+}
+
+/// Loads `model` (a folder or a hub id) for inference.
+pub fn load(model: &str, opts: &LoadOptions) -> Result<Pretrained> {
+    let dir = resolve(model)?;
+    let config_path = dir.join("config.json");
+    if !config_path.is_file() {
+        return Err(WickError::MissingFile {
+            path: config_path,
+            what: "config.json".into(),
+        });
+    }
+    let config = ModelConfig::from_file(&config_path)?;
+    let weights = WeightSource::inference(TensorStore::open_dir(&dir)?);
+    let vb = weights.var_builder(opts.dtype, &opts.device);
+    let model = Model::build(&config, opts.bert_heads, vb)?;
+    let tokenizer = match Tokenizer::from_dir(&dir) {
+        Ok(t) => Some(t),
+        Err(WickError::MissingFile { .. }) => None,
+        Err(e) => return Err(e),
+    };
+    Ok(Pretrained {
+        dir,
+        config,
+        model,
+        tokenizer,
+        weights,
+    })
+}

@@ -1,0 +1,134 @@
+//! Saving in the Hugging Face layout (config.json, model.safetensors, tokenizer.json),
+//! every file written atomically: to a temporary file in the same folder, synced, then
+//! renamed over the target, so a crash leaves the old file or the new one, never half.
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::Path;
+
+use candle_core::{DType, Tensor};
+use safetensors::tensor::TensorView;
+
+use crate::error::{Result, WickError};
+use crate::models::ModelConfig;
+use crate::tokenizer::Tokenizer;
+
+/// Writes `bytes` to `path` atomically.
+pub fn atomic_write(path: &Path, bytes: &[u8]) -> Result<()> {
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir).map_err(|e| WickError::io(dir, e))?;
+    let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(|e| WickError::io(dir, e))?;
+    tmp.write_all(bytes).map_err(|e| WickError::io(path, e))?;
+    tmp.as_file()
+        .sync_all()
+        .map_err(|e| WickError::io(path, e))?;
+    tmp.persist(path)
+        .map_err(|e| WickError::io(path, e.error))?;
+    Ok(())
+}
+
+fn st_dtype(dtype: DType) -> Result<safetensors::Dtype> {
+    Ok(match dtype {
+        DType::F32 => safetensors::Dtype::F32,
+        DType::F16 => safetensors::Dtype::F16,
+        DType::BF16 => safetensors::Dtype::BF16,
+        DType::F64 => safetensors::Dtype::F64,
+        DType::U32 => safetensors::Dtype::U32,
+        DType::I64 => safetensors::Dtype::I64,
+        DType::U8 => safetensors::Dtype::U8,
+        other => {
+            return Err(WickError::Unsupported(format!(
+                "cannot save {other:?} tensors"
+            )))
+        }
+    })
+}
+
+fn tensor_bytes(t: &Tensor) -> Result<Vec<u8>> {
+    let t = t.to_device(&candle_core::Device::Cpu)?.flatten_all()?;
+    Ok(match t.dtype() {
+        DType::F32 => t
+            .to_vec1::<f32>()?
+            .iter()
+            .flat_map(|v| v.to_le_bytes())
+            .collect(),
+        DType::F16 => t
+            .to_vec1::<half::f16>()?
+            .iter()
+            .flat_map(|v| v.to_le_bytes())
+            .collect(),
+        DType::BF16 => t
+            .to_vec1::<half::bf16>()?
+            .iter()
+            .flat_map(|v| v.to_le_bytes())
+            .collect(),
+        DType::F64 => t
+            .to_vec1::<f64>()?
+            .iter()
+            .flat_map(|v| v.to_le_bytes())
+            .collect(),
+        DType::U32 => t
+            .to_vec1::<u32>()?
+            .iter()
+            .flat_map(|v| v.to_le_bytes())
+            .collect(),
+        DType::I64 => t
+            .to_vec1::<i64>()?
+            .iter()
+            .flat_map(|v| v.to_le_bytes())
+            .collect(),
+        DType::U8 => t.to_vec1::<u8>()?,
+        other => {
+            return Err(WickError::Unsupported(format!(
+                "cannot save {other:?} tensors"
+            )))
+        }
+    })
+}
+
+/// Serialises named tensors to safetensors bytes, with the `{"format": "pt"}` metadata
+/// transformers checks for.
+pub fn safetensors_bytes(tensors: &[(String, Tensor)]) -> Result<Vec<u8>> {
+    let data: Vec<(String, Vec<u8>, Vec<usize>, safetensors::Dtype)> = tensors
+        .iter()
+        .map(|(n, t)| {
+            Ok((
+                n.clone(),
+                tensor_bytes(t)?,
+                t.dims().to_vec(),
+                st_dtype(t.dtype())?,
+            ))
+        })
+        .collect::<Result<_>>()?;
+    let views: Vec<(String, TensorView)> = data
+        .iter()
+        .map(|(n, b, s, d)| {
+            TensorView::new(*d, s.clone(), b)
+                .map(|v| (n.clone(), v))
+                .map_err(|e| WickError::Unsupported(format!("tensor `{n}`: {e}")))
+        })
+        .collect::<Result<_>>()?;
+    let metadata: HashMap<String, String> = [("format".to_string(), "pt".to_string())].into();
+    safetensors::serialize(views, Some(metadata))
+        .map_err(|e| WickError::Unsupported(format!("safetensors: {e}")))
+}
+
+/// Writes a checkpoint folder: weights first, then tokenizer, then config.json (the file
+/// that makes a folder a checkpoint), each atomically.
+pub fn save_pretrained(
+    dir: &Path,
+    config: &ModelConfig,
+    tensors: &[(String, Tensor)],
+    tokenizer: Option<&Tokenizer>,
+) -> Result<()> {
+    std::fs::create_dir_all(dir).map_err(|e| WickError::io(dir, e))?;
+    atomic_write(&dir.join("model.safetensors"), &safetensors_bytes(tensors)?)?;
+    if let Some(tok) = tokenizer {
+        tok.save(&dir.join("tokenizer.json"))?;
+    }
+    let json = serde_json::to_string_pretty(&config.to_json()).expect("config serialises");
+    atomic_write(&dir.join("config.json"), json.as_bytes())
+}

@@ -1,0 +1,247 @@
+//! Tokenizers through the `tokenizers` crate: a `tokenizer.json` when the checkpoint has
+//! one, else GPT-2's `vocab.json` + `merges.txt` or BERT's `vocab.txt`, plus a
+//! character-level tokenizer for training from scratch (saved as a tokenizer.json too).
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+
+use tokenizers::decoders::byte_level::ByteLevel as ByteLevelDecoder;
+use tokenizers::decoders::fuse::Fuse;
+use tokenizers::decoders::wordpiece::WordPiece as WordPieceDecoder;
+use tokenizers::models::bpe::BPE;
+use tokenizers::models::wordlevel::WordLevel;
+use tokenizers::models::wordpiece::WordPiece;
+use tokenizers::normalizers::BertNormalizer;
+use tokenizers::pre_tokenizers::bert::BertPreTokenizer;
+use tokenizers::pre_tokenizers::byte_level::ByteLevel;
+use tokenizers::pre_tokenizers::split::{Split, SplitPattern};
+use tokenizers::processors::bert::BertProcessing;
+use tokenizers::{AddedToken, SplitDelimiterBehavior};
+
+use crate::error::{Result, WickError};
+
+#[derive(Clone)]
+pub struct Tokenizer {
+    inner: tokenizers::Tokenizer,
+    /// Where it was loaded from, for error messages.
+    source: PathBuf,
+}
+
+impl std::fmt::Debug for Tokenizer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "Tokenizer({}, vocab {})",
+            self.source.display(),
+            self.vocab_size()
+        )
+    }
+}
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+fn tok_err(path: &Path, e: impl std::fmt::Display) -> WickError {
+    WickError::Tokenizer {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    }
+}
+
+impl Tokenizer {
+    pub fn new(mut inner: tokenizers::Tokenizer, source: PathBuf) -> Self {
+        // Some checkpoints ship fixed padding/truncation (all-MiniLM pads every input to
+        // 128): wick pads batches itself, to the longest text, and truncates on request.
+        inner.with_padding(None);
+        let _ = inner.with_truncation(None);
+        Self { inner, source }
+    }
+
+    /// Loads the tokenizer of a checkpoint folder.
+    pub fn from_dir(dir: &Path) -> Result<Self> {
+        let json = dir.join("tokenizer.json");
+        if json.is_file() {
+            return Self::from_file(&json);
+        }
+        let (vocab_json, merges) = (dir.join("vocab.json"), dir.join("merges.txt"));
+        if vocab_json.is_file() && merges.is_file() {
+            return Self::gpt2_bpe(&vocab_json, &merges);
+        }
+        let vocab_txt = dir.join("vocab.txt");
+        if vocab_txt.is_file() {
+            return Self::bert_wordpiece(&vocab_txt, lower_case(dir));
+        }
+        Err(WickError::MissingFile {
+            path: dir.to_path_buf(),
+            what: "no tokenizer: looked for tokenizer.json, vocab.json + merges.txt, vocab.txt"
+                .into(),
+        })
+    }
+
+    pub fn from_file(path: &Path) -> Result<Self> {
+        let inner = tokenizers::Tokenizer::from_file(path).map_err(|e| tok_err(path, e))?;
+        Ok(Self::new(inner, path.to_path_buf()))
+    }
+
+    /// GPT-2's byte-level BPE from the original vocab.json + merges.txt.
+    pub fn gpt2_bpe(vocab: &Path, merges: &Path) -> Result<Self> {
+        let bpe = BPE::from_file(&vocab.to_string_lossy(), &merges.to_string_lossy())
+            .build()
+            .map_err(|e| tok_err(vocab, e))?;
+        let mut inner = tokenizers::Tokenizer::new(bpe);
+        inner
+            .with_pre_tokenizer(Some(ByteLevel::new(false, true, true)))
+            .with_decoder(Some(ByteLevelDecoder::default()));
+        if inner.token_to_id("<|endoftext|>").is_some() {
+            inner
+                .add_special_tokens([AddedToken::from("<|endoftext|>", true)])
+                .map_err(|e| tok_err(vocab, e))?;
+        }
+        Ok(Self::new(inner, vocab.to_path_buf()))
+    }
+
+    /// BERT's WordPiece from vocab.txt, with [CLS] ... [SEP] around every input.
+    pub fn bert_wordpiece(vocab: &Path, lowercase: bool) -> Result<Self> {
+        let wp = WordPiece::from_file(&vocab.to_string_lossy())
+            .unk_token("[UNK]".into())
+            .build()
+            .map_err(|e| tok_err(vocab, e))?;
+        let mut inner = tokenizers::Tokenizer::new(wp);
+        let id = |t: &str| {
+            inner
+                .token_to_id(t)
+                .ok_or_else(|| tok_err(vocab, format!("vocab has no {t} token")))
+        };
+        let (cls, sep) = (id("[CLS]")?, id("[SEP]")?);
+        let specials: Vec<AddedToken> = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+            .iter()
+            .filter(|t| inner.token_to_id(t).is_some())
+            .map(|t| AddedToken::from(*t, true))
+            .collect();
+        inner
+            .with_normalizer(Some(BertNormalizer::new(true, true, None, lowercase)))
+            .map_err(|e| tok_err(vocab, e))?
+            .with_pre_tokenizer(Some(BertPreTokenizer))
+            .with_post_processor(Some(BertProcessing::new(
+                ("[SEP]".into(), sep),
+                ("[CLS]".into(), cls),
+            )))
+            .with_decoder(Some(WordPieceDecoder::default()));
+        inner
+            .add_special_tokens(specials)
+            .map_err(|e| tok_err(vocab, e))?;
+        Ok(Self::new(inner, vocab.to_path_buf()))
+    }
+
+    /// One token per character of `text` (sorted, like nanoGPT's shakespeare_char).
+    pub fn char_level(text: &str) -> Result<Self> {
+        let chars: BTreeSet<char> = text.chars().collect();
+        if chars.is_empty() {
+            return Err(WickError::Unsupported(
+                "cannot build a character vocabulary from empty text".into(),
+            ));
+        }
+        let vocab = chars
+            .iter()
+            .enumerate()
+            .map(|(i, c)| (c.to_string(), i as u32))
+            .collect();
+        let model = WordLevel::builder()
+            .vocab(vocab)
+            .unk_token("\u{fffd}".into())
+            .build()
+            .map_err(|e| tok_err(Path::new("<char-level>"), e))?;
+        let split = Split::new(
+            SplitPattern::Regex("(?s).".into()),
+            SplitDelimiterBehavior::Isolated,
+            false,
+        )
+        .map_err(|e| tok_err(Path::new("<char-level>"), e))?;
+        let mut inner = tokenizers::Tokenizer::new(model);
+        inner
+            .with_pre_tokenizer(Some(split))
+            .with_decoder(Some(Fuse::new()));
+        Ok(Self::new(inner, PathBuf::from("<char-level>")))
+    }
+
+    pub fn inner(&self) -> &tokenizers::Tokenizer {
+        &self.inner
+    }
+
+    pub fn source(&self) -> &Path {
+        &self.source
+    }
+
+    pub fn vocab_size(&self) -> usize {
+        self.inner.get_vocab_size(true)
+    }
+
+    pub fn encode(&self, text: &str, add_special_tokens: bool) -> Result<Vec<u32>> {
+        let enc = self
+            .inner
+            .encode(text, add_special_tokens)
+            .map_err(|e: BoxError| tok_err(&self.source, e))?;
+        Ok(enc.get_ids().to_vec())
+    }
+
+    /// A sentence pair: ids and token-type ids (0 for the first text, 1 for the second).
+    pub fn encode_pair(&self, a: &str, b: &str) -> Result<(Vec<u32>, Vec<u32>)> {
+        let enc = self
+            .inner
+            .encode((a, b), true)
+            .map_err(|e: BoxError| tok_err(&self.source, e))?;
+        Ok((enc.get_ids().to_vec(), enc.get_type_ids().to_vec()))
+    }
+
+    pub fn decode(&self, ids: &[u32], skip_special_tokens: bool) -> Result<String> {
+        self.inner
+            .decode(ids, skip_special_tokens)
+            .map_err(|e: BoxError| tok_err(&self.source, e))
+    }
+
+    pub fn token_to_id(&self, token: &str) -> Option<u32> {
+        self.inner.token_to_id(token)
+    }
+
+    pub fn id_to_token(&self, id: u32) -> Option<String> {
+        self.inner.id_to_token(id)
+    }
+
+    /// Writes tokenizer.json.
+    pub fn save(&self, path: &Path) -> Result<()> {
+        let json = self.inner.to_string(true).map_err(|e| tok_err(path, e))?;
+        crate::checkpoint::atomic_write(path, json.as_bytes())
+    }
+}
+
+/// `do_lower_case` from tokenizer_config.json, default true like BertTokenizer.
+fn lower_case(dir: &Path) -> bool {
+    std::fs::read_to_string(dir.join("tokenizer_config.json"))
+        .ok()
+        .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+        .and_then(|v| v.get("do_lower_case").and_then(|b| b.as_bool()))
+        .unwrap_or(true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn char_level_round_trips_and_saves() -> Result<()> {
+        let text = "hello world\nhi!";
+        let tok = Tokenizer::char_level(text)?;
+        assert_eq!(tok.vocab_size(), 11); // unique characters
+        let ids = tok.encode("hello\n", false)?;
+        assert_eq!(ids.len(), 6);
+        assert_eq!(tok.decode(&ids, false)?, "hello\n");
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tokenizer.json");
+        tok.save(&path)?;
+        let back = Tokenizer::from_file(&path)?;
+        assert_eq!(
+            back.encode("hello world", false)?,
+            tok.encode("hello world", false)?
+        );
+        Ok(())
+    }
+}
