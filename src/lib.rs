@@ -10,6 +10,7 @@ pub mod checkpoint;
 pub mod error;
 pub mod models;
 pub mod nn;
+pub mod tasks;
 pub mod tokenizer;
 
 pub use error::{Result, WickError};

@@ -1,0 +1,51 @@
+//! Sequence classification with a BERT classification head, batched.
+
+use std::collections::BTreeMap;
+
+use candle_core::{Device, D};
+use serde::Serialize;
+
+use super::embed::encode_all;
+use super::{pad_batch, Padding};
+use crate::error::Result;
+use crate::models::Bert;
+use crate::tokenizer::Tokenizer;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Classification {
+    pub label: String,
+    pub score: f32,
+    pub scores: BTreeMap<String, f32>,
+    #[serde(skip)]
+    pub logits: Vec<f32>,
+}
+
+pub fn classify(
+    model: &Bert,
+    tok: &Tokenizer,
+    texts: &[String],
+    device: &Device,
+) -> Result<Vec<Classification>> {
+    let seqs = encode_all(tok, texts, model.config().max_position_embeddings)?;
+    let pad = model.config().pad_token_id.unwrap_or(0);
+    let (ids, mask) = pad_batch(&seqs, pad, Padding::Right, device)?;
+    let hidden = model.forward(&ids, None, Some(&mask), false)?;
+    let logits = model.classifier_logits(&hidden, false)?; // (B, num_labels)
+    let probs = candle_nn::ops::softmax(&logits, D::Minus1)?.to_vec2::<f32>()?;
+    let labels = model.config().labels();
+    Ok(probs
+        .into_iter()
+        .zip(logits.to_vec2::<f32>()?)
+        .map(|(p, logits)| {
+            let best = (0..p.len())
+                .max_by(|&a, &b| p[a].total_cmp(&p[b]))
+                .unwrap_or(0);
+            Classification {
+                label: labels[best].clone(),
+                score: p[best],
+                scores: labels.iter().cloned().zip(p.iter().copied()).collect(),
+                logits,
+            }
+        })
+        .collect())
+}

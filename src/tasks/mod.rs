@@ -1,0 +1,10 @@
+//! Inference tasks on top of the model variants: scoring text, sentence embeddings,
+//! fill-mask and classification. The CLI is a thin layer over these.
+
+pub mod batch;
+pub mod classify;
+pub mod embed;
+pub mod fill_mask;
+pub mod score;
+
+pub use batch::{pad_batch, Padding};
