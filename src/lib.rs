@@ -7,7 +7,10 @@
 //! - [`tokenizer`]: tokenizer.json, GPT-2/BERT vocab files, character level.
 
 pub mod checkpoint;
+pub mod cli;
+pub mod device;
 pub mod error;
+pub mod generation;
 pub mod models;
 pub mod nn;
 pub mod tasks;

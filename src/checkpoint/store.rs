@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use candle_core::pickle::PthTensors;
 use candle_core::safetensors::MmapedSafetensors;
-use candle_core::{Device, Tensor};
+use candle_core::{DType, Device, Tensor};
 
 use crate::error::{Result, WickError};
 
@@ -18,8 +18,8 @@ enum File {
 
 pub struct TensorStore {
     files: Vec<(PathBuf, File)>,
-    /// name -> (index into `files`, shape)
-    index: HashMap<String, (usize, Vec<usize>)>,
+    /// name -> (index into `files`, shape, stored dtype)
+    index: HashMap<String, (usize, Vec<usize>, DType)>,
 }
 
 /// Weight files of a checkpoint folder, in the order transformers prefers them.
@@ -94,7 +94,10 @@ impl TensorStore {
             let file = if is_pickle {
                 let pth = PthTensors::new(path, None).map_err(bad)?;
                 for (name, info) in pth.tensor_infos() {
-                    index.insert(name.clone(), (i, info.layout.shape().dims().to_vec()));
+                    index.insert(
+                        name.clone(),
+                        (i, info.layout.shape().dims().to_vec(), info.dtype),
+                    );
                 }
                 File::Pickle(pth)
             } else {
@@ -102,7 +105,8 @@ impl TensorStore {
                 // truncated by another process while we hold it.
                 let st = unsafe { MmapedSafetensors::new(path) }.map_err(bad)?;
                 for (name, view) in st.tensors() {
-                    index.insert(name, (i, view.shape().to_vec()));
+                    let dtype = DType::try_from(view.dtype()).map_err(bad)?;
+                    index.insert(name, (i, view.shape().to_vec(), dtype));
                 }
                 File::Safetensors(st)
             };
@@ -125,13 +129,22 @@ impl TensorStore {
     }
 
     pub fn shape(&self, name: &str) -> Option<&[usize]> {
-        self.index.get(name).map(|(_, s)| s.as_slice())
+        self.index.get(name).map(|(_, s, _)| s.as_slice())
+    }
+
+    /// The dtype most of the weights are stored in (what `wick info` reports).
+    pub fn stored_dtype(&self) -> Option<DType> {
+        let mut counts: HashMap<DType, usize> = HashMap::new();
+        for (_, shape, dtype) in self.index.values() {
+            *counts.entry(*dtype).or_default() += shape.iter().product::<usize>();
+        }
+        counts.into_iter().max_by_key(|(_, n)| *n).map(|(d, _)| d)
     }
 
     /// The file a tensor lives in (or the first file, for error messages about a tensor
     /// that is missing).
     pub fn file_of(&self, name: &str) -> &Path {
-        let i = self.index.get(name).map(|(i, _)| *i).unwrap_or(0);
+        let i = self.index.get(name).map(|(i, _, _)| *i).unwrap_or(0);
         self.files
             .get(i)
             .map(|(p, _)| p.as_path())
@@ -140,7 +153,7 @@ impl TensorStore {
 
     /// Loads a tensor on the CPU in its stored dtype.
     pub fn load(&self, name: &str) -> Result<Tensor> {
-        let (i, _) = self
+        let (i, _, _) = self
             .index
             .get(name)
             .ok_or_else(|| WickError::MissingTensor {

@@ -28,9 +28,9 @@ pub struct BertConfig {
     #[serde(default = "defaults::gelu")]
     pub hidden_act: Activation,
     #[serde(default = "defaults::pdrop")]
-    pub hidden_dropout_prob: f32,
+    pub hidden_dropout_prob: f64,
     #[serde(default = "defaults::pdrop")]
-    pub attention_probs_dropout_prob: f32,
+    pub attention_probs_dropout_prob: f64,
     #[serde(default = "defaults::max_positions")]
     pub max_position_embeddings: usize,
     #[serde(default = "defaults::type_vocab")]
@@ -42,7 +42,7 @@ pub struct BertConfig {
     #[serde(default = "defaults::absolute")]
     pub position_embedding_type: String,
     #[serde(default)]
-    pub classifier_dropout: Option<f32>,
+    pub classifier_dropout: Option<f64>,
     /// Label names by class index, as strings ("0": "negative") like transformers.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub id2label: Option<BTreeMap<String, String>>,
@@ -67,7 +67,7 @@ mod defaults {
     pub fn gelu() -> Activation {
         Activation::Gelu
     }
-    pub fn pdrop() -> f32 {
+    pub fn pdrop() -> f64 {
         0.1
     }
     pub fn max_positions() -> usize {
@@ -109,7 +109,8 @@ impl BertConfig {
                 "BERT as a decoder (is_decoder / add_cross_attention) is not supported",
             ));
         }
-        if cfg.num_attention_heads == 0 || cfg.hidden_size % cfg.num_attention_heads != 0 {
+        if cfg.num_attention_heads == 0 || !cfg.hidden_size.is_multiple_of(cfg.num_attention_heads)
+        {
             return Err(WickError::config(
                 path,
                 "hidden_size is not divisible by num_attention_heads",
@@ -176,7 +177,7 @@ struct BertEmbeddings {
     position_embeddings: Embedding,
     token_type_embeddings: Embedding,
     layer_norm: LayerNorm,
-    dropout: f32,
+    dropout: f64,
 }
 
 impl BertEmbeddings {
@@ -226,7 +227,7 @@ struct BertLayer {
     attention_norm: LayerNorm,
     ffn: FeedForward,
     output_norm: LayerNorm,
-    dropout: f32,
+    dropout: f64,
 }
 
 impl BertLayer {
@@ -330,7 +331,7 @@ pub struct Bert {
     pooler: Option<Linear>,
     mlm: Option<BertMlmHead>,
     classifier: Option<Linear>,
-    classifier_dropout: f32,
+    classifier_dropout: f64,
     cfg: BertConfig,
 }
 

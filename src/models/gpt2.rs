@@ -31,11 +31,11 @@ pub struct Gpt2Config {
     #[serde(default = "defaults::eps")]
     pub layer_norm_epsilon: f64,
     #[serde(default = "defaults::pdrop")]
-    pub resid_pdrop: f32,
+    pub resid_pdrop: f64,
     #[serde(default = "defaults::pdrop")]
-    pub embd_pdrop: f32,
+    pub embd_pdrop: f64,
     #[serde(default = "defaults::pdrop")]
-    pub attn_pdrop: f32,
+    pub attn_pdrop: f64,
     #[serde(default)]
     pub bos_token_id: Option<u32>,
     #[serde(default, with = "super::config::token_ids")]
@@ -63,7 +63,7 @@ mod defaults {
     pub fn eps() -> f64 {
         1e-5
     }
-    pub fn pdrop() -> f32 {
+    pub fn pdrop() -> f64 {
         0.1
     }
     pub fn yes() -> bool {
@@ -93,7 +93,7 @@ impl Gpt2Config {
                 "add_cross_attention is not supported",
             ));
         }
-        if cfg.n_head == 0 || cfg.n_embd % cfg.n_head != 0 {
+        if cfg.n_head == 0 || !cfg.n_embd.is_multiple_of(cfg.n_head) {
             return Err(WickError::config(
                 path,
                 format!(
@@ -117,7 +117,7 @@ pub struct Gpt2Block {
     attn: MultiHeadAttention,
     ln_2: LayerNorm,
     mlp: FeedForward,
-    resid_pdrop: f32,
+    resid_pdrop: f64,
 }
 
 impl Gpt2Block {

@@ -13,7 +13,10 @@ pub use seq2seq::{Seq2Seq, Seq2SeqCache, Seq2SeqConfig};
 use candle_core::Result;
 use candle_nn::VarBuilder;
 
-/// Any of the three variants, built from a config through one `VarBuilder`.
+/// Any of the three variants, built from a config through one `VarBuilder`. A process
+/// holds one or two models for its whole life, so the size difference between variants
+/// is not worth a Box.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone)]
 pub enum Model {
     Gpt2(Gpt2),

@@ -24,9 +24,9 @@ pub struct Seq2SeqConfig {
     pub num_heads: usize,
     pub d_ff: usize,
     #[serde(default = "defaults::dropout")]
-    pub dropout: f32,
+    pub dropout: f64,
     #[serde(default)]
-    pub attention_dropout: f32,
+    pub attention_dropout: f64,
     #[serde(default = "defaults::relu")]
     pub activation: Activation,
     #[serde(default = "defaults::max_positions")]
@@ -46,7 +46,7 @@ pub struct Seq2SeqConfig {
 
 mod defaults {
     use crate::nn::Activation;
-    pub fn dropout() -> f32 {
+    pub fn dropout() -> f64 {
         0.1
     }
     pub fn relu() -> Activation {
@@ -99,7 +99,7 @@ struct EncoderLayer {
     self_attn_layer_norm: LayerNorm,
     ffn: FeedForward,
     final_layer_norm: LayerNorm,
-    dropout: f32,
+    dropout: f64,
 }
 
 impl EncoderLayer {
@@ -144,7 +144,7 @@ struct DecoderLayer {
     encoder_attn_layer_norm: LayerNorm,
     ffn: FeedForward,
     final_layer_norm: LayerNorm,
-    dropout: f32,
+    dropout: f64,
 }
 
 /// Per decoder layer: the growing self-attention cache and the fixed cross-attention
@@ -240,7 +240,7 @@ pub struct Seq2Seq {
 
 impl Seq2Seq {
     pub fn load(cfg: &Seq2SeqConfig, vb: VarBuilder) -> Result<Self> {
-        if cfg.num_heads == 0 || cfg.d_model % cfg.num_heads != 0 {
+        if cfg.num_heads == 0 || !cfg.d_model.is_multiple_of(cfg.num_heads) {
             candle_core::bail!(
                 "d_model {} is not divisible by num_heads {}",
                 cfg.d_model,

@@ -15,7 +15,7 @@ pub fn scaled_dot_product_attention(
     v: &Tensor,
     bias: Option<&Tensor>,
     scale: f64,
-    dropout_p: f32,
+    dropout_p: f64,
     train: bool,
 ) -> Result<Tensor> {
     let scores = (q.matmul(&k.t()?)? * scale)?; // (B, H, Tq, Tk)
@@ -43,7 +43,7 @@ pub struct MultiHeadAttention {
     out: Linear,
     num_heads: usize,
     scale: f64,
-    dropout: f32,
+    dropout: f64,
 }
 
 impl MultiHeadAttention {
@@ -52,7 +52,7 @@ impl MultiHeadAttention {
         out: Linear,
         num_heads: usize,
         scale: f64,
-        dropout: f32,
+        dropout: f64,
     ) -> Self {
         Self {
             qkv,

@@ -10,11 +10,11 @@ pub struct FeedForward {
     up: Linear,
     down: Linear,
     activation: Activation,
-    dropout: f32,
+    dropout: f64,
 }
 
 impl FeedForward {
-    pub fn new(up: Linear, down: Linear, activation: Activation, dropout: f32) -> Self {
+    pub fn new(up: Linear, down: Linear, activation: Activation, dropout: f64) -> Self {
         Self {
             up,
             down,

@@ -26,9 +26,9 @@ use candle_core::{Result, Tensor};
 
 /// Dropout that is the identity in eval mode. `candle_nn::ops::dropout` is built from
 /// differentiable ops (a random mask multiply), so gradients flow through it.
-pub fn dropout(x: &Tensor, p: f32, train: bool) -> Result<Tensor> {
+pub fn dropout(x: &Tensor, p: f64, train: bool) -> Result<Tensor> {
     if train && p > 0.0 {
-        candle_nn::ops::dropout(x, p)
+        candle_nn::ops::dropout(x, p as f32)
     } else {
         Ok(x.clone())
     }

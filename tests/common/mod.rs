@@ -74,3 +74,60 @@ pub fn assert_close(got: &[f32], want: &[f32], tol: f32, what: &str) {
         want[i]
     );
 }
+
+/// Runs the `wick` binary; returns (exit code, stdout, stderr).
+pub fn wick(args: &[&str]) -> (i32, String, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_wick"))
+        .args(args)
+        .env("HF_HUB_OFFLINE", "1")
+        .env(
+            "HF_HOME",
+            std::env::temp_dir().join("wick-test-empty-hf-home"),
+        )
+        .output()
+        .expect("run wick");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Runs `wick` expecting success and `--json` output: exactly one JSON object.
+#[track_caller]
+pub fn wick_json(args: &[&str]) -> Value {
+    let (code, stdout, stderr) = wick(args);
+    assert_eq!(code, 0, "wick {args:?} failed: {stderr}");
+    let v: Value = serde_json::from_str(stdout.trim())
+        .unwrap_or_else(|e| panic!("stdout is not one JSON object ({e}): {stdout}"));
+    assert!(v.is_object());
+    v
+}
+
+/// Runs `wick` expecting a clean failure: non-zero exit, no panic, stderr naming `needles`.
+#[track_caller]
+pub fn wick_fails(args: &[&str], needles: &[&str]) -> String {
+    let (code, _, stderr) = wick(args);
+    assert_ne!(code, 0, "wick {args:?} should fail");
+    assert!(
+        !stderr.contains("panicked"),
+        "wick {args:?} panicked: {stderr}"
+    );
+    for n in needles {
+        assert!(
+            stderr.contains(n),
+            "stderr of wick {args:?} should mention {n:?}: {stderr}"
+        );
+    }
+    stderr
+}
+
+/// A copy of a fixture folder to damage.
+pub fn copy_fixture(name: &str) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    for entry in std::fs::read_dir(fixture(name)).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), dir.path().join(entry.file_name())).unwrap();
+    }
+    dir
+}

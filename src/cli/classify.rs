@@ -1,0 +1,41 @@
+use std::path::PathBuf;
+
+use anyhow::Result;
+use serde_json::json;
+
+use super::{as_bert, emit, gather_texts, ModelArgs};
+use crate::checkpoint::LoadOptions;
+use crate::tasks::classify::classify;
+
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// A text to classify (repeatable).
+    #[arg(long)]
+    text: Vec<String>,
+    /// One text per line.
+    #[arg(long)]
+    file: Option<PathBuf>,
+}
+
+pub fn run(args: Args) -> Result<()> {
+    let texts = gather_texts(&args.text, args.file.as_deref())?;
+    let p = args.model.load(LoadOptions::default())?;
+    let model = as_bert(&p, "classify")?;
+    if !model.has_classifier() {
+        anyhow::bail!(
+            "{} has no classification head (classifier.weight)",
+            p.dir.display()
+        );
+    }
+    let preds = classify(model, p.tokenizer()?, &texts, &args.model.device()?)?;
+    emit(args.model.json, &json!({"predictions": preds}), || {
+        preds
+            .iter()
+            .zip(&texts)
+            .map(|(p, t)| format!("{:<20} {:.4}  {t}", p.label, p.score))
+            .collect::<Vec<_>>()
+            .join("\n")
+    })
+}

@@ -1,0 +1,143 @@
+//! The `wick` command line. Every subcommand takes `--model`, `--device` and `--json`;
+//! with `--json`, stdout is exactly one JSON object and everything else goes to stderr.
+
+mod classify;
+mod embed;
+mod fill_mask;
+mod generate;
+mod info;
+mod score;
+
+use anyhow::{Context, Result};
+use candle_core::Device;
+use clap::{Parser, Subcommand};
+use serde::Serialize;
+
+use crate::checkpoint::{load, LoadOptions, Pretrained};
+use crate::models::{Bert, Gpt2, Model};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "wick",
+    version,
+    about = "Train, fine-tune and run GPT-2, BERT and encoder-decoder transformers"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Architecture, sizes, parameter count, dtype and tokenizer of a model.
+    Info(info::Args),
+    /// Log-probability of each token of a text under a causal LM.
+    Score(score::Args),
+    /// Continue a prompt with a causal LM.
+    Generate(generate::Args),
+    /// Sentence embeddings from a BERT encoder.
+    Embed(embed::Args),
+    /// Most probable tokens at each [MASK].
+    FillMask(fill_mask::Args),
+    /// Labels and probabilities from a BERT classifier.
+    Classify(classify::Args),
+}
+
+/// What every subcommand that runs a model takes.
+#[derive(clap::Args, Debug, Clone)]
+pub struct ModelArgs {
+    /// A checkpoint folder (config.json, weights, tokenizer) or a hub id such as `gpt2`
+    /// (resolved through the hf-hub cache; set HF_HUB_OFFLINE=1 to stay offline).
+    #[arg(long)]
+    pub model: String,
+    /// cpu, cuda[:N] or metal.
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    /// Print exactly one JSON object on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
+impl ModelArgs {
+    pub fn device(&self) -> Result<Device> {
+        Ok(crate::device::parse_device(&self.device)?)
+    }
+
+    pub fn load(&self, opts: LoadOptions) -> Result<Pretrained> {
+        let opts = LoadOptions {
+            device: self.device()?,
+            ..opts
+        };
+        load(&self.model, &opts).with_context(|| format!("loading --model {}", self.model))
+    }
+}
+
+pub(crate) fn as_gpt2<'a>(p: &'a Pretrained, cmd: &str) -> Result<&'a Gpt2> {
+    match &p.model {
+        Model::Gpt2(m) => Ok(m),
+        other => anyhow::bail!(
+            "`wick {cmd}` needs a causal LM (GPT-2); {} is a {}",
+            p.dir.display(),
+            other.architecture()
+        ),
+    }
+}
+
+pub(crate) fn as_bert<'a>(p: &'a Pretrained, cmd: &str) -> Result<&'a Bert> {
+    match &p.model {
+        Model::Bert(m) => Ok(m),
+        other => anyhow::bail!(
+            "`wick {cmd}` needs a BERT model; {} is a {}",
+            p.dir.display(),
+            other.architecture()
+        ),
+    }
+}
+
+/// Texts from repeated `--text` flags and/or a `--file` with one text per line.
+pub(crate) fn gather_texts(
+    texts: &[String],
+    file: Option<&std::path::Path>,
+) -> Result<Vec<String>> {
+    let mut all = texts.to_vec();
+    if let Some(f) = file {
+        let content =
+            std::fs::read_to_string(f).with_context(|| format!("--file {}", f.display()))?;
+        all.extend(
+            content
+                .lines()
+                .filter(|l| !l.trim().is_empty())
+                .map(String::from),
+        );
+    }
+    if all.is_empty() {
+        anyhow::bail!("no input: give --text or --file");
+    }
+    Ok(all)
+}
+
+/// Prints `value` as JSON, or the human-readable rendering.
+pub(crate) fn emit<T: Serialize>(
+    json: bool,
+    value: &T,
+    human: impl FnOnce() -> String,
+) -> Result<()> {
+    if json {
+        println!("{}", serde_json::to_string(value)?);
+    } else {
+        println!("{}", human());
+    }
+    Ok(())
+}
+
+pub fn run() -> Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Info(a) => info::run(a),
+        Command::Score(a) => score::run(a),
+        Command::Generate(a) => generate::run(a),
+        Command::Embed(a) => embed::run(a),
+        Command::FillMask(a) => fill_mask::run(a),
+        Command::Classify(a) => classify::run(a),
+    }
+}

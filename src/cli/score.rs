@@ -1,0 +1,41 @@
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+
+use super::{as_gpt2, emit, ModelArgs};
+use crate::checkpoint::LoadOptions;
+
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// The text to score (encoded without special tokens).
+    #[arg(long, conflicts_with = "file", required_unless_present = "file")]
+    text: Option<String>,
+    /// Score the contents of this file instead.
+    #[arg(long)]
+    file: Option<PathBuf>,
+}
+
+pub fn run(args: Args) -> Result<()> {
+    let text = match (&args.text, &args.file) {
+        (Some(t), _) => t.clone(),
+        (None, Some(f)) => {
+            std::fs::read_to_string(f).with_context(|| format!("--file {}", f.display()))?
+        }
+        (None, None) => unreachable!("clap requires one"),
+    };
+    let p = args.model.load(LoadOptions::default())?;
+    let model = as_gpt2(&p, "score")?;
+    let ids = p.tokenizer()?.encode(&text, false)?;
+    let s = crate::tasks::score::score(model, &ids, &args.model.device()?)
+        .context("scoring --text/--file")?;
+    emit(args.model.json, &s, || {
+        format!(
+            "tokens      {}\nmean NLL    {:.4}\nperplexity  {:.3}",
+            s.token_ids.len(),
+            s.mean_nll,
+            s.perplexity
+        )
+    })
+}

@@ -1,0 +1,276 @@
+//! The CLI contract: subcommands, `--json` output (exactly one object on stdout), and
+//! the numbers matching transformers' through the binary.
+
+mod common;
+
+use common::*;
+
+fn fx(name: &str) -> String {
+    fixture(name).to_str().unwrap().to_string()
+}
+
+#[test]
+fn info_reports_sizes_and_parameters() {
+    let v = wick_json(&["info", "--model", &fx("tiny-gpt2"), "--json"]);
+    assert_eq!(v["model_type"], "gpt2");
+    assert_eq!(v["layers"], 2);
+    assert_eq!(v["hidden_size"], 32);
+    assert_eq!(v["vocab_size"], 320);
+    // wte 320·32 + wpe 64·32 + 2 layers · (2·LN 64 + c_attn 32·96+96 + c_proj 32·32+32
+    // + c_fc 32·128+128 + c_proj 128·32+32) + ln_f 64
+    let per_layer = 2 * 64 + (32 * 96 + 96) + (32 * 32 + 32) + (32 * 128 + 128) + (128 * 32 + 32);
+    assert_eq!(v["parameters"], 320 * 32 + 64 * 32 + 2 * per_layer + 64);
+    assert_eq!(v["dtype"], "f32");
+    assert_eq!(v["unused_tensors"].as_array().unwrap().len(), 0);
+    let (code, human, _) = wick(&["info", "--model", &fx("tiny-bert-cls")]);
+    assert_eq!(code, 0);
+    assert!(human.contains("classification head"), "{human}");
+}
+
+#[test]
+fn score_matches_transformers_logprobs() {
+    let exp = expected("tiny-gpt2.json");
+    let case = &exp["cases"][0];
+    let v = wick_json(&[
+        "score",
+        "--model",
+        &fx("tiny-gpt2"),
+        "--text",
+        case["text"].as_str().unwrap(),
+        "--json",
+    ]);
+    assert_eq!(ids(&v["token_ids"]), ids(&case["token_ids"]));
+    assert_close(
+        &floats(&v["logprobs"]),
+        &floats(&case["logprobs"]),
+        1e-4,
+        "logprobs",
+    );
+    let lp = floats(&case["logprobs"]);
+    let mean_nll = -lp.iter().map(|&x| x as f64).sum::<f64>() / lp.len() as f64;
+    assert!((v["mean_nll"].as_f64().unwrap() - mean_nll).abs() < 1e-4);
+    assert!((v["perplexity"].as_f64().unwrap() - mean_nll.exp()).abs() < 1e-3);
+}
+
+#[test]
+fn score_reads_a_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("t.txt");
+    std::fs::write(&f, "To be, or not to be").unwrap();
+    let v = wick_json(&[
+        "score",
+        "--model",
+        &fx("tiny-gpt2-hub"),
+        "--file",
+        f.to_str().unwrap(),
+        "--json",
+    ]);
+    assert!(v["logprobs"].as_array().unwrap().len() > 3);
+}
+
+#[test]
+fn greedy_generate_matches_transformers() {
+    let exp = expected("tiny-gpt2.json");
+    for case in exp["cases"].as_array().unwrap() {
+        let v = wick_json(&[
+            "generate",
+            "--model",
+            &fx("tiny-gpt2"),
+            "--prompt",
+            case["text"].as_str().unwrap(),
+            "--max-new-tokens",
+            "12",
+            "--temperature",
+            "0",
+            "--json",
+        ]);
+        assert_eq!(ids(&v["prompt_ids"]), ids(&case["token_ids"]));
+        assert_eq!(ids(&v["token_ids"]), ids(&case["greedy_new_ids"]));
+        assert!(v["text"].is_string());
+    }
+}
+
+#[test]
+fn sampling_with_a_seed_is_reproducible() {
+    let run = |seed: &str| {
+        wick_json(&[
+            "generate",
+            "--model",
+            &fx("tiny-gpt2"),
+            "--prompt",
+            "To be",
+            "--max-new-tokens",
+            "8",
+            "--temperature",
+            "1.0",
+            "--seed",
+            seed,
+            "--json",
+        ])["token_ids"]
+            .clone()
+    };
+    assert_eq!(run("7"), run("7"));
+}
+
+#[test]
+fn embed_pools_and_normalises() {
+    let v = wick_json(&[
+        "embed",
+        "--model",
+        &fx("tiny-bert"),
+        "--text",
+        "to be or not to be",
+        "--text",
+        "a journey",
+        "--pooling",
+        "mean",
+        "--normalize",
+        "--json",
+    ]);
+    let e = v["embeddings"].as_array().unwrap();
+    assert_eq!(e.len(), 2);
+    for row in e {
+        let norm: f32 = floats(row).iter().map(|x| x * x).sum::<f32>().sqrt();
+        assert!((norm - 1.0).abs() < 1e-5);
+        assert_eq!(row.as_array().unwrap().len(), 32);
+    }
+    // [CLS] pooling without normalisation is the first hidden state (parity-tested).
+    let exp = expected("tiny-bert.json");
+    let v = wick_json(&[
+        "embed",
+        "--model",
+        &fx("tiny-bert"),
+        "--text",
+        exp["texts"][0].as_str().unwrap(),
+        "--pooling",
+        "cls",
+        "--json",
+    ]);
+    assert_close(
+        &floats(&v["embeddings"][0]),
+        &floats(&exp["last_hidden_state"][0][0]),
+        1e-4,
+        "cls",
+    );
+}
+
+#[test]
+fn fill_mask_returns_probabilities() {
+    let v = wick_json(&[
+        "fill-mask",
+        "--model",
+        &fx("tiny-bert-mlm"),
+        "--text",
+        "the quick [MASK] fox",
+        "--top-k",
+        "4",
+        "--json",
+    ]);
+    let preds = v["predictions"].as_array().unwrap();
+    assert_eq!(preds.len(), 4);
+    let scores: Vec<f32> = preds
+        .iter()
+        .map(|p| p["score"].as_f64().unwrap() as f32)
+        .collect();
+    assert!(scores.windows(2).all(|w| w[0] >= w[1]) && scores.iter().sum::<f32>() <= 1.0 + 1e-5);
+    assert!(preds[0]["token"].is_string() && preds[0]["token_id"].is_u64());
+}
+
+#[test]
+fn classify_labels_a_batch() {
+    let v = wick_json(&[
+        "classify",
+        "--model",
+        &fx("tiny-bert-cls"),
+        "--text",
+        "to be or not to be",
+        "--text",
+        "a",
+        "--json",
+    ]);
+    let preds = v["predictions"].as_array().unwrap();
+    assert_eq!(preds.len(), 2);
+    let total: f64 = preds[0]["scores"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|x| x.as_f64().unwrap())
+        .sum();
+    assert!((total - 1.0).abs() < 1e-5);
+}
+
+#[test]
+fn wrong_task_for_the_model_is_a_clear_error() {
+    wick_fails(
+        &[
+            "score",
+            "--model",
+            &fx("tiny-bert"),
+            "--text",
+            "hello there",
+        ],
+        &["needs a causal LM"],
+    );
+    wick_fails(
+        &[
+            "fill-mask",
+            "--model",
+            &fx("tiny-bert"),
+            "--text",
+            "a [MASK]",
+        ],
+        &["no masked-LM head"],
+    );
+    wick_fails(
+        &[
+            "fill-mask",
+            "--model",
+            &fx("tiny-bert-mlm"),
+            "--text",
+            "no mask here",
+        ],
+        &["no [MASK]"],
+    );
+    wick_fails(
+        &["embed", "--model", &fx("tiny-gpt2"), "--text", "x"],
+        &["needs a BERT"],
+    );
+}
+
+#[test]
+fn invalid_flags_and_inputs_fail_cleanly() {
+    wick_fails(
+        &["info", "--model", &fx("tiny-gpt2"), "--device", "tpu"],
+        &["--device tpu"],
+    );
+    wick_fails(
+        &[
+            "generate",
+            "--model",
+            &fx("tiny-gpt2"),
+            "--prompt",
+            "a",
+            "--temperature=-1",
+        ],
+        &["--temperature"],
+    );
+    wick_fails(
+        &["info", "--model", "./no/such/folder"],
+        &["no such folder"],
+    );
+    // A hub id that is not cached, offline.
+    wick_fails(
+        &["info", "--model", "openai-community/gpt2"],
+        &["HF_HUB_OFFLINE"],
+    );
+    // A prompt longer than the 64-token context.
+    let long = "To be, or not to be, that is the question. ".repeat(10);
+    wick_fails(
+        &["score", "--model", &fx("tiny-gpt2"), "--text", &long],
+        &["longer than the model's context"],
+    );
+    wick_fails(
+        &["generate", "--model", &fx("tiny-gpt2"), "--prompt", &long],
+        &["longer than the model's context"],
+    );
+}
