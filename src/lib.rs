@@ -8,6 +8,7 @@
 
 pub mod checkpoint;
 pub mod cli;
+pub mod data;
 pub mod device;
 pub mod error;
 pub mod generation;
@@ -15,5 +16,6 @@ pub mod models;
 pub mod nn;
 pub mod tasks;
 pub mod tokenizer;
+pub mod train;
 
 pub use error::{Result, WickError};

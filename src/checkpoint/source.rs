@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex};
 use candle_core::{DType, Device, Result, Shape, Tensor, Var};
 use candle_nn::var_builder::SimpleBackend;
 use candle_nn::{Init, VarBuilder};
+use rand::{rngs::StdRng, Rng, SeedableRng};
 
 use super::store::TensorStore;
 use crate::error::WickError;
@@ -33,6 +34,9 @@ struct Inner {
     tensors: Mutex<Vec<(String, Tensor)>>,
     vars: Mutex<Vec<(String, Var)>>,
     initialised: Mutex<Vec<String>>,
+    /// Fresh weights come from this seeded generator (candle's CPU generator cannot be
+    /// seeded), in the order the model asks for them: same seed, same model.
+    rng: Mutex<StdRng>,
 }
 
 /// A handle on the weights behind a model: keep it to save, train or inspect the model.
@@ -58,6 +62,7 @@ impl WeightSource {
                 tensors: Mutex::new(Vec::new()),
                 vars: Mutex::new(Vec::new()),
                 initialised: Mutex::new(Vec::new()),
+                rng: Mutex::new(StdRng::seed_from_u64(0)),
             }),
         }
     }
@@ -70,6 +75,32 @@ impl WeightSource {
     /// Randomly initialised trainable weights.
     pub fn from_scratch() -> Self {
         Self::new(None, InitPolicy::All, true)
+    }
+
+    /// Seeds the generator fresh weights are drawn from (before the model is built).
+    pub fn with_seed(self, seed: u64) -> Self {
+        *self.inner.rng.lock().unwrap() = StdRng::seed_from_u64(seed);
+        self
+    }
+
+    fn init_tensor(&self, init: Init, shape: Shape, dtype: DType, dev: &Device) -> Result<Tensor> {
+        let n = shape.elem_count();
+        let mut rng = self.inner.rng.lock().unwrap();
+        let values: Vec<f32> = match init {
+            Init::Randn { mean, stdev } => (0..n)
+                .map(|_| {
+                    // Box-Muller: two uniforms give one standard normal.
+                    let (u1, u2): (f64, f64) =
+                        (rng.random::<f64>().max(f64::MIN_POSITIVE), rng.random());
+                    let z = (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos();
+                    (mean + stdev * z) as f32
+                })
+                .collect(),
+            Init::Uniform { lo, up } => (0..n).map(|_| rng.random_range(lo..up) as f32).collect(),
+            Init::Const(c) => vec![c as f32; n],
+            other => return Ok(other.var(shape, dtype, dev)?.as_tensor().clone()),
+        };
+        Tensor::from_vec(values, shape, dev)?.to_dtype(dtype)
     }
 
     pub fn var_builder(&self, dtype: DType, device: &Device) -> VarBuilder<'static> {
@@ -198,7 +229,7 @@ impl SimpleBackend for WeightSource {
                     .lock()
                     .unwrap()
                     .push(name.to_string());
-                init.var(shape, dtype, dev)?.as_tensor().clone()
+                self.init_tensor(init, shape, dtype, dev)?
             }
             None => {
                 let file = match &self.inner.store {

@@ -3,10 +3,12 @@
 
 mod classify;
 mod embed;
+mod eval;
 mod fill_mask;
 mod generate;
 mod info;
 mod score;
+mod train;
 
 use anyhow::{Context, Result};
 use candle_core::Device;
@@ -41,6 +43,10 @@ enum Command {
     FillMask(fill_mask::Args),
     /// Labels and probabilities from a BERT classifier.
     Classify(classify::Args),
+    /// Train from scratch or fine-tune (default: the shakespeare-char preset).
+    Train(train::Args),
+    /// Loss and perplexity of a causal LM on a text.
+    Eval(eval::Args),
 }
 
 /// What every subcommand that runs a model takes.
@@ -139,5 +145,7 @@ pub fn run() -> Result<()> {
         Command::Embed(a) => embed::run(a),
         Command::FillMask(a) => fill_mask::run(a),
         Command::Classify(a) => classify::run(a),
+        Command::Train(a) => train::run(a),
+        Command::Eval(a) => eval::run(a),
     }
 }

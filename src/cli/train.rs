@@ -1,0 +1,137 @@
+use std::io::IsTerminal;
+use std::path::PathBuf;
+
+use anyhow::Result;
+use serde_json::{Map, Value};
+
+use crate::train::{train, Objective, TrainRequest};
+
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// A preset name (shakespeare-char), a preset or config.json file (train from
+    /// scratch), or a checkpoint folder / hub id (fine-tune).
+    #[arg(long, default_value = "shakespeare-char")]
+    model: String,
+    /// Training corpus: a text file, a folder of .txt, or JSONL with a `text` field.
+    #[arg(long)]
+    data: Option<PathBuf>,
+    /// Output folder (default runs/<preset or model name>).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// "char" for a character-level tokenizer built from the corpus, or a
+    /// tokenizer.json (default: the checkpoint's or preset's).
+    #[arg(long)]
+    tokenizer: Option<String>,
+    /// Continue the run in --out from its latest checkpoint, up to --max-iters.
+    #[arg(long)]
+    resume: bool,
+    #[arg(long, value_enum)]
+    objective: Option<Objective>,
+    #[arg(long)]
+    max_iters: Option<usize>,
+    #[arg(long)]
+    batch_size: Option<usize>,
+    #[arg(long)]
+    block_size: Option<usize>,
+    /// Micro-batches accumulated per optimizer step.
+    #[arg(long)]
+    grad_accum: Option<usize>,
+    #[arg(long)]
+    learning_rate: Option<f64>,
+    #[arg(long)]
+    min_lr: Option<f64>,
+    #[arg(long)]
+    warmup_iters: Option<usize>,
+    #[arg(long, value_enum)]
+    lr_schedule: Option<crate::train::schedule::Schedule>,
+    #[arg(long)]
+    weight_decay: Option<f64>,
+    /// Global gradient-norm clip (0 disables).
+    #[arg(long)]
+    grad_clip: Option<f64>,
+    #[arg(long)]
+    dropout: Option<f64>,
+    #[arg(long)]
+    eval_every: Option<usize>,
+    #[arg(long)]
+    eval_iters: Option<usize>,
+    #[arg(long)]
+    log_every: Option<usize>,
+    #[arg(long)]
+    save_every: Option<usize>,
+    /// Checkpoints to keep (0 keeps all).
+    #[arg(long)]
+    keep_last: Option<usize>,
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Tokens to sample at the end (0: none).
+    #[arg(long)]
+    sample_tokens: Option<usize>,
+    /// cpu, cuda[:N] or metal.
+    #[arg(long, default_value = "cpu")]
+    device: String,
+}
+
+pub fn run(a: Args) -> Result<()> {
+    let mut o = Map::new();
+    let mut put = |k: &str, v: Option<Value>| {
+        if let Some(v) = v {
+            o.insert(k.into(), v);
+        }
+    };
+    put(
+        "objective",
+        a.objective.map(|x| serde_json::to_value(x).unwrap()),
+    );
+    put("max_iters", a.max_iters.map(Value::from));
+    put("batch_size", a.batch_size.map(Value::from));
+    put("block_size", a.block_size.map(Value::from));
+    put("grad_accum", a.grad_accum.map(Value::from));
+    put("learning_rate", a.learning_rate.map(Value::from));
+    put("min_lr", a.min_lr.map(Value::from));
+    put("warmup_iters", a.warmup_iters.map(Value::from));
+    put(
+        "lr_schedule",
+        a.lr_schedule.map(|x| serde_json::to_value(x).unwrap()),
+    );
+    put("weight_decay", a.weight_decay.map(Value::from));
+    put("grad_clip", a.grad_clip.map(Value::from));
+    put("dropout", a.dropout.map(Value::from));
+    put("eval_every", a.eval_every.map(Value::from));
+    put("eval_iters", a.eval_iters.map(Value::from));
+    put("log_every", a.log_every.map(Value::from));
+    put("save_every", a.save_every.map(Value::from));
+    put("keep_last", a.keep_last.map(Value::from));
+    put("seed", a.seed.map(Value::from));
+    put("sample_tokens", a.sample_tokens.map(Value::from));
+    let summary = train(TrainRequest {
+        model: a.model,
+        data: a.data,
+        out: a.out,
+        tokenizer: a.tokenizer,
+        resume: a.resume,
+        overrides: o,
+        device: crate::device::parse_device(&a.device)?,
+        progress: std::io::stderr().is_terminal(),
+    })?;
+    if let Some(v) = summary.final_val_loss {
+        println!(
+            "val loss     {v:.4} (whole validation split), perplexity {:.3}",
+            v.exp()
+        );
+    }
+    println!(
+        "trained      {} steps in {:.1} s, {:.0} tokens/s -> {}",
+        summary.steps,
+        summary.seconds,
+        summary.tokens_per_sec,
+        summary.out.display()
+    );
+    if let Some(s) = summary.sample {
+        println!("sample:\n{s}");
+    }
+    if summary.interrupted {
+        std::process::exit(130);
+    }
+    Ok(())
+}

@@ -1,0 +1,10 @@
+//! Training data: reading corpora, tokenizing once into a memory-mapped cache, and
+//! cutting token streams into deterministic, resumable batches.
+
+pub mod corpus;
+pub mod lm;
+pub mod tokens;
+
+pub use corpus::read_documents;
+pub use lm::LmBatches;
+pub use tokens::{tokenize_cached, TokenBuffer};

@@ -1,0 +1,115 @@
+//! Trainer checkpoints: `<out>/checkpoint-NNNNNN/` holds the model in the Hugging Face
+//! layout plus the optimizer moments and the trainer state. A checkpoint is written into
+//! a hidden temporary folder and renamed into place, so a crash mid-save leaves only
+//! complete checkpoints; `trainer_state.json` is the last file written.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use candle_core::{Device, Tensor};
+use serde::{Deserialize, Serialize};
+
+use super::config::TrainConfig;
+use crate::checkpoint::{atomic_write, save, save_pretrained};
+use crate::error::{Result, WickError};
+use crate::models::ModelConfig;
+use crate::tokenizer::Tokenizer;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TrainerState {
+    /// Optimizer steps completed.
+    pub step: usize,
+    pub best_val_loss: Option<f64>,
+    pub train_config: TrainConfig,
+    /// The corpus the run trains on (a resumed run reads it again).
+    pub data: PathBuf,
+    pub wick_version: String,
+}
+
+pub fn checkpoint_dir(out: &Path, step: usize) -> PathBuf {
+    out.join(format!("checkpoint-{step:06}"))
+}
+
+/// Complete checkpoints in `out`, oldest first.
+pub fn list(out: &Path) -> Vec<(usize, PathBuf)> {
+    let mut found: Vec<(usize, PathBuf)> = std::fs::read_dir(out)
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e.ok())
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let step = name.strip_prefix("checkpoint-")?.parse::<usize>().ok()?;
+            e.path()
+                .join("trainer_state.json")
+                .is_file()
+                .then(|| (step, e.path()))
+        })
+        .collect();
+    found.sort();
+    found
+}
+
+pub fn latest(out: &Path) -> Option<(usize, PathBuf)> {
+    list(out).pop()
+}
+
+/// What a checkpoint is made of.
+pub struct Snapshot<'a> {
+    pub config: &'a ModelConfig,
+    pub tensors: Vec<(String, Tensor)>,
+    pub tokenizer: &'a Tokenizer,
+    pub optimizer: Vec<(String, Tensor)>,
+    pub state: TrainerState,
+}
+
+/// Writes checkpoint-N atomically, points `<out>`'s own model files at it, and keeps
+/// only the newest `keep_last` checkpoints.
+pub fn save_checkpoint(out: &Path, snap: &Snapshot, keep_last: usize) -> Result<PathBuf> {
+    let final_dir = checkpoint_dir(out, snap.state.step);
+    let tmp = out.join(format!(".checkpoint-{:06}.tmp", snap.state.step));
+    let _ = std::fs::remove_dir_all(&tmp);
+    save_pretrained(&tmp, snap.config, &snap.tensors, Some(snap.tokenizer))?;
+    atomic_write(
+        &tmp.join("optimizer.safetensors"),
+        &save::safetensors_bytes(&snap.optimizer)?,
+    )?;
+    let state = serde_json::to_string_pretty(&snap.state).expect("state serialises");
+    atomic_write(&tmp.join("trainer_state.json"), state.as_bytes())?;
+    if final_dir.exists() {
+        std::fs::remove_dir_all(&final_dir).map_err(|e| WickError::io(&final_dir, e))?;
+    }
+    std::fs::rename(&tmp, &final_dir).map_err(|e| WickError::io(&final_dir, e))?;
+    publish(&final_dir, out)?;
+    if keep_last > 0 {
+        let all = list(out);
+        for (_, dir) in all.iter().take(all.len().saturating_sub(keep_last)) {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+    Ok(final_dir)
+}
+
+/// Copies a checkpoint's model files (config, weights, tokenizer) into `dest`, each
+/// atomically, so `dest` is always a loadable model folder.
+pub fn publish(checkpoint: &Path, dest: &Path) -> Result<()> {
+    for f in ["model.safetensors", "tokenizer.json", "config.json"] {
+        let src = checkpoint.join(f);
+        let bytes = std::fs::read(&src).map_err(|e| WickError::io(&src, e))?;
+        atomic_write(&dest.join(f), &bytes)?;
+    }
+    Ok(())
+}
+
+pub fn load_state(dir: &Path) -> Result<(TrainerState, HashMap<String, Tensor>)> {
+    let p = dir.join("trainer_state.json");
+    let text = std::fs::read_to_string(&p).map_err(|e| WickError::io(&p, e))?;
+    let state: TrainerState =
+        serde_json::from_str(&text).map_err(|e| WickError::config(&p, e.to_string()))?;
+    let opt = dir.join("optimizer.safetensors");
+    let tensors =
+        candle_core::safetensors::load(&opt, &Device::Cpu).map_err(|e| WickError::BadWeights {
+            path: opt.clone(),
+            message: e.to_string(),
+        })?;
+    Ok((state, tensors))
+}

@@ -1,0 +1,241 @@
+//! The effective training configuration: defaults, overridden by a preset's `train`
+//! section, overridden by command-line flags. It is printed at the start and stored with
+//! every checkpoint (train_config.json).
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use super::schedule::Schedule;
+use crate::error::{Result, WickError};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Objective {
+    /// Causal language modelling: predict every next token.
+    Clm,
+    /// Masked language modelling (BERT).
+    Mlm,
+    /// Sequence classification on [CLS].
+    Classify,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TrainConfig {
+    pub objective: Objective,
+    pub max_iters: usize,
+    pub batch_size: usize,
+    pub block_size: usize,
+    /// Micro-batches per optimizer step.
+    pub grad_accum: usize,
+    pub learning_rate: f64,
+    /// Where decay ends; defaults to learning_rate / 10.
+    pub min_lr: Option<f64>,
+    pub warmup_iters: usize,
+    pub lr_schedule: Schedule,
+    pub weight_decay: f64,
+    pub decay_embeddings: bool,
+    pub beta1: f64,
+    pub beta2: f64,
+    pub eps: f64,
+    /// Global gradient-norm clip; 0 disables.
+    pub grad_clip: f64,
+    /// Overrides the model's dropout probabilities when set.
+    pub dropout: Option<f64>,
+    pub eval_every: usize,
+    /// Validation batches per evaluation (the same batches every time).
+    pub eval_iters: usize,
+    pub log_every: usize,
+    /// Checkpoint every N steps (0: only at the end).
+    pub save_every: usize,
+    /// Checkpoints kept (0: all).
+    pub keep_last: usize,
+    pub seed: u64,
+    /// Fraction of the corpus held out for validation (its end, as nanoGPT).
+    pub val_fraction: f64,
+    /// Tokens sampled at the end of a causal-LM run.
+    pub sample_tokens: usize,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        Self {
+            objective: Objective::Clm,
+            max_iters: 1000,
+            batch_size: 8,
+            block_size: 128,
+            grad_accum: 1,
+            learning_rate: 3e-4,
+            min_lr: None,
+            warmup_iters: 100,
+            lr_schedule: Schedule::Cosine,
+            weight_decay: 0.1,
+            decay_embeddings: true,
+            beta1: 0.9,
+            beta2: 0.95,
+            eps: 1e-8,
+            grad_clip: 1.0,
+            dropout: None,
+            eval_every: 250,
+            eval_iters: 20,
+            log_every: 10,
+            save_every: 500,
+            keep_last: 3,
+            seed: 1337,
+            val_fraction: 0.1,
+            sample_tokens: 200,
+        }
+    }
+}
+
+/// Merges `overrides` (keys of TrainConfig) into `base`, strictly: an unknown key is an
+/// error naming `source`.
+pub fn merge(
+    base: &TrainConfig,
+    overrides: &Map<String, Value>,
+    source: &str,
+) -> Result<TrainConfig> {
+    let mut v = serde_json::to_value(base).expect("config serialises");
+    let obj = v.as_object_mut().expect("object");
+    for (k, val) in overrides {
+        obj.insert(k.clone(), val.clone());
+    }
+    serde_path_to_error::deserialize(v).map_err(|e| {
+        let path = e.path().to_string();
+        WickError::config(
+            source,
+            format!("training setting `{path}`: {}", e.into_inner()),
+        )
+    })
+}
+
+impl TrainConfig {
+    pub fn min_lr(&self) -> f64 {
+        self.min_lr.unwrap_or(self.learning_rate / 10.0)
+    }
+
+    /// Checks the numbers make sense together; errors name the flag.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |m: String| Err(WickError::Unsupported(m));
+        if self.max_iters == 0 {
+            return bad("--max-iters must be at least 1".into());
+        }
+        if self.batch_size == 0 || self.block_size == 0 || self.grad_accum == 0 {
+            return bad("--batch-size, --block-size and --grad-accum must be at least 1".into());
+        }
+        if !(self.learning_rate > 0.0 && self.learning_rate.is_finite()) {
+            return bad(format!(
+                "--learning-rate must be positive, got {}",
+                self.learning_rate
+            ));
+        }
+        if !(0.0..1.0).contains(&self.val_fraction) {
+            return bad(format!(
+                "val_fraction must be in [0, 1), got {}",
+                self.val_fraction
+            ));
+        }
+        if let Some(p) = self.dropout {
+            if !(0.0..1.0).contains(&p) {
+                return bad(format!("--dropout must be in [0, 1), got {p}"));
+            }
+        }
+        if self.eval_every == 0 || self.log_every == 0 {
+            return bad("--eval-every and --log-every must be at least 1".into());
+        }
+        Ok(())
+    }
+
+    pub fn tokens_per_step(&self) -> usize {
+        self.batch_size * self.block_size * self.grad_accum
+    }
+}
+
+/// A model preset: models/NAME.json. Presets bundled with wick are compiled in, so the
+/// binary works outside the repository.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Preset {
+    pub name: String,
+    #[serde(default)]
+    pub description: String,
+    /// Default corpus, relative to the working directory.
+    #[serde(default)]
+    pub data: Option<PathBuf>,
+    /// "char" builds a character-level tokenizer from the corpus.
+    #[serde(default)]
+    pub tokenizer: Option<String>,
+    /// A config.json (model_type and sizes; vocab_size may be 0: set from the tokenizer).
+    pub model: Value,
+    #[serde(default)]
+    pub train: Map<String, Value>,
+}
+
+const BUNDLED: &[(&str, &str)] = &[(
+    "shakespeare-char",
+    include_str!("../../models/shakespeare-char.json"),
+)];
+
+impl Preset {
+    pub fn parse(text: &str, source: &Path) -> Result<Self> {
+        serde_path_to_error::deserialize(&mut serde_json::Deserializer::from_str(text)).map_err(
+            |e| {
+                let path = e.path().to_string();
+                WickError::config(source, format!("`{path}`: {}", e.into_inner()))
+            },
+        )
+    }
+
+    /// A bundled preset by name, or `models/NAME.json` in the working directory.
+    pub fn find(name: &str) -> Option<Result<Self>> {
+        let local = Path::new("models").join(format!("{name}.json"));
+        if let Ok(text) = std::fs::read_to_string(&local) {
+            if text.contains("\"train\"") || text.contains("\"model\"") {
+                return Some(Self::parse(&text, &local));
+            }
+        }
+        BUNDLED
+            .iter()
+            .find(|(n, t)| *n == name && t.contains("\"model\""))
+            .map(|(n, t)| Self::parse(t, Path::new(&format!("<bundled preset {n}>"))))
+    }
+
+    pub fn names() -> Vec<&'static str> {
+        BUNDLED
+            .iter()
+            .filter(|(_, t)| t.contains("\"model\""))
+            .map(|(n, _)| *n)
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_override_strictly() {
+        let mut o = Map::new();
+        o.insert("max_iters".into(), 40.into());
+        let c = merge(&TrainConfig::default(), &o, "flags").unwrap();
+        assert_eq!(c.max_iters, 40);
+        o.insert("max_iter".into(), 1.into());
+        let e = merge(&TrainConfig::default(), &o, "preset.json")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("max_iter") && e.contains("preset.json"), "{e}");
+    }
+
+    #[test]
+    fn bundled_presets_parse() {
+        for name in Preset::names() {
+            let p = Preset::find(name).unwrap().unwrap();
+            merge(&TrainConfig::default(), &p.train, name)
+                .unwrap()
+                .validate()
+                .unwrap();
+        }
+    }
+}

@@ -1,0 +1,14 @@
+//! Training: one loop for every variant and objective, with AdamW, schedules,
+//! clipping, accumulation, evaluation, metrics and resumable checkpoints.
+
+pub mod checkpoints;
+pub mod config;
+pub mod evaluate;
+pub mod loss;
+pub mod metrics;
+pub mod optim;
+pub mod schedule;
+pub mod trainer;
+
+pub use config::{Objective, Preset, TrainConfig};
+pub use trainer::{train, TrainRequest, TrainSummary};
