@@ -5,6 +5,9 @@
 
 use std::time::Instant;
 
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use candle_core::{DType, Device, Tensor};
 use wick::checkpoint::WeightSource;
 use wick::models::{Model, ModelConfig};
@@ -15,6 +18,7 @@ fn median(mut xs: Vec<f64>) -> f64 {
 }
 
 fn main() -> anyhow::Result<()> {
+    wick::runtime::init();
     let cfg_path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("models/gpt2-124m.json");
     let cfg = ModelConfig::from_file(&cfg_path)?;
     let weights = WeightSource::new(None, wick::checkpoint::InitPolicy::All, false);

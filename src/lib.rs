@@ -14,6 +14,7 @@ pub mod error;
 pub mod generation;
 pub mod models;
 pub mod nn;
+pub mod runtime;
 pub mod tasks;
 pub mod tokenizer;
 pub mod train;

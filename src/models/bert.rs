@@ -13,7 +13,7 @@ use serde_json::{Map, Value};
 
 use crate::error::WickError;
 use crate::nn::{
-    attention_bias, dropout, residual, Activation, Embedding, FeedForward, LayerNorm, Linear,
+    dropout, residual, Activation, Embedding, FeedForward, LayerNorm, Linear, Mask,
     MultiHeadAttention, NormPlacement, QkvProjection,
 };
 
@@ -265,10 +265,10 @@ impl BertLayer {
     }
 
     /// x: (B, T, H) -> (B, T, H)
-    fn forward(&self, x: &Tensor, bias: Option<&Tensor>, train: bool) -> Result<Tensor> {
+    fn forward(&self, x: &Tensor, mask: &Mask, train: bool) -> Result<Tensor> {
         let x = residual(x, &self.attention_norm, NormPlacement::Post, |h| {
             dropout(
-                &self.attention.forward(h, bias, None, train)?,
+                &self.attention.forward(h, mask, None, train)?,
                 self.dropout,
                 train,
             )
@@ -423,9 +423,9 @@ impl Bert {
             }));
         }
         let mut x = self.embeddings.forward(ids, token_type_ids, train)?;
-        let bias = attention_bias(t, t, false, attention_mask, x.dtype(), x.device())?;
+        let mask = Mask::new(t, t, false, attention_mask, x.dtype(), x.device())?;
         for layer in &self.layers {
-            x = layer.forward(&x, bias.as_ref(), train)?;
+            x = layer.forward(&x, &mask, train)?;
         }
         Ok(x)
     }

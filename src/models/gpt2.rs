@@ -10,8 +10,8 @@ use serde_json::{Map, Value};
 
 use crate::error::WickError;
 use crate::nn::{
-    attention_bias, dropout, residual, Activation, Embedding, FeedForward, KvCache, LayerNorm,
-    Linear, MultiHeadAttention, NormPlacement, QkvProjection,
+    dropout, residual, Activation, Embedding, FeedForward, KvCache, LayerNorm, Linear, Mask,
+    MultiHeadAttention, NormPlacement, QkvProjection,
 };
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -160,13 +160,13 @@ impl Gpt2Block {
     pub fn forward(
         &self,
         x: &Tensor,
-        bias: Option<&Tensor>,
+        mask: &Mask,
         cache: Option<&mut KvCache>,
         train: bool,
     ) -> Result<Tensor> {
         let x = residual(x, &self.ln_1, NormPlacement::Pre, |h| {
             dropout(
-                &self.attn.forward(h, bias, cache, train)?,
+                &self.attn.forward(h, mask, cache, train)?,
                 self.resid_pdrop,
                 train,
             )
@@ -324,10 +324,10 @@ impl Gpt2 {
         let pos = positions(attention_mask, b, past, t, ids.device())?; // (B, T)
         let x = (self.wte.forward(ids)? + self.wpe.forward(&pos)?)?; // (B, T, C)
         let mut x = dropout(&x, self.cfg.embd_pdrop, train)?;
-        let bias = attention_bias(t, past + t, true, attention_mask, x.dtype(), x.device())?;
+        let mask = Mask::new(t, past + t, true, attention_mask, x.dtype(), x.device())?;
         for (i, block) in self.h.iter().enumerate() {
             let layer_cache = cache.as_deref_mut().map(|c| &mut c.layers[i]);
-            x = block.forward(&x, bias.as_ref(), layer_cache, train)?;
+            x = block.forward(&x, &mask, layer_cache, train)?;
         }
         self.ln_f.forward(&x) // (B, T, C)
     }

@@ -10,8 +10,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::WickError;
 use crate::nn::{
-    attention_bias, dropout, residual, Activation, Embedding, FeedForward, KvCache, LayerNorm,
-    Linear, MultiHeadAttention, NormPlacement, QkvProjection, SinusoidalPositions,
+    dropout, residual, Activation, Embedding, FeedForward, KvCache, LayerNorm, Linear, Mask,
+    MultiHeadAttention, NormPlacement, QkvProjection, SinusoidalPositions,
 };
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -122,10 +122,10 @@ impl EncoderLayer {
     }
 
     /// x: (B, S, C) -> (B, S, C)
-    fn forward(&self, x: &Tensor, bias: Option<&Tensor>, train: bool) -> Result<Tensor> {
+    fn forward(&self, x: &Tensor, mask: &Mask, train: bool) -> Result<Tensor> {
         let x = residual(x, &self.self_attn_layer_norm, NormPlacement::Post, |h| {
             dropout(
-                &self.self_attn.forward(h, bias, None, train)?,
+                &self.self_attn.forward(h, mask, None, train)?,
                 self.dropout,
                 train,
             )
@@ -192,8 +192,8 @@ impl DecoderLayer {
         &self,
         x: &Tensor,
         memory: &Tensor,
-        self_bias: Option<&Tensor>,
-        cross_bias: Option<&Tensor>,
+        self_mask: &Mask,
+        cross_mask: &Mask,
         caches: Option<(&mut KvCache, &mut KvCache)>,
         train: bool,
     ) -> Result<Tensor> {
@@ -204,7 +204,7 @@ impl DecoderLayer {
         let p = self.dropout;
         let x = residual(x, &self.self_attn_layer_norm, NormPlacement::Post, |h| {
             dropout(
-                &self.self_attn.forward(h, self_bias, self_cache, train)?,
+                &self.self_attn.forward(h, self_mask, self_cache, train)?,
                 p,
                 train,
             )
@@ -217,7 +217,7 @@ impl DecoderLayer {
                 dropout(
                     &self
                         .encoder_attn
-                        .forward_cross(h, memory, cross_bias, cross_cache, train)?,
+                        .forward_cross(h, memory, cross_mask, cross_cache, train)?,
                     p,
                     train,
                 )
@@ -305,9 +305,9 @@ impl Seq2Seq {
     pub fn encode(&self, src: &Tensor, src_mask: Option<&Tensor>, train: bool) -> Result<Tensor> {
         let s = src.dim(1)?;
         let mut x = self.embed(src, 0, train)?;
-        let bias = attention_bias(s, s, false, src_mask, x.dtype(), x.device())?;
+        let mask = Mask::new(s, s, false, src_mask, x.dtype(), x.device())?;
         for layer in &self.encoder {
-            x = layer.forward(&x, bias.as_ref(), train)?;
+            x = layer.forward(&x, &mask, train)?;
         }
         Ok(x)
     }
@@ -327,8 +327,8 @@ impl Seq2Seq {
         let s = memory.dim(1)?;
         let past = cache.as_ref().map_or(0, |c| c.len());
         let mut x = self.embed(tgt, past, train)?;
-        let self_bias = attention_bias(t, past + t, true, tgt_mask, x.dtype(), x.device())?;
-        let cross_bias = attention_bias(t, s, false, src_mask, x.dtype(), x.device())?;
+        let self_mask = Mask::new(t, past + t, true, tgt_mask, x.dtype(), x.device())?;
+        let cross_mask = Mask::new(t, s, false, src_mask, x.dtype(), x.device())?;
         for (i, layer) in self.decoder.iter().enumerate() {
             let caches = cache.as_deref_mut().map(|c| {
                 let Seq2SeqCache {
@@ -337,14 +337,7 @@ impl Seq2Seq {
                 } = c;
                 (&mut self_attn[i], &mut cross_attn[i])
             });
-            x = layer.forward(
-                &x,
-                memory,
-                self_bias.as_ref(),
-                cross_bias.as_ref(),
-                caches,
-                train,
-            )?;
+            x = layer.forward(&x, memory, &self_mask, &cross_mask, caches, train)?;
         }
         // The output projection is the shared embedding, transposed.
         Linear::new(self.shared.weight().clone(), None, false).forward(&x)

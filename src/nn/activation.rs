@@ -22,6 +22,11 @@ impl Activation {
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         match self {
             Activation::Gelu => x.gelu_erf(),
+            Activation::GeluNew
+                if x.dtype() == candle_core::DType::F32 && super::fused::enabled(x.device()) =>
+            {
+                super::fused::gelu_tanh(x)
+            }
             Activation::GeluNew => x.gelu(),
             Activation::Relu => x.relu(),
         }

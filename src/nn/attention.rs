@@ -5,26 +5,47 @@
 use candle_core::{Result, Tensor, D};
 use candle_nn::Module;
 
-use super::{dropout, KvCache, Linear};
+use super::mask::{attention_bias, Mask};
+use super::{dropout, fused, KvCache, Linear};
 
-/// softmax(q·kᵀ·scale + bias)·v.
-/// q: (B, H, Tq, D), k and v: (B, H, Tk, D), bias broadcastable to (B, H, Tq, Tk).
+/// softmax(q·kᵀ·scale + mask)·v.
+/// q: (B, H, Tq, D), k and v: (B, H, Tk, D); a bias mask broadcasts to (B, H, Tq, Tk).
 pub fn scaled_dot_product_attention(
     q: &Tensor,
     k: &Tensor,
     v: &Tensor,
-    bias: Option<&Tensor>,
+    mask: &Mask,
     scale: f64,
     dropout_p: f64,
     train: bool,
 ) -> Result<Tensor> {
-    let scores = (q.matmul(&k.t()?)? * scale)?; // (B, H, Tq, Tk)
-    let scores = match bias {
-        Some(bias) => scores.broadcast_add(bias)?,
-        None => scores,
+    let qk = q.matmul(&k.t()?)?; // (B, H, Tq, Tk)
+    let fused = fused::enabled(qk.device()) && qk.dtype() == candle_core::DType::F32;
+    let probs = match (mask, fused) {
+        (Mask::Causal, true) => fused::softmax_scaled(&qk, scale, true)?,
+        (Mask::None, true) => fused::softmax_scaled(&qk, scale, false)?,
+        (Mask::Bias(b), true) => {
+            fused::softmax_scaled(&(qk * scale)?.broadcast_add(b)?, 1.0, false)?
+        }
+        // Composed path: ops::softmax is built from exp/sum/div and so has a backward
+        // (softmax_last_dim has not).
+        (mask, false) => {
+            let scores = (qk * scale)?;
+            let bias = match mask {
+                Mask::None => None,
+                Mask::Causal => {
+                    let (tq, tk) = (scores.dim(2)?, scores.dim(3)?);
+                    attention_bias(tq, tk, true, None, scores.dtype(), scores.device())?
+                }
+                Mask::Bias(b) => Some(b.clone()),
+            };
+            let scores = match bias {
+                Some(b) => scores.broadcast_add(&b)?,
+                None => scores,
+            };
+            candle_nn::ops::softmax(&scores, D::Minus1)?
+        }
     };
-    // ops::softmax is built from exp/sum/div and so has a backward; softmax_last_dim has not.
-    let probs = candle_nn::ops::softmax(&scores, D::Minus1)?;
     let probs = dropout(&probs, dropout_p, train)?;
     probs.matmul(v) // (B, H, Tq, D)
 }
@@ -90,7 +111,7 @@ impl MultiHeadAttention {
     pub fn forward(
         &self,
         x: &Tensor,
-        bias: Option<&Tensor>,
+        mask: &Mask,
         cache: Option<&mut KvCache>,
         train: bool,
     ) -> Result<Tensor> {
@@ -118,7 +139,7 @@ impl MultiHeadAttention {
             Some(cache) => cache.append(&k, &v)?,
             None => (k, v),
         };
-        self.attend(&q, &k, &v, bias, train)
+        self.attend(&q, &k, &v, mask, train)
     }
 
     /// Cross-attention: queries from x (B, Tq, C), keys and values from `memory`
@@ -128,7 +149,7 @@ impl MultiHeadAttention {
         &self,
         x: &Tensor,
         memory: &Tensor,
-        bias: Option<&Tensor>,
+        mask: &Mask,
         cache: Option<&mut KvCache>,
         train: bool,
     ) -> Result<Tensor> {
@@ -147,7 +168,7 @@ impl MultiHeadAttention {
             },
             None => project(memory)?,
         };
-        self.attend(&q, &k, &v, bias, train)
+        self.attend(&q, &k, &v, mask, train)
     }
 
     fn attend(
@@ -155,10 +176,10 @@ impl MultiHeadAttention {
         q: &Tensor,
         k: &Tensor,
         v: &Tensor,
-        bias: Option<&Tensor>,
+        mask: &Mask,
         train: bool,
     ) -> Result<Tensor> {
-        let y = scaled_dot_product_attention(q, k, v, bias, self.scale, self.dropout, train)?;
+        let y = scaled_dot_product_attention(q, k, v, mask, self.scale, self.dropout, train)?;
         let (b, h, t, d) = y.dims4()?;
         let y = y.transpose(1, 2)?.reshape((b, t, h * d))?; // (B, T, C)
         self.out.forward(&y)
@@ -179,7 +200,7 @@ mod tests {
         assert_eq!(scores, vec![vec![5., 11.], vec![11., 25.]]);
 
         let scale = 1.0 / 2f64.sqrt();
-        let z = scaled_dot_product_attention(&x, &x, &x, None, scale, 0.0, false)?;
+        let z = scaled_dot_product_attention(&x, &x, &x, &Mask::None, scale, 0.0, false)?;
         let z = z.i((0, 0))?.to_vec2::<f64>()?;
         // Exact values: row softmax of scores/sqrt(2), then a weighted sum of X's rows.
         let x_rows = [[1f64, 2.], [3., 4.]];
@@ -215,7 +236,7 @@ mod tests {
         let k = Tensor::new(&[[[[1f32, 0.], [5., 5.]]]], &dev)?;
         let v = Tensor::new(&[[[[1f32, 1.], [100., 100.]]]], &dev)?;
         let bias = Tensor::new(&[[[[0f32, f32::MIN]]]], &dev)?;
-        let z = scaled_dot_product_attention(&q, &k, &v, Some(&bias), 1.0, 0.0, false)?;
+        let z = scaled_dot_product_attention(&q, &k, &v, &Mask::Bias(bias), 1.0, 0.0, false)?;
         assert_eq!(z.flatten_all()?.to_vec1::<f32>()?, vec![1., 1.]);
         Ok(())
     }

@@ -9,11 +9,29 @@ pub struct LayerNorm {
     weight: Tensor,
     bias: Tensor,
     eps: f64,
+    /// Use the fused kernel (see `nn::fused`) when the input allows it.
+    fused: bool,
 }
 
 impl LayerNorm {
     pub fn new(weight: Tensor, bias: Tensor, eps: f64) -> Self {
-        Self { weight, bias, eps }
+        let fused = super::fused::enabled(weight.device());
+        Self {
+            weight,
+            bias,
+            eps,
+            fused,
+        }
+    }
+
+    /// Always the composed tensor-op formulation (the reference for the fused kernel).
+    pub fn composed(weight: Tensor, bias: Tensor, eps: f64) -> Self {
+        Self {
+            weight,
+            bias,
+            eps,
+            fused: false,
+        }
     }
 
     /// Loads `{prefix}.weight` and `{prefix}.bias` (ones and zeros when initialising).
@@ -28,6 +46,9 @@ impl candle_nn::Module for LayerNorm {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         // x: (..., C). Statistics in f32 for half-precision inputs.
         let dtype = x.dtype();
+        if self.fused && dtype == DType::F32 && self.weight.dtype() == DType::F32 {
+            return super::fused::layer_norm(x, &self.weight, &self.bias, self.eps);
+        }
         let x = match dtype {
             DType::F16 | DType::BF16 => x.to_dtype(DType::F32)?,
             _ => x.clone(),

@@ -15,6 +15,41 @@ pub fn min_value(dtype: DType) -> f64 {
     }
 }
 
+/// What a query may attend to. A plain causal mask stays symbolic so the fused softmax
+/// can apply it without materialising a (Tq, Tk) bias.
+#[derive(Debug, Clone)]
+pub enum Mask {
+    /// Every key.
+    None,
+    /// Keys up to the query's own position (the queries are the last Tq of Tk).
+    Causal,
+    /// An additive bias (B or 1, 1, Tq, Tk) from [`attention_bias`].
+    Bias(Tensor),
+}
+
+impl Mask {
+    /// The mask for `tq` queries over `tk` keys, causal or not, with optional key padding
+    /// (B, Tk) of 1 for tokens and 0 for padding.
+    pub fn new(
+        tq: usize,
+        tk: usize,
+        causal: bool,
+        key_padding: Option<&Tensor>,
+        dtype: DType,
+        device: &Device,
+    ) -> Result<Self> {
+        if causal && key_padding.is_none() {
+            return Ok(Mask::Causal);
+        }
+        Ok(
+            match attention_bias(tq, tk, causal, key_padding, dtype, device)? {
+                Some(b) => Mask::Bias(b),
+                None => Mask::None,
+            },
+        )
+    }
+}
+
 /// Builds the bias (B or 1, 1, Tq, Tk) added to attention scores, or `None` when nothing
 /// is masked.
 ///

@@ -6,6 +6,7 @@ pub mod activation;
 pub mod attention;
 pub mod embedding;
 pub mod feed_forward;
+pub mod fused;
 pub mod kv_cache;
 pub mod layer_norm;
 pub mod linear;
@@ -19,7 +20,7 @@ pub use feed_forward::FeedForward;
 pub use kv_cache::KvCache;
 pub use layer_norm::LayerNorm;
 pub use linear::Linear;
-pub use mask::attention_bias;
+pub use mask::{attention_bias, Mask};
 pub use residual::{residual, NormPlacement};
 
 use candle_core::{Result, Tensor};

@@ -1,0 +1,554 @@
+//! Fused CPU kernels with hand-written backward passes, for training speed: GELU,
+//! LayerNorm, (causal) softmax and cross-entropy each run as one pass over memory instead
+//! of a chain of small candle ops that each allocate. They are used on the CPU unless
+//! `WICK_NO_FUSED=1` (the one switch); other devices, and that switch, take the composed
+//! differentiable tensor-op path. Tests hold both paths to each other and to finite
+//! differences.
+
+use candle_core::{
+    CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Device, Layout, Result, Shape, Tensor,
+};
+use rayon::prelude::*;
+
+/// Whether the fused kernels serve tensors on `device`.
+pub fn enabled(device: &Device) -> bool {
+    device.is_cpu() && std::env::var_os("WICK_NO_FUSED").is_none_or(|v| v.is_empty() || v == "0")
+}
+
+/// Rows smaller than this go single-threaded: waking a pool costs more than it saves.
+const PAR_MIN: usize = 1 << 14;
+
+fn f32_slice<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [f32]> {
+    let data = match s {
+        CpuStorage::F32(v) => v,
+        _ => candle_core::bail!("{what}: fused kernels take f32"),
+    };
+    match l.contiguous_offsets() {
+        Some((a, b)) => Ok(&data[a..b]),
+        None => candle_core::bail!("{what}: input must be contiguous"),
+    }
+}
+
+fn u32_slice<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [u32]> {
+    let data = match s {
+        CpuStorage::U32(v) => v,
+        _ => candle_core::bail!("{what}: targets must be u32"),
+    };
+    match l.contiguous_offsets() {
+        Some((a, b)) => Ok(&data[a..b]),
+        None => candle_core::bail!("{what}: targets must be contiguous"),
+    }
+}
+
+/// Runs `f(row_in.., row_out)` over rows of length `n`, in parallel when large.
+fn rows_mut(out: &mut [f32], n: usize, f: impl Fn(usize, &mut [f32]) + Sync) {
+    if out.len() >= PAR_MIN {
+        out.par_chunks_mut(n).enumerate().for_each(|(i, r)| f(i, r));
+    } else {
+        out.chunks_mut(n).enumerate().for_each(|(i, r)| f(i, r));
+    }
+}
+
+// ---------------------------------------------------------------- GELU
+
+const SQRT_2_OVER_PI: f32 = 0.797_884_6;
+
+#[inline]
+fn tanh_fast(x: f32) -> f32 {
+    // tanh(x) = 1 - 2 / (exp(2x) + 1); exp is much cheaper than libm's tanhf.
+    if x > 15.0 {
+        1.0
+    } else if x < -15.0 {
+        -1.0
+    } else {
+        1.0 - 2.0 / ((2.0 * x).exp() + 1.0)
+    }
+}
+
+#[derive(Clone, Copy)]
+struct GeluTanh;
+
+impl CustomOp1 for GeluTanh {
+    fn name(&self) -> &'static str {
+        "wick-gelu-tanh"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let x = f32_slice(s, l, "gelu")?;
+        let mut y = vec![0f32; x.len()];
+        rows_mut(&mut y, 4096, |i, r| {
+            let xs = &x[i * 4096..i * 4096 + r.len()];
+            for (o, &v) in r.iter_mut().zip(xs) {
+                *o = 0.5 * v * (1.0 + tanh_fast(SQRT_2_OVER_PI * (v + 0.044715 * v * v * v)));
+            }
+        });
+        Ok((CpuStorage::F32(y), l.shape().clone()))
+    }
+
+    fn bwd(&self, arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        Ok(Some(
+            arg.apply_op2_no_bwd(&grad.contiguous()?, &GeluTanhGrad)?,
+        ))
+    }
+}
+
+/// d/dx GELU_tanh(x) · g.
+struct GeluTanhGrad;
+
+impl CustomOp2 for GeluTanhGrad {
+    fn name(&self) -> &'static str {
+        "wick-gelu-tanh-grad"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (x, g) = (
+            f32_slice(s1, l1, "gelu grad")?,
+            f32_slice(s2, l2, "gelu grad")?,
+        );
+        let mut out = vec![0f32; x.len()];
+        rows_mut(&mut out, 4096, |i, r| {
+            let o = i * 4096;
+            for (k, d) in r.iter_mut().enumerate() {
+                let v = x[o + k];
+                let t = tanh_fast(SQRT_2_OVER_PI * (v + 0.044715 * v * v * v));
+                let dinner = SQRT_2_OVER_PI * (1.0 + 3.0 * 0.044715 * v * v);
+                *d = g[o + k] * (0.5 * (1.0 + t) + 0.5 * v * (1.0 - t * t) * dinner);
+            }
+        });
+        Ok((CpuStorage::F32(out), l1.shape().clone()))
+    }
+}
+
+/// GELU (tanh approximation) with a fused backward.
+pub fn gelu_tanh(x: &Tensor) -> Result<Tensor> {
+    x.contiguous()?.apply_op1(GeluTanh)
+}
+
+// ---------------------------------------------------------------- LayerNorm
+
+#[derive(Clone, Copy)]
+struct LayerNormOp {
+    eps: f32,
+}
+
+fn row_stats(x: &[f32], eps: f32) -> (f32, f32) {
+    let n = x.len() as f32;
+    let mean = x.iter().sum::<f32>() / n;
+    let var = x.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / n;
+    (mean, 1.0 / (var + eps).sqrt())
+}
+
+impl CustomOp3 for LayerNormOp {
+    fn name(&self) -> &'static str {
+        "wick-layer-norm"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let x = f32_slice(s1, l1, "layer norm")?;
+        let (w, b) = (
+            f32_slice(s2, l2, "layer norm")?,
+            f32_slice(s3, l3, "layer norm")?,
+        );
+        let c = w.len();
+        let mut y = vec![0f32; x.len()];
+        rows_mut(&mut y, c, |i, r| {
+            let xr = &x[i * c..(i + 1) * c];
+            let (mean, rstd) = row_stats(xr, self.eps);
+            for k in 0..c {
+                r[k] = (xr[k] - mean) * rstd * w[k] + b[k];
+            }
+        });
+        Ok((CpuStorage::F32(y), l1.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _b: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let c = w.dim(0)?;
+        let rows = x.elem_count() / c;
+        // One pass computes (rows + 2, C): dx rows, then dw, then db.
+        let all = x.apply_op3_no_bwd(w, &grad.contiguous()?, &LayerNormGrad { eps: self.eps })?;
+        let dx = all.narrow(0, 0, rows)?.reshape(x.shape())?;
+        let dw = all.narrow(0, rows, 1)?.reshape(c)?;
+        let db = all.narrow(0, rows + 1, 1)?.reshape(c)?;
+        Ok((Some(dx), Some(dw), Some(db)))
+    }
+}
+
+struct LayerNormGrad {
+    eps: f32,
+}
+
+impl CustomOp3 for LayerNormGrad {
+    fn name(&self) -> &'static str {
+        "wick-layer-norm-grad"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (x, w, g) = (
+            f32_slice(s1, l1, "ln grad")?,
+            f32_slice(s2, l2, "ln grad")?,
+            f32_slice(s3, l3, "ln grad")?,
+        );
+        let c = w.len();
+        let rows = x.len() / c;
+        let mut out = vec![0f32; (rows + 2) * c];
+        let (dx, rest) = out.split_at_mut(rows * c);
+        // dx per row: rstd · (g·w − mean(g·w) − x̂ · mean(g·w·x̂)).
+        rows_mut(dx, c, |i, r| {
+            let (xr, gr) = (&x[i * c..(i + 1) * c], &g[i * c..(i + 1) * c]);
+            let (mean, rstd) = row_stats(xr, self.eps);
+            let (mut a, mut bsum) = (0f32, 0f32);
+            for k in 0..c {
+                let gw = gr[k] * w[k];
+                a += gw;
+                bsum += gw * (xr[k] - mean) * rstd;
+            }
+            let (a, bsum) = (a / c as f32, bsum / c as f32);
+            for k in 0..c {
+                let xhat = (xr[k] - mean) * rstd;
+                r[k] = rstd * (gr[k] * w[k] - a - xhat * bsum);
+            }
+        });
+        // dw = Σ g·x̂, db = Σ g over rows.
+        let (dw, db) = rest.split_at_mut(c);
+        for i in 0..rows {
+            let (xr, gr) = (&x[i * c..(i + 1) * c], &g[i * c..(i + 1) * c]);
+            let (mean, rstd) = row_stats(xr, self.eps);
+            for k in 0..c {
+                dw[k] += gr[k] * (xr[k] - mean) * rstd;
+                db[k] += gr[k];
+            }
+        }
+        Ok((CpuStorage::F32(out), Shape::from((rows + 2, c))))
+    }
+}
+
+/// LayerNorm over the last dimension with a fused backward for x, weight and bias.
+pub fn layer_norm(x: &Tensor, w: &Tensor, b: &Tensor, eps: f64) -> Result<Tensor> {
+    x.contiguous()?
+        .apply_op3(w, b, LayerNormOp { eps: eps as f32 })
+}
+
+// ---------------------------------------------------------------- softmax
+
+/// softmax(scale · s) over the last dimension; with `causal`, key j of query i is masked
+/// when j > i + (Tk − Tq) (the queries are the last Tq positions).
+#[derive(Clone, Copy)]
+struct Softmax {
+    scale: f32,
+    causal: bool,
+}
+
+impl CustomOp1 for Softmax {
+    fn name(&self) -> &'static str {
+        "wick-softmax"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let x = f32_slice(s, l, "softmax")?;
+        let dims = l.dims();
+        let tk = dims[dims.len() - 1];
+        let tq = if dims.len() >= 2 {
+            dims[dims.len() - 2]
+        } else {
+            1
+        };
+        let past = tk.saturating_sub(tq);
+        let mut y = vec![0f32; x.len()];
+        rows_mut(&mut y, tk, |i, r| {
+            let xr = &x[i * tk..(i + 1) * tk];
+            let visible = if self.causal {
+                (i % tq + past + 1).min(tk)
+            } else {
+                tk
+            };
+            let max = xr[..visible]
+                .iter()
+                .fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+            let mut sum = 0f32;
+            for k in 0..visible {
+                let e = ((xr[k] - max) * self.scale).exp();
+                r[k] = e;
+                sum += e;
+            }
+            let inv = 1.0 / sum;
+            r[..visible].iter_mut().for_each(|v| *v *= inv);
+            r[visible..].iter_mut().for_each(|v| *v = 0.0);
+        });
+        Ok((CpuStorage::F32(y), l.shape().clone()))
+    }
+
+    fn bwd(&self, _arg: &Tensor, res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        Ok(Some(res.apply_op2_no_bwd(
+            &grad.contiguous()?,
+            &SoftmaxGrad { scale: self.scale },
+        )?))
+    }
+}
+
+/// ds = scale · y ⊙ (g − Σ g·y), per row.
+struct SoftmaxGrad {
+    scale: f32,
+}
+
+impl CustomOp2 for SoftmaxGrad {
+    fn name(&self) -> &'static str {
+        "wick-softmax-grad"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (y, g) = (
+            f32_slice(s1, l1, "softmax grad")?,
+            f32_slice(s2, l2, "softmax grad")?,
+        );
+        let tk = l1.dims()[l1.dims().len() - 1];
+        let mut out = vec![0f32; y.len()];
+        rows_mut(&mut out, tk, |i, r| {
+            let (yr, gr) = (&y[i * tk..(i + 1) * tk], &g[i * tk..(i + 1) * tk]);
+            let dot: f32 = yr.iter().zip(gr).map(|(a, b)| a * b).sum();
+            for k in 0..tk {
+                r[k] = self.scale * yr[k] * (gr[k] - dot);
+            }
+        });
+        Ok((CpuStorage::F32(out), l1.shape().clone()))
+    }
+}
+
+/// softmax(scale · x) over the last dimension, optionally causal, with a fused backward.
+pub fn softmax_scaled(x: &Tensor, scale: f64, causal: bool) -> Result<Tensor> {
+    x.contiguous()?.apply_op1(Softmax {
+        scale: scale as f32,
+        causal,
+    })
+}
+
+// ---------------------------------------------------------------- cross-entropy
+
+/// Targets equal to this contribute no loss and no gradient.
+pub const IGNORE: u32 = u32::MAX;
+
+struct CrossEntropy;
+
+impl CustomOp2 for CrossEntropy {
+    fn name(&self) -> &'static str {
+        "wick-cross-entropy"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (x, t) = (
+            f32_slice(s1, l1, "cross-entropy")?,
+            u32_slice(s2, l2, "cross-entropy")?,
+        );
+        let v = l1.dims()[1];
+        let loss: Vec<f32> = (0..t.len())
+            .map(|i| {
+                if t[i] == IGNORE {
+                    return 0.0;
+                }
+                let r = &x[i * v..(i + 1) * v];
+                let max = r.iter().fold(f32::NEG_INFINITY, |m, &a| m.max(a));
+                let lse = r.iter().map(|a| (a - max).exp()).sum::<f32>().ln() + max;
+                lse - r[t[i] as usize]
+            })
+            .collect();
+        Ok((CpuStorage::F32(loss), Shape::from(t.len())))
+    }
+
+    fn bwd(
+        &self,
+        logits: &Tensor,
+        targets: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let d = logits.apply_op3_no_bwd(targets, &grad.contiguous()?, &CrossEntropyGrad)?;
+        Ok((Some(d), None))
+    }
+}
+
+/// d loss_i / d logits_i = (softmax(logits_i) − onehot(t_i)) · g_i.
+struct CrossEntropyGrad;
+
+impl CustomOp3 for CrossEntropyGrad {
+    fn name(&self) -> &'static str {
+        "wick-cross-entropy-grad"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let x = f32_slice(s1, l1, "ce grad")?;
+        let t = u32_slice(s2, l2, "ce grad")?;
+        let g = f32_slice(s3, l3, "ce grad")?;
+        let v = l1.dims()[1];
+        let mut out = vec![0f32; x.len()];
+        rows_mut(&mut out, v, |i, r| {
+            if t[i] == IGNORE {
+                return;
+            }
+            let xr = &x[i * v..(i + 1) * v];
+            let max = xr.iter().fold(f32::NEG_INFINITY, |m, &a| m.max(a));
+            let mut sum = 0f32;
+            for k in 0..v {
+                let e = (xr[k] - max).exp();
+                r[k] = e;
+                sum += e;
+            }
+            let s = g[i] / sum;
+            r.iter_mut().for_each(|a| *a *= s);
+            r[t[i] as usize] -= g[i];
+        });
+        Ok((CpuStorage::F32(out), l1.shape().clone()))
+    }
+}
+
+/// Per-row cross-entropy of logits (N, V) against targets (N,) u32, with a fused
+/// backward; rows whose target is [`IGNORE`] give 0.
+pub fn cross_entropy_rows(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
+    let targets = targets.to_dtype(DType::U32)?.contiguous()?;
+    logits.contiguous()?.apply_op2(&targets, CrossEntropy)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{Var, D};
+
+    fn close(a: &Tensor, b: &Tensor, tol: f32) {
+        let d = (a - b)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .max(0)
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        assert!(d < tol, "max diff {d}");
+    }
+
+    fn x(shape: &[usize], seed: u64) -> Var {
+        let n: usize = shape.iter().product();
+        let v: Vec<f32> = (0..n)
+            .map(|i| (((i as u64 * 7919 + seed * 104729) % 1000) as f32 / 250.0) - 2.0)
+            .collect();
+        Var::from_tensor(&Tensor::from_vec(v, shape, &Device::Cpu).unwrap()).unwrap()
+    }
+
+    /// Each fused op against the composed tensor ops it replaces, forward and backward.
+    #[test]
+    fn gelu_matches_composed() -> Result<()> {
+        let a = x(&[3, 50], 1);
+        let coef = x(&[3, 50], 2).as_tensor().clone();
+        let fused = gelu_tanh(a.as_tensor())?;
+        let plain = a.as_tensor().gelu()?;
+        close(&fused, &plain, 1e-5);
+        let gf = (fused * &coef)?.sum_all()?.backward()?;
+        let gp = (plain * &coef)?.sum_all()?.backward()?;
+        close(gf.get(&a).unwrap(), gp.get(&a).unwrap(), 1e-4);
+        Ok(())
+    }
+
+    #[test]
+    fn layer_norm_matches_composed() -> Result<()> {
+        let (a, w, b) = (x(&[4, 3, 16], 3), x(&[16], 4), x(&[16], 5));
+        let coef = x(&[4, 3, 16], 6).as_tensor().clone();
+        let fused = layer_norm(a.as_tensor(), w.as_tensor(), b.as_tensor(), 1e-5)?;
+        let plain = candle_nn::Module::forward(
+            &super::super::LayerNorm::composed(w.as_tensor().clone(), b.as_tensor().clone(), 1e-5),
+            a.as_tensor(),
+        )?;
+        close(&fused, &plain, 1e-5);
+        let gf = (fused * &coef)?.sum_all()?.backward()?;
+        let gp = (plain * &coef)?.sum_all()?.backward()?;
+        for v in [&a, &w, &b] {
+            close(gf.get(v).unwrap(), gp.get(v).unwrap(), 1e-4);
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn causal_softmax_matches_masked_composed() -> Result<()> {
+        for (tq, tk) in [(5, 5), (2, 6)] {
+            let s = x(&[2, 3, tq, tk], 7);
+            let coef = x(&[2, 3, tq, tk], 8).as_tensor().clone();
+            let fused = softmax_scaled(s.as_tensor(), 0.5, true)?;
+            let bias = super::super::attention_bias(tq, tk, true, None, DType::F32, &Device::Cpu)?
+                .unwrap();
+            let plain =
+                candle_nn::ops::softmax(&(s.as_tensor() * 0.5)?.broadcast_add(&bias)?, D::Minus1)?;
+            close(&fused, &plain, 1e-6);
+            let gf = (fused * &coef)?.sum_all()?.backward()?;
+            let gp = (plain * &coef)?.sum_all()?.backward()?;
+            close(gf.get(&s).unwrap(), gp.get(&s).unwrap(), 1e-5);
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn cross_entropy_matches_composed_and_ignores() -> Result<()> {
+        let logits = x(&[6, 11], 9);
+        let t = Tensor::new(&[3u32, 0, 10, IGNORE, 5, 5], &Device::Cpu)?;
+        let rows = cross_entropy_rows(logits.as_tensor(), &t)?;
+        let keep = [0usize, 1, 2, 4, 5];
+        let idx = Tensor::new(&[0u32, 1, 2, 4, 5], &Device::Cpu)?;
+        let plain = candle_nn::loss::cross_entropy(
+            &logits.as_tensor().index_select(&idx, 0)?,
+            &t.index_select(&idx, 0)?,
+        )?;
+        let fused_mean = (rows.index_select(&idx, 0)?.sum_all()? / keep.len() as f64)?;
+        close(&fused_mean, &plain, 1e-6);
+        assert_eq!(rows.to_vec1::<f32>()?[3], 0.0);
+        let gf = fused_mean.backward()?;
+        let gp = plain.backward()?;
+        close(gf.get(&logits).unwrap(), gp.get(&logits).unwrap(), 1e-6);
+        Ok(())
+    }
+}

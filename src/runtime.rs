@@ -1,0 +1,27 @@
+//! Process-wide settings for CPU tensor work, applied by the `wick` binary and the
+//! benchmarks at start ([`init`]).
+//!
+//! Allocation: training allocates and frees
+//! activation-sized buffers every step; with glibc's allocator each came back as fresh
+//! pages from the kernel (~27,000 page faults and a third of a step zeroing pages on the
+//! default preset). The `wick` binary and the benchmarks use mimalloc as the global
+//! allocator and keep freed memory.
+//!
+//! Threads: candle's CPU worker spins 25,000 times before parking; on two cores that
+//! spinning starves the matmul threads between the many small ops of a training step.
+
+/// mimalloc's `mi_option_purge_delay` (mimalloc.h, v2): how long freed memory is kept
+/// before being returned to the OS; -1 keeps it.
+const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
+
+/// Call first thing in `main`, before any tensor work: tells mimalloc never to return
+/// freed memory to the OS (a no-op when mimalloc is not the global allocator), and
+/// shortens candle's worker spin unless `CANDLE_BARRIER_POOL_SPIN_LIMIT` is set.
+pub fn init() {
+    // SAFETY: sets a process-wide option; mimalloc documents it as callable at any time.
+    unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, -1) };
+    if std::env::var_os("CANDLE_BARRIER_POOL_SPIN_LIMIT").is_none() {
+        // Read when candle's pool starts, on the first CPU op.
+        std::env::set_var("CANDLE_BARRIER_POOL_SPIN_LIMIT", "2000");
+    }
+}
