@@ -42,6 +42,9 @@ pub struct Args {
     min_lr: Option<f64>,
     #[arg(long)]
     warmup_iters: Option<usize>,
+    /// Step where the decay reaches --min-lr (default: --max-iters).
+    #[arg(long)]
+    lr_decay_iters: Option<usize>,
     #[arg(long, value_enum)]
     lr_schedule: Option<crate::train::schedule::Schedule>,
     #[arg(long)]
@@ -90,6 +93,7 @@ pub fn run(a: Args) -> Result<()> {
     put("learning_rate", a.learning_rate.map(Value::from));
     put("min_lr", a.min_lr.map(Value::from));
     put("warmup_iters", a.warmup_iters.map(Value::from));
+    put("lr_decay_iters", a.lr_decay_iters.map(Value::from));
     put(
         "lr_schedule",
         a.lr_schedule.map(|x| serde_json::to_value(x).unwrap()),

@@ -34,6 +34,9 @@ pub struct TrainConfig {
     /// Where decay ends; defaults to learning_rate / 10.
     pub min_lr: Option<f64>,
     pub warmup_iters: usize,
+    /// Step at which decay reaches min_lr (default: max_iters), as nanoGPT's
+    /// lr_decay_iters; a run stopped early and resumed keeps its schedule by fixing it.
+    pub lr_decay_iters: Option<usize>,
     pub lr_schedule: Schedule,
     pub weight_decay: f64,
     pub decay_embeddings: bool,
@@ -70,6 +73,7 @@ impl Default for TrainConfig {
             learning_rate: 3e-4,
             min_lr: None,
             warmup_iters: 100,
+            lr_decay_iters: None,
             lr_schedule: Schedule::Cosine,
             weight_decay: 0.1,
             decay_embeddings: true,

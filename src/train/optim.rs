@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 
 use candle_core::backprop::GradStore;
-use candle_core::{DType, Result, Tensor, Var};
+use candle_core::{CpuStorage, DType, IndexOp, InplaceOp2, Layout, Result, Tensor, Var};
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -20,8 +20,83 @@ struct Param {
     name: String,
     var: Var,
     decay: bool,
-    m: Tensor,
-    v: Tensor,
+    /// First and second moments packed as (2, numel) f32, updated in place on the CPU.
+    mv: Tensor,
+}
+
+fn slice_mut<'a>(s: &'a mut CpuStorage, l: &Layout) -> Result<&'a mut [f32]> {
+    match (s, l.contiguous_offsets()) {
+        (CpuStorage::F32(v), Some((a, b))) => Ok(&mut v[a..b]),
+        _ => candle_core::bail!("in-place AdamW needs contiguous f32"),
+    }
+}
+
+fn slice<'a>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [f32]> {
+    match (s, l.contiguous_offsets()) {
+        (CpuStorage::F32(v), Some((a, b))) => Ok(&v[a..b]),
+        _ => candle_core::bail!("in-place AdamW needs contiguous f32"),
+    }
+}
+
+/// m ← β1·m + (1−β1)·g·s, v ← β2·v + (1−β2)·(g·s)², in place on the packed moments.
+struct MomentsUpdate {
+    beta1: f32,
+    beta2: f32,
+    grad_scale: f32,
+}
+
+impl InplaceOp2 for MomentsUpdate {
+    fn name(&self) -> &'static str {
+        "wick-adamw-moments"
+    }
+
+    fn cpu_fwd(
+        &self,
+        mv: &mut CpuStorage,
+        lmv: &Layout,
+        g: &CpuStorage,
+        lg: &Layout,
+    ) -> Result<()> {
+        let (mv, g) = (slice_mut(mv, lmv)?, slice(g, lg)?);
+        let (m, v) = mv.split_at_mut(g.len());
+        for i in 0..g.len() {
+            let gi = g[i] * self.grad_scale;
+            m[i] = self.beta1 * m[i] + (1.0 - self.beta1) * gi;
+            v[i] = self.beta2 * v[i] + (1.0 - self.beta2) * gi * gi;
+        }
+        Ok(())
+    }
+}
+
+/// w ← w·(1 − lr·wd) − lr · m̂ / (√v̂ + ε), in place on the parameter.
+struct ApplyUpdate {
+    lr: f32,
+    decay_factor: f32,
+    bc1: f32,
+    bc2: f32,
+    eps: f32,
+}
+
+impl InplaceOp2 for ApplyUpdate {
+    fn name(&self) -> &'static str {
+        "wick-adamw-apply"
+    }
+
+    fn cpu_fwd(
+        &self,
+        w: &mut CpuStorage,
+        lw: &Layout,
+        mv: &CpuStorage,
+        lmv: &Layout,
+    ) -> Result<()> {
+        let (w, mv) = (slice_mut(w, lw)?, slice(mv, lmv)?);
+        let (m, v) = mv.split_at(w.len());
+        for i in 0..w.len() {
+            let update = (m[i] / self.bc1) / ((v[i] / self.bc2).sqrt() + self.eps);
+            w[i] = w[i] * self.decay_factor - self.lr * update;
+        }
+        Ok(())
+    }
 }
 
 pub struct AdamW {
@@ -46,15 +121,13 @@ impl AdamW {
         let params = vars
             .into_iter()
             .map(|(name, var)| {
-                let m = Tensor::zeros(var.shape(), DType::F32, var.device())?;
-                let v = m.zeros_like()?;
+                let mv = Tensor::zeros((2, var.elem_count()), DType::F32, var.device())?;
                 let decay = decays(&name, &var, decay_embeddings);
                 Ok(Param {
                     name,
                     var,
                     decay,
-                    m,
-                    v,
+                    mv,
                 })
             })
             .collect::<Result<_>>()?;
@@ -105,18 +178,41 @@ impl AdamW {
         let bc2 = 1.0 - beta2.powi(self.t as i32);
         for p in &mut self.params {
             let Some(g) = grads.get(&p.var) else { continue };
-            let g = (g.to_dtype(DType::F32)? * grad_scale)?;
-            p.m = ((&p.m * beta1)? + (&g * (1.0 - beta1))?)?;
-            p.v = ((&p.v * beta2)? + (g.sqr()? * (1.0 - beta2))?)?;
-            let update = ((&p.m / bc1)? / ((&p.v / bc2)?.sqrt()? + eps)?)?;
+            // Gradients can carry their own autograd history: detach so the moments
+            // never keep earlier steps' graphs alive.
+            let g = g.detach();
             let w = p.var.as_tensor();
-            let decayed = if p.decay {
-                (w * (1.0 - lr * weight_decay))?
+            let decay_factor = if p.decay {
+                1.0 - lr * weight_decay
             } else {
-                w.clone()
+                1.0
             };
-            p.var
-                .set(&(decayed - (update * lr)?.to_dtype(w.dtype())?)?)?;
+            let in_place = w.device().is_cpu() && w.dtype() == DType::F32 && w.is_contiguous();
+            if in_place {
+                let g = g.to_dtype(DType::F32)?.contiguous()?.flatten_all()?;
+                let moments = MomentsUpdate {
+                    beta1: beta1 as f32,
+                    beta2: beta2 as f32,
+                    grad_scale: grad_scale as f32,
+                };
+                p.mv.inplace_op2(&g, &moments)?;
+                let apply = ApplyUpdate {
+                    lr: lr as f32,
+                    decay_factor: decay_factor as f32,
+                    bc1: bc1 as f32,
+                    bc2: bc2 as f32,
+                    eps: eps as f32,
+                };
+                w.inplace_op2(&p.mv, &apply)?;
+            } else {
+                let g = (g.to_dtype(DType::F32)?.flatten_all()? * grad_scale)?;
+                let m = ((p.mv.i(0)? * beta1)? + (&g * (1.0 - beta1))?)?;
+                let v = ((p.mv.i(1)? * beta2)? + (g.sqr()? * (1.0 - beta2))?)?;
+                let update = ((&m / bc1)? / ((&v / bc2)?.sqrt()? + eps)?)?.reshape(w.shape())?;
+                let new_w = ((w.detach() * decay_factor)? - (update * lr)?.to_dtype(w.dtype())?)?;
+                p.var.set(&new_w)?;
+                p.mv = Tensor::stack(&[m, v], 0)?;
+            }
         }
         Ok(())
     }
@@ -126,9 +222,14 @@ impl AdamW {
         self.params
             .iter()
             .flat_map(|p| {
+                let moment = |i: usize| {
+                    p.mv.i(i)
+                        .and_then(|m| m.reshape(p.var.shape()))
+                        .expect("moments match the parameter")
+                };
                 [
-                    (format!("exp_avg.{}", p.name), p.m.clone()),
-                    (format!("exp_avg_sq.{}", p.name), p.v.clone()),
+                    (format!("exp_avg.{}", p.name), moment(0)),
+                    (format!("exp_avg_sq.{}", p.name), moment(1)),
                 ]
             })
             .collect()
@@ -150,8 +251,9 @@ impl AdamW {
                 }
                 t.to_device(p.var.device())?.to_dtype(DType::F32)
             };
-            p.m = take(format!("exp_avg.{}", p.name))?;
-            p.v = take(format!("exp_avg_sq.{}", p.name))?;
+            let m = take(format!("exp_avg.{}", p.name))?.flatten_all()?;
+            let v = take(format!("exp_avg_sq.{}", p.name))?.flatten_all()?;
+            p.mv = Tensor::stack(&[m, v], 0)?.contiguous()?;
         }
         self.t = t;
         Ok(())

@@ -444,7 +444,7 @@ pub fn train(req: TrainRequest) -> Result<TrainSummary> {
         max_lr: cfg.learning_rate,
         min_lr: cfg.min_lr(),
         warmup_iters: cfg.warmup_iters,
-        decay_iters: cfg.max_iters,
+        decay_iters: cfg.lr_decay_iters.unwrap_or(cfg.max_iters),
         d_model: match &model_config {
             ModelConfig::Gpt2(c) => c.n_embd,
             ModelConfig::Bert(c) => c.hidden_size,

@@ -1,0 +1,243 @@
+//! `wick train` end to end on a tiny model: the loss falls, a resumed run repeats the
+//! uninterrupted one exactly, checkpoints round-trip and survive a crash mid-save, and
+//! bad input is refused without touching anything.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+
+use common::*;
+
+const TINY: &str = r#"{"model_type": "gpt2", "vocab_size": 0, "n_positions": 32, "n_embd": 32,
+    "n_layer": 2, "n_head": 2, "resid_pdrop": 0.0, "embd_pdrop": 0.0, "attn_pdrop": 0.0}"#;
+
+struct Setup {
+    dir: tempfile::TempDir,
+}
+
+impl Setup {
+    fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("tiny.json"), TINY).unwrap();
+        let text = "To be, or not to be, that is the question.\nWhether 'tis nobler in the mind to suffer\n".repeat(40);
+        std::fs::write(dir.path().join("corpus.txt"), text).unwrap();
+        Self { dir }
+    }
+
+    fn p(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    fn train(&self, out: &str, extra: &[&str]) -> (i32, String, String) {
+        let model = self.p("tiny.json");
+        let data = self.p("corpus.txt");
+        let out = self.p(out);
+        let mut args = vec![
+            "train",
+            "--model",
+            model.to_str().unwrap(),
+            "--tokenizer",
+            "char",
+            "--data",
+            data.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+            "--batch-size",
+            "4",
+            "--block-size",
+            "16",
+            "--learning-rate",
+            "0.003",
+            "--warmup-iters",
+            "5",
+            "--log-every",
+            "1",
+            "--eval-every",
+            "10",
+            "--eval-iters",
+            "2",
+            "--sample-tokens",
+            "0",
+        ];
+        args.extend_from_slice(extra);
+        wick(&args)
+    }
+}
+
+fn losses(out: &Path) -> Vec<(u64, f64)> {
+    std::fs::read_to_string(out.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            (
+                v["step"].as_u64().unwrap(),
+                v["train_loss"].as_f64().unwrap(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn loss_falls_and_the_run_is_saved_in_the_hf_layout() {
+    let s = Setup::new();
+    let (code, stdout, stderr) = s.train("run", &["--max-iters", "60"]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(
+        stdout.contains("parameters") && stdout.contains("per step"),
+        "derived numbers up front: {stdout}"
+    );
+    let l = losses(&s.p("run"));
+    assert_eq!(l.len(), 60);
+    let first: f64 = l[..5].iter().map(|x| x.1).sum::<f64>() / 5.0;
+    let last: f64 = l[55..].iter().map(|x| x.1).sum::<f64>() / 5.0;
+    assert!(last < first * 0.6, "loss should fall: {first} -> {last}");
+    for f in [
+        "config.json",
+        "model.safetensors",
+        "tokenizer.json",
+        "train_config.json",
+        "loss.svg",
+        "best/model.safetensors",
+    ] {
+        assert!(s.p("run").join(f).is_file(), "{f}");
+    }
+    assert!(s.p("run/checkpoint-000060/optimizer.safetensors").is_file());
+    let svg = std::fs::read_to_string(s.p("run/loss.svg")).unwrap();
+    assert!(
+        svg.contains("<svg") && svg.contains("polyline"),
+        "a plotted curve"
+    );
+    // The saved model is an ordinary checkpoint: `wick eval` on the training text
+    // gives a loss close to the final training loss.
+    let v = wick_json(&[
+        "eval",
+        "--model",
+        s.p("run").to_str().unwrap(),
+        "--data",
+        s.p("corpus.txt").to_str().unwrap(),
+        "--json",
+    ]);
+    assert!(v["loss"].as_f64().unwrap() < first * 0.6);
+}
+
+#[test]
+fn resuming_repeats_the_uninterrupted_run_exactly() {
+    let s = Setup::new();
+    let (code, _, e) = s.train("full", &["--max-iters", "40"]);
+    assert_eq!(code, 0, "{e}");
+    let (code, _, e) = s.train("split", &["--max-iters", "20", "--lr-decay-iters", "40"]);
+    assert_eq!(code, 0, "{e}");
+    let (code, _, e) = s.train("split", &["--max-iters", "40", "--resume"]);
+    assert_eq!(code, 0, "{e}");
+    assert!(e.contains("from step 20"), "{e}");
+    let (full, split) = (losses(&s.p("full")), losses(&s.p("split")));
+    assert_eq!(full.len(), 40);
+    assert_eq!(full, split, "identical loss at every step");
+}
+
+#[test]
+fn a_crash_mid_save_leaves_the_last_complete_checkpoint() {
+    let s = Setup::new();
+    let (code, _, e) = s.train(
+        "run",
+        &[
+            "--max-iters",
+            "20",
+            "--lr-decay-iters",
+            "40",
+            "--save-every",
+            "10",
+        ],
+    );
+    assert_eq!(code, 0, "{e}");
+    // A save that died half-way: the hidden temporary folder and a folder without its
+    // final trainer_state.json.
+    std::fs::create_dir_all(s.p("run/.checkpoint-000030.tmp")).unwrap();
+    std::fs::write(
+        s.p("run/.checkpoint-000030.tmp/model.safetensors"),
+        b"partial",
+    )
+    .unwrap();
+    std::fs::create_dir_all(s.p("run/checkpoint-000030")).unwrap();
+    std::fs::write(s.p("run/checkpoint-000030/model.safetensors"), b"partial").unwrap();
+    let (code, _, e) = s.train("run", &["--max-iters", "25", "--resume"]);
+    assert_eq!(code, 0, "{e}");
+    assert!(
+        e.contains("from step 20"),
+        "resumed from the last complete checkpoint: {e}"
+    );
+}
+
+#[test]
+fn bad_input_is_refused_and_nothing_is_overwritten() {
+    let s = Setup::new();
+    let fails = |args: &[&str], needle: &str| {
+        let (code, _, e) = s.train("bad", args);
+        assert_ne!(code, 0, "{args:?} should fail");
+        assert!(!e.contains("panicked"), "{e}");
+        assert!(e.contains(needle), "{args:?}: {e}");
+    };
+    std::fs::write(s.p("empty.txt"), "").unwrap();
+    fails(&["--data", s.p("empty.txt").to_str().unwrap()], "empty");
+    std::fs::write(s.p("short.txt"), "abc").unwrap();
+    fails(&["--data", s.p("short.txt").to_str().unwrap()], "too few");
+    std::fs::write(s.p("latin1.txt"), [b'a', 0xe9, b'b']).unwrap();
+    fails(
+        &["--data", s.p("latin1.txt").to_str().unwrap()],
+        "not UTF-8",
+    );
+    fails(&["--block-size", "64"], "over the model's context");
+    fails(&["--data", s.p("nope.txt").to_str().unwrap()], "nope.txt");
+    fails(&["--learning-rate", "0"], "--learning-rate");
+    // An output folder holding another model is left alone.
+    let other = s.p("bad");
+    std::fs::create_dir_all(&other).unwrap();
+    std::fs::copy(fixture("tiny-gpt2/config.json"), other.join("config.json")).unwrap();
+    fails(&["--max-iters", "2"], "holds another model");
+    assert_eq!(
+        std::fs::read(other.join("config.json")).unwrap(),
+        std::fs::read(fixture("tiny-gpt2/config.json")).unwrap()
+    );
+    assert!(!other.join("model.safetensors").exists());
+    // --resume with nothing to resume.
+    fails(
+        &["--resume", "--out", s.p("nothing").to_str().unwrap()],
+        "no checkpoint",
+    );
+}
+
+#[test]
+fn fine_tuning_starts_from_a_checkpoint_and_keeps_its_tokenizer() {
+    let s = Setup::new();
+    let out = s.p("ft");
+    let (code, stdout, e) = wick(&[
+        "train",
+        "--model",
+        fixture("tiny-gpt2").to_str().unwrap(),
+        "--data",
+        s.p("corpus.txt").to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--max-iters",
+        "5",
+        "--batch-size",
+        "2",
+        "--block-size",
+        "32",
+        "--sample-tokens",
+        "0",
+        "--eval-iters",
+        "1",
+    ]);
+    assert_eq!(code, 0, "{e}");
+    assert!(stdout.contains("tokenizer    320 tokens"), "{stdout}");
+    wick_json(&[
+        "score",
+        "--model",
+        out.to_str().unwrap(),
+        "--text",
+        "To be, or not",
+        "--json",
+    ]);
+}
