@@ -1,4 +1,5 @@
-# Recipes for the heavier runs that stay out of `cargo test`.
+# Recipes for the heavier runs that stay out of `cargo test`. Python recipes need torch
+# and transformers (see tests/fixtures/make_fixtures.py for the versions).
 
 # The README's test command.
 test:
@@ -8,10 +9,29 @@ test:
 ci:
     bash .ci/run
 
+# The main job: train the bundled default (shakespeare-char).
+train:
+    cargo run --release -- train
+
 # Forward-pass timings of the GPT-2 124M geometry on CPU, wick then transformers.
 bench:
     cargo bench --bench forward
     python3 benches/peers/forward_transformers.py
+
+# Where a training step of the default preset spends its time, then a 200-step run of
+# `wick train` with its tokens/s and peak RSS.
+bench-train:
+    cargo bench --bench train_step
+    cargo build --release
+    rm -rf runs/bench-train
+    /usr/bin/time -v target/release/wick train --max-iters 200 --out runs/bench-train --sample-tokens 0 2>&1 | grep -E "trained|val loss|Maximum resident|Elapsed"
+
+# The default run side by side with nanoGPT (docs/benchmarks.md).
+compare-nanogpt:
+    cargo build --release
+    rm -rf runs/bench-nanogpt-compare
+    /usr/bin/time -v target/release/wick train --out runs/bench-nanogpt-compare 2>&1 | grep -E "step|trained|val loss|Maximum resident|Elapsed"
+    /usr/bin/time -v python3 benches/peers/nanogpt_shakespeare_char.py 2>&1 | grep -E "step|nanoGPT|Maximum resident|Elapsed"
 
 # Regenerate the parity fixtures (needs torch + transformers + sentence-transformers).
 fixtures:

@@ -274,3 +274,34 @@ fn invalid_flags_and_inputs_fail_cleanly() {
         &["longer than the model's context"],
     );
 }
+
+#[test]
+fn generation_slides_past_the_context_when_asked() {
+    // 64-token context: a 10-token prompt plus 80 new tokens only fits by sliding.
+    let v = wick_json(&[
+        "generate",
+        "--model",
+        &fx("tiny-gpt2"),
+        "--prompt",
+        "To be, or not to be",
+        "--max-new-tokens",
+        "80",
+        "--temperature",
+        "0",
+        "--slide",
+        "--json",
+    ]);
+    assert_eq!(v["token_ids"].as_array().unwrap().len(), 80);
+    wick_fails(
+        &[
+            "generate",
+            "--model",
+            &fx("tiny-gpt2"),
+            "--prompt",
+            "To be",
+            "--max-new-tokens",
+            "80",
+        ],
+        &["exceeds the model's context"],
+    );
+}

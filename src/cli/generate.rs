@@ -25,6 +25,10 @@ pub struct Args {
     /// No speed report on stderr.
     #[arg(long)]
     quiet: bool,
+    /// Keep generating past the context window on the most recent tokens (otherwise a
+    /// prompt plus --max-new-tokens beyond the context is an error).
+    #[arg(long)]
+    slide: bool,
 }
 
 pub fn run(args: Args) -> Result<()> {
@@ -46,6 +50,7 @@ pub fn run(args: Args) -> Result<()> {
                 .unwrap_or(0)
         }),
         eos_token_ids: p.config.eos_token_ids(),
+        slide: args.slide,
     };
     let start = Instant::now();
     let mut first_token = None;

@@ -44,7 +44,7 @@ enum Command {
     /// Labels and probabilities from a BERT classifier.
     Classify(classify::Args),
     /// Train from scratch or fine-tune (default: the shakespeare-char preset).
-    Train(train::Args),
+    Train(Box<train::Args>),
     /// Loss and perplexity of a causal LM on a text.
     Eval(eval::Args),
 }
@@ -145,7 +145,7 @@ pub fn run() -> Result<()> {
         Command::Embed(a) => embed::run(a),
         Command::FillMask(a) => fill_mask::run(a),
         Command::Classify(a) => classify::run(a),
-        Command::Train(a) => train::run(a),
+        Command::Train(a) => train::run(*a),
         Command::Eval(a) => eval::run(a),
     }
 }

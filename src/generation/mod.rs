@@ -15,6 +15,9 @@ pub struct GenerateOptions {
     pub seed: u64,
     /// Generation stops after emitting any of these.
     pub eos_token_ids: Vec<u32>,
+    /// Past the context window, keep going on the most recent tokens (re-encoding the
+    /// window for each new token) instead of refusing.
+    pub slide: bool,
 }
 
 /// Picks the next token from last-position logits (V,).
@@ -53,7 +56,7 @@ pub fn generate(
             max,
         });
     }
-    if prompt.len() + opts.max_new_tokens > max {
+    if prompt.len() + opts.max_new_tokens > max && !opts.slide {
         return Err(WickError::Unsupported(format!(
             "a prompt of {} tokens plus {} new tokens exceeds the model's context of {max} tokens",
             prompt.len(),
@@ -61,10 +64,16 @@ pub fn generate(
         )));
     }
     let mut rng = StdRng::seed_from_u64(opts.seed);
-    let mut cache = model.new_cache(prompt.len() + opts.max_new_tokens);
+    let mut cache = model.new_cache((prompt.len() + opts.max_new_tokens).min(max));
     let mut input = Tensor::new(prompt, device)?.unsqueeze(0)?; // (1, T) then (1, 1)
-    let mut out = Vec::with_capacity(opts.max_new_tokens);
+    let mut out: Vec<u32> = Vec::with_capacity(opts.max_new_tokens);
     while out.len() < opts.max_new_tokens {
+        if cache.len() + input.dim(1)? > max {
+            // The window is full: re-encode the most recent max - 1 tokens.
+            let all: Vec<u32> = prompt.iter().chain(out.iter()).copied().collect();
+            cache.reset();
+            input = Tensor::new(&all[all.len() + 1 - max..], device)?.unsqueeze(0)?;
+        }
         let logits = model.forward(&input, None, Some(&mut cache), false)?; // (1, T, V)
         let last = logits.i((0, logits.dim(1)? - 1))?; // (V,)
         let next = pick(&last, opts.temperature, &mut rng)?;

@@ -629,14 +629,12 @@ pub fn train(req: TrainRequest) -> Result<TrainSummary> {
             .ok()
             .filter(|p| !p.is_empty())
             .unwrap_or_else(|| vec![0]);
-        let max_new = cfg
-            .sample_tokens
-            .min(model_config.max_positions() - prompt.len());
         let opts = crate::generation::GenerateOptions {
-            max_new_tokens: max_new,
+            max_new_tokens: cfg.sample_tokens,
             temperature: 0.8,
             seed: cfg.seed,
             eos_token_ids: vec![],
+            slide: true,
         };
         let ids = crate::generation::generate(gpt2, &prompt, &opts, &device, |_| Ok(()))?;
         Some(tokenizer.decode(&ids, true)?)
