@@ -305,3 +305,32 @@ fn generation_slides_past_the_context_when_asked() {
         &["exceeds the model's context"],
     );
 }
+
+/// A hub id resolves offline from hf-hub's cache layout under HF_HOME.
+#[test]
+fn hub_ids_resolve_offline_from_the_cache() {
+    let home = tempfile::tempdir().unwrap();
+    let repo = home.path().join("hub/models--wick-test--tiny-gpt2");
+    let commit = "0123456789abcdef0123456789abcdef01234567";
+    let snap = repo.join("snapshots").join(commit);
+    std::fs::create_dir_all(&snap).unwrap();
+    std::fs::create_dir_all(repo.join("refs")).unwrap();
+    std::fs::write(repo.join("refs/main"), commit).unwrap();
+    for f in ["config.json", "model.safetensors", "tokenizer.json"] {
+        std::fs::copy(fixture("tiny-gpt2").join(f), snap.join(f)).unwrap();
+    }
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_wick"))
+        .args(["info", "--model", "wick-test/tiny-gpt2", "--json"])
+        .env("HF_HUB_OFFLINE", "1")
+        .env("HF_HOME", home.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["model_type"], "gpt2");
+    assert!(v["path"].as_str().unwrap().contains(commit));
+}

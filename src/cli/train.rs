@@ -70,6 +70,18 @@ pub struct Args {
     /// Tokens to sample at the end (0: none).
     #[arg(long)]
     sample_tokens: Option<usize>,
+    /// Classification: held-out examples (default: a --val-fraction of --data).
+    #[arg(long)]
+    eval_data: Option<PathBuf>,
+    /// Classification: the text column (default: text, sentence or sentence1).
+    #[arg(long)]
+    text_column: Option<String>,
+    /// Classification: a second text column, for sentence pairs.
+    #[arg(long)]
+    pair_column: Option<String>,
+    /// Classification: the label column (default: label).
+    #[arg(long)]
+    label_column: Option<String>,
     /// cpu, cuda[:N] or metal.
     #[arg(long, default_value = "cpu")]
     device: String,
@@ -108,6 +120,14 @@ pub fn run(a: Args) -> Result<()> {
     put("keep_last", a.keep_last.map(Value::from));
     put("seed", a.seed.map(Value::from));
     put("sample_tokens", a.sample_tokens.map(Value::from));
+    put(
+        "eval_data",
+        a.eval_data
+            .map(|p| Value::from(p.to_string_lossy().into_owned())),
+    );
+    put("text_column", a.text_column.map(Value::from));
+    put("pair_column", a.pair_column.map(Value::from));
+    put("label_column", a.label_column.map(Value::from));
     let summary = train(TrainRequest {
         model: a.model,
         data: a.data,

@@ -2,7 +2,9 @@
 //! cutting token streams into deterministic, resumable batches.
 
 pub mod corpus;
+pub mod labeled;
 pub mod lm;
+pub mod mlm;
 pub mod tokens;
 
 pub use corpus::read_documents;

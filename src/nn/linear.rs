@@ -74,6 +74,11 @@ impl candle_nn::Module for Linear {
             x2.matmul(&self.weight.t()?)?
         }; // (N, out)
         let y = match &self.bias {
+            Some(b)
+                if y.dtype() == candle_core::DType::F32 && super::fused::enabled(y.device()) =>
+            {
+                super::fused::bias_add(&y, b)?
+            }
             Some(b) => y.broadcast_add(b)?,
             None => y,
         };

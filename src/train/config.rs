@@ -60,6 +60,12 @@ pub struct TrainConfig {
     pub val_fraction: f64,
     /// Tokens sampled at the end of a causal-LM run.
     pub sample_tokens: usize,
+    /// Classification: held-out examples (default: val_fraction of --data).
+    pub eval_data: Option<PathBuf>,
+    /// Classification columns (default text column: text, sentence or sentence1).
+    pub text_column: Option<String>,
+    pub pair_column: Option<String>,
+    pub label_column: String,
 }
 
 impl Default for TrainConfig {
@@ -90,6 +96,10 @@ impl Default for TrainConfig {
             seed: 1337,
             val_fraction: 0.1,
             sample_tokens: 200,
+            eval_data: None,
+            text_column: None,
+            pair_column: None,
+            label_column: "label".into(),
         }
     }
 }
@@ -150,6 +160,14 @@ impl TrainConfig {
             return bad("--eval-every and --log-every must be at least 1".into());
         }
         Ok(())
+    }
+
+    pub fn columns(&self) -> crate::data::labeled::Columns {
+        crate::data::labeled::Columns {
+            text: self.text_column.clone(),
+            pair: self.pair_column.clone(),
+            label: self.label_column.clone(),
+        }
     }
 
     pub fn tokens_per_step(&self) -> usize {

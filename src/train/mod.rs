@@ -8,6 +8,7 @@ pub mod loss;
 pub mod metrics;
 pub mod optim;
 pub mod schedule;
+pub mod task;
 pub mod trainer;
 
 pub use config::{Objective, Preset, TrainConfig};

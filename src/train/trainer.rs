@@ -13,15 +13,19 @@ use serde_json::{Map, Value};
 
 use super::checkpoints::{self, Snapshot, TrainerState};
 use super::config::{merge, Objective, Preset, TrainConfig};
-use super::loss::lm_loss;
 use super::metrics::{Metrics, Record};
 use super::optim::{AdamW, AdamWConfig};
 use super::schedule::LrSchedule;
+use super::task::Task;
 use crate::checkpoint::{resolve, InitPolicy, TensorStore, WeightSource};
+use crate::data::labeled::{label_set, read_examples, ClassifyBatches, Example};
+use crate::data::mlm::MlmBatches;
 use crate::data::{tokenize_cached, LmBatches};
 use crate::error::{Result, WickError};
+use crate::models::BertHeads;
 use crate::models::{Model, ModelConfig};
 use crate::tokenizer::Tokenizer;
+use rand::{rngs::StdRng, seq::SliceRandom, SeedableRng};
 
 /// What `wick train` was asked to do, before anything is resolved.
 #[derive(Debug, Clone)]
@@ -236,12 +240,6 @@ pub fn train(req: TrainRequest) -> Result<TrainSummary> {
         ),
     };
     cfg.validate()?;
-    if cfg.objective != Objective::Clm {
-        return Err(WickError::Unsupported(format!(
-            "--objective {:?}: this trainer runs causal LM (clm) so far",
-            cfg.objective
-        )));
-    }
     let data = data.ok_or_else(|| {
         WickError::Unsupported("no training data: pass --data FILE_OR_DIR".into())
     })?;
@@ -297,7 +295,40 @@ pub fn train(req: TrainRequest) -> Result<TrainSummary> {
     if let Some(p) = cfg.dropout {
         set_dropout(&mut model_json, p);
     }
-    let model_config = ModelConfig::from_value(&model_json, Path::new(&req.model))?;
+    let mut model_config = ModelConfig::from_value(&model_json, Path::new(&req.model))?;
+    // Classification reads its examples first: their labels size the head.
+    let examples = match cfg.objective {
+        Objective::Classify => Some(read_examples(&data, &cfg.columns())?),
+        _ => None,
+    };
+    let heads = match (&mut model_config, cfg.objective) {
+        (ModelConfig::Bert(c), Objective::Classify) => {
+            let labels = label_set(examples.as_deref().unwrap_or_default(), &c.labels())?;
+            c.set_labels(&labels);
+            c.architecture = Some("BertForSequenceClassification".into());
+            Some(BertHeads {
+                pooler: true,
+                mlm: false,
+                classifier: true,
+            })
+        }
+        (ModelConfig::Bert(c), Objective::Mlm) => {
+            c.architecture = Some("BertForMaskedLM".into());
+            Some(BertHeads {
+                pooler: false,
+                mlm: true,
+                classifier: false,
+            })
+        }
+        (ModelConfig::Gpt2(_), Objective::Clm) => None,
+        (c, o) => {
+            return Err(WickError::Unsupported(format!(
+                "--objective {} does not fit a {} model (clm: gpt2; mlm, classify: bert)",
+                serde_json::to_value(o).unwrap().as_str().unwrap_or("?"),
+                c.model_type()
+            )))
+        }
+    };
     if tokenizer.vocab_size() > model_config.vocab_size() {
         return Err(WickError::Unsupported(format!(
             "the tokenizer has {} tokens but the model's vocab_size is {}",
@@ -320,21 +351,29 @@ pub fn train(req: TrainRequest) -> Result<TrainSummary> {
             let init = if resume.is_some() {
                 InitPolicy::Never
             } else {
-                InitPolicy::Prefixes(vec!["lm_head".into()])
+                // A new task head (and a pooler the checkpoint lacks) starts fresh.
+                InitPolicy::Prefixes(
+                    ["lm_head", "cls.", "classifier.", "pooler.", "bert.pooler."]
+                        .map(String::from)
+                        .to_vec(),
+                )
             };
             WeightSource::new(Some(TensorStore::open_dir(dir)?), init, true).with_seed(cfg.seed)
         }
     };
     let model = Model::build(
         &model_config,
-        None,
+        heads,
         weights.var_builder(DType::F32, &device),
     )?;
-    let Model::Gpt2(gpt2) = &model else {
-        return Err(WickError::Unsupported(
-            "--objective clm needs a GPT-2 model".into(),
-        ));
-    };
+    let initialised = weights.initialised();
+    if !initialised.is_empty() && weights_dir.is_some() {
+        println!(
+            "initialised  {} tensors not in the checkpoint: {}",
+            initialised.len(),
+            initialised.join(", ")
+        );
+    }
     let vars = weights.vars();
     let mut opt = AdamW::new(
         vars.clone(),
@@ -355,41 +394,16 @@ pub fn train(req: TrainRequest) -> Result<TrainSummary> {
         eprintln!("resuming {} from step {start_step}", dir.display());
     }
 
-    // 4. Data: tokenize once (cached), split train/val.
-    let eos = model_config
-        .eos_token_ids()
-        .first()
-        .copied()
-        .filter(|&e| (e as usize) < tokenizer.vocab_size());
-    let (tokens, cache) = tokenize_cached(&data, &tokenizer, eos, &out)?;
-    let tokens = Arc::new(tokens);
-    let n = tokens.len();
-    let n_val = ((n as f64) * cfg.val_fraction) as usize;
-    let n_train = n - n_val;
-    let mut train_batches = LmBatches::new(
-        tokens.clone(),
-        0,
-        n_train,
-        cfg.block_size,
-        cfg.batch_size,
-        cfg.seed,
-        true,
-    )
-    .map_err(|e| WickError::Unsupported(format!("{}: training split: {e}", data.display())))?;
-    let mut val_batches = if n_val > cfg.block_size + 1 {
-        Some(LmBatches::new(
-            tokens.clone(),
-            n_train,
-            n_val,
-            cfg.block_size,
-            cfg.batch_size,
-            cfg.seed ^ 0x5eed,
-            true,
-        )?)
-    } else {
-        None
-    };
-
+    // 4. Data: tokenize once (cached), split train/val; or read labelled examples.
+    let (mut task, data_line) = build_task(
+        &model,
+        &cfg,
+        &data,
+        examples,
+        &tokenizer,
+        &model_config,
+        &out,
+    )?;
     // 5. The numbers up front, and the effective config stored with the run.
     let (decayed, not_decayed) = opt.group_sizes();
     let params = weights.num_parameters();
@@ -404,13 +418,7 @@ pub fn train(req: TrainRequest) -> Result<TrainSummary> {
         tokenizer.vocab_size(),
         tokenizer.source().display()
     );
-    println!(
-        "data         {}: {n} tokens, {n_train} train / {n_val} val{}",
-        data.display(),
-        cache
-            .map(|c| format!(" (cache {})", c.display()))
-            .unwrap_or_default()
-    );
+    println!("data         {}: {}", data.display(), data_line.0);
     println!(
         "per step     {} tokens (batch {} x block {} x accum {}); {} steps = {:.2} epochs",
         cfg.tokens_per_step(),
@@ -418,7 +426,7 @@ pub fn train(req: TrainRequest) -> Result<TrainSummary> {
         cfg.block_size,
         cfg.grad_accum,
         cfg.max_iters,
-        (cfg.max_iters * cfg.tokens_per_step()) as f64 / n_train as f64
+        (cfg.max_iters * cfg.tokens_per_step()) as f64 / data_line.1 as f64
     );
     println!(
         "device       {}, {} threads",
@@ -467,15 +475,6 @@ pub fn train(req: TrainRequest) -> Result<TrainSummary> {
             cfg.keep_last,
         )
     };
-    let eval = |val: &mut LmBatches| -> Result<f64> {
-        let mut total = 0f64;
-        for i in 0..cfg.eval_iters {
-            let (x, y) = val.batch(i, &device)?;
-            total += lm_loss(&gpt2.forward(&x, None, None, false)?, &y)?.to_scalar::<f32>()? as f64;
-        }
-        Ok(total / cfg.eval_iters as f64)
-    };
-
     // 6. The loop.
     let pb = if req.progress {
         ProgressBar::new(cfg.max_iters as u64)
@@ -503,8 +502,7 @@ pub fn train(req: TrainRequest) -> Result<TrainSummary> {
         let mut grads = None;
         let mut loss_sum = 0f64;
         for micro in 0..cfg.grad_accum {
-            let (x, y) = train_batches.batch(step * cfg.grad_accum + micro, &device)?;
-            let loss = lm_loss(&gpt2.forward(&x, None, None, true)?, &y)?;
+            let loss = task.train_loss(step * cfg.grad_accum + micro, &device)?;
             let l = loss.to_scalar::<f32>()? as f64;
             if !l.is_finite() {
                 pb.finish_and_clear();
@@ -542,10 +540,13 @@ pub fn train(req: TrainRequest) -> Result<TrainSummary> {
             let secs = window.0.elapsed().as_secs_f64().max(1e-9);
             let mean = window.2 / window.3 as f64;
             let tps = window.1 as f64 / secs;
-            let val_loss = match (&mut val_batches, eval_now) {
-                (Some(v), true) => Some(eval(v)?),
-                _ => None,
+            let eval = if eval_now {
+                task.evaluate(cfg.eval_iters, &device)?
+            } else {
+                None
             };
+            let val_loss = eval.map(|e| e.loss);
+            let accuracy = eval.and_then(|e| e.accuracy);
             pb.set_message(format!("loss {mean:.4} lr {lr:.2e} {:.0} tok/s", tps));
             metrics.push(Record {
                 step: done,
@@ -555,12 +556,17 @@ pub fn train(req: TrainRequest) -> Result<TrainSummary> {
                 lr,
                 grad_norm: norm,
                 tokens_per_sec: tps,
-                accuracy: None,
+                accuracy,
             })?;
             if let Some(v) = val_loss {
-                pb.println(format!("step {done:>6}: train loss {mean:.4}, val loss {v:.4}, lr {lr:.2e}, {tps:.0} tokens/s"));
-                if !req.progress {
-                    eprintln!("step {done:>6}: train loss {mean:.4}, val loss {v:.4}, lr {lr:.2e}, {tps:.0} tokens/s");
+                let acc = accuracy
+                    .map(|a| format!(", accuracy {:.2}%", a * 100.0))
+                    .unwrap_or_default();
+                let line = format!("step {done:>6}: train loss {mean:.4}, val loss {v:.4}{acc}, lr {lr:.2e}, {tps:.0} tokens/s");
+                if req.progress {
+                    pb.println(line);
+                } else {
+                    eprintln!("{line}");
                 }
                 if best_val.is_none_or(|b| v < b) {
                     best_val = Some(v);
@@ -610,37 +616,30 @@ pub fn train(req: TrainRequest) -> Result<TrainSummary> {
     )?;
 
     // 7. The whole validation split, and a sample.
-    let final_val = if n_val > cfg.block_size + 1 {
-        Some(super::evaluate::lm_loss_over(
-            gpt2,
-            tokens.clone(),
-            n_train,
-            n_val,
-            cfg.block_size,
-            cfg.batch_size * 4,
-            &device,
-        )?)
-    } else {
-        None
+    let final_eval = task.final_eval(cfg.eval_iters, &device)?;
+    let sample = match task.causal_lm() {
+        Some(gpt2) if cfg.sample_tokens > 0 => {
+            let prompt = tokenizer
+                .encode("\n", false)
+                .ok()
+                .filter(|p| !p.is_empty())
+                .unwrap_or_else(|| vec![0]);
+            let opts = crate::generation::GenerateOptions {
+                max_new_tokens: cfg.sample_tokens,
+                temperature: 0.8,
+                seed: cfg.seed,
+                eos_token_ids: vec![],
+                slide: true,
+            };
+            let ids = crate::generation::generate(gpt2, &prompt, &opts, &device, |_| Ok(()))?;
+            Some(tokenizer.decode(&ids, true)?)
+        }
+        _ => None,
     };
-    let sample = if cfg.sample_tokens > 0 {
-        let prompt = tokenizer
-            .encode("\n", false)
-            .ok()
-            .filter(|p| !p.is_empty())
-            .unwrap_or_else(|| vec![0]);
-        let opts = crate::generation::GenerateOptions {
-            max_new_tokens: cfg.sample_tokens,
-            temperature: 0.8,
-            seed: cfg.seed,
-            eos_token_ids: vec![],
-            slide: true,
-        };
-        let ids = crate::generation::generate(gpt2, &prompt, &opts, &device, |_| Ok(()))?;
-        Some(tokenizer.decode(&ids, true)?)
-    } else {
-        None
-    };
+    let final_val = final_eval.map(|e| e.loss);
+    if let Some(a) = final_eval.and_then(|e| e.accuracy) {
+        println!("accuracy     {:.2}% (validation)", a * 100.0);
+    }
     Ok(TrainSummary {
         out,
         steps: steps_done,
@@ -650,4 +649,154 @@ pub fn train(req: TrainRequest) -> Result<TrainSummary> {
         interrupted: false,
         sample,
     })
+}
+
+/// The task for the objective: batches over the data, split into train and validation.
+/// Also returns a line describing the data and the number of training units (tokens or
+/// examples) an epoch holds.
+fn build_task<'m>(
+    model: &'m Model,
+    cfg: &TrainConfig,
+    data: &Path,
+    examples: Option<Vec<Example>>,
+    tokenizer: &Tokenizer,
+    model_config: &ModelConfig,
+    out: &Path,
+) -> Result<(Task<'m>, (String, usize))> {
+    let split_err =
+        |e: WickError| WickError::Unsupported(format!("{}: training split: {e}", data.display()));
+    match (model, cfg.objective) {
+        (Model::Gpt2(_), Objective::Clm) | (Model::Bert(_), Objective::Mlm) => {
+            let sep = match model {
+                Model::Bert(_) => tokenizer.token_to_id("[SEP]"),
+                _ => model_config
+                    .eos_token_ids()
+                    .first()
+                    .copied()
+                    .filter(|&e| (e as usize) < tokenizer.vocab_size()),
+            };
+            let (tokens, cache) = tokenize_cached(data, tokenizer, sep, out)?;
+            let tokens = Arc::new(tokens);
+            let n = tokens.len();
+            let n_val = ((n as f64) * cfg.val_fraction) as usize;
+            let n_train = n - n_val;
+            let line = format!(
+                "{n} tokens, {n_train} train / {n_val} val{}",
+                cache
+                    .map(|c| format!(" (cache {})", c.display()))
+                    .unwrap_or_default()
+            );
+            let has_val = n_val > cfg.block_size + 1;
+            let task = match model {
+                Model::Gpt2(m) => Task::Clm {
+                    model: m,
+                    train: LmBatches::new(
+                        tokens.clone(),
+                        0,
+                        n_train,
+                        cfg.block_size,
+                        cfg.batch_size,
+                        cfg.seed,
+                        true,
+                    )
+                    .map_err(split_err)?,
+                    val: has_val
+                        .then(|| {
+                            LmBatches::new(
+                                tokens.clone(),
+                                n_train,
+                                n_val,
+                                cfg.block_size,
+                                cfg.batch_size,
+                                cfg.seed ^ 0x5eed,
+                                true,
+                            )
+                        })
+                        .transpose()?,
+                    val_split: has_val.then(|| {
+                        (
+                            tokens.clone(),
+                            n_train,
+                            n_val,
+                            cfg.block_size,
+                            cfg.batch_size * 4,
+                        )
+                    }),
+                },
+                Model::Bert(m) => {
+                    let mlm = |start, len, seed| {
+                        MlmBatches::new(
+                            tokens.clone(),
+                            start,
+                            len,
+                            cfg.block_size,
+                            cfg.batch_size,
+                            seed,
+                            true,
+                            tokenizer,
+                        )
+                    };
+                    Task::Mlm {
+                        model: m,
+                        train: mlm(0, n_train, cfg.seed).map_err(split_err)?,
+                        val: has_val
+                            .then(|| mlm(n_train, n_val, cfg.seed ^ 0x5eed))
+                            .transpose()?,
+                    }
+                }
+                Model::Seq2Seq(_) => unreachable!("rejected before"),
+            };
+            Ok((task, (line, n_train)))
+        }
+        (Model::Bert(m), Objective::Classify) => {
+            let mut examples = examples.unwrap_or_default();
+            let labels = m.config().labels();
+            let eval_examples = match &cfg.eval_data {
+                Some(p) => read_examples(p, &cfg.columns())?,
+                None => {
+                    // A seeded shuffle, then the last val_fraction held out.
+                    examples.shuffle(&mut StdRng::seed_from_u64(cfg.seed));
+                    let n_val = ((examples.len() as f64) * cfg.val_fraction) as usize;
+                    examples.split_off(examples.len() - n_val)
+                }
+            };
+            label_set(&eval_examples, &labels)?;
+            let pad = m.config().pad_token_id.unwrap_or(0);
+            let line = format!(
+                "{} examples, {} labels ({}), {} held out{}",
+                examples.len(),
+                labels.len(),
+                labels.join(", "),
+                eval_examples.len(),
+                cfg.eval_data
+                    .as_ref()
+                    .map(|p| format!(" from {}", p.display()))
+                    .unwrap_or_default()
+            );
+            let n_train = examples.len();
+            let batches = |ex: &[Example], shuffle| {
+                ClassifyBatches::new(
+                    ex,
+                    &labels,
+                    tokenizer,
+                    cfg.block_size,
+                    cfg.batch_size,
+                    cfg.seed,
+                    shuffle,
+                    pad,
+                )
+            };
+            let task = Task::Classify {
+                model: m,
+                train: batches(&examples, true)?,
+                val: (!eval_examples.is_empty())
+                    .then(|| batches(&eval_examples, false))
+                    .transpose()?,
+            };
+            Ok((task, (line, n_train)))
+        }
+        (_, o) => Err(WickError::Unsupported(format!(
+            "--objective {o:?} is not supported for this model"
+        ))),
+    }
 }

@@ -1,0 +1,169 @@
+//! What is being learned: the objective, its model head and its batches. The training
+//! loop asks a task for the loss of micro-batch n and for held-out loss (and accuracy);
+//! everything objective-specific lives here.
+
+use std::sync::Arc;
+
+use candle_core::{Device, Tensor, D};
+
+use super::loss::{cross_entropy, lm_loss, masked_lm_loss};
+use crate::data::labeled::ClassifyBatches;
+use crate::data::mlm::MlmBatches;
+use crate::data::{LmBatches, TokenBuffer};
+use crate::error::Result;
+use crate::models::{Bert, Gpt2};
+
+pub enum Task<'m> {
+    /// Next-token prediction with GPT-2.
+    Clm {
+        model: &'m Gpt2,
+        train: LmBatches,
+        val: Option<LmBatches>,
+        /// (tokens, start, len, block, batch) of the validation split, for the final pass.
+        val_split: Option<(Arc<TokenBuffer>, usize, usize, usize, usize)>,
+    },
+    /// Masked-token prediction with BERT's MLM head.
+    Mlm {
+        model: &'m Bert,
+        train: MlmBatches,
+        val: Option<MlmBatches>,
+    },
+    /// Sequence classification with BERT's [CLS] head.
+    Classify {
+        model: &'m Bert,
+        train: ClassifyBatches,
+        val: Option<ClassifyBatches>,
+    },
+}
+
+/// Held-out results.
+#[derive(Debug, Clone, Copy)]
+pub struct Eval {
+    pub loss: f64,
+    pub accuracy: Option<f64>,
+}
+
+impl Task<'_> {
+    /// Loss of training micro-batch `n`, dropout on.
+    pub fn train_loss(&mut self, n: usize, device: &Device) -> Result<Tensor> {
+        Ok(match self {
+            Task::Clm { model, train, .. } => {
+                let (x, y) = train.batch(n, device)?;
+                lm_loss(&model.forward(&x, None, None, true)?, &y)?
+            }
+            Task::Mlm { model, train, .. } => {
+                let (x, y) = train.batch(n, device)?;
+                masked_lm_loss(
+                    &model.mlm_logits(&model.forward(&x, None, None, true)?)?,
+                    &y,
+                )?
+            }
+            Task::Classify { model, train, .. } => {
+                let (x, tt, mask, y) = train.batch(n, device)?;
+                let h = model.forward(&x, Some(&tt), Some(&mask), true)?;
+                cross_entropy(&model.classifier_logits(&h, true)?, &y)?
+            }
+        })
+    }
+
+    /// Mean loss over the first `iters` validation batches (the same ones every time);
+    /// classification evaluates its whole validation set.
+    pub fn evaluate(&mut self, iters: usize, device: &Device) -> Result<Option<Eval>> {
+        match self {
+            Task::Clm {
+                model,
+                val: Some(val),
+                ..
+            } => {
+                let mut total = 0f64;
+                for i in 0..iters {
+                    let (x, y) = val.batch(i, device)?;
+                    total += lm_loss(&model.forward(&x, None, None, false)?, &y)?
+                        .to_scalar::<f32>()? as f64;
+                }
+                Ok(Some(Eval {
+                    loss: total / iters as f64,
+                    accuracy: None,
+                }))
+            }
+            Task::Mlm {
+                model,
+                val: Some(val),
+                ..
+            } => {
+                let mut total = 0f64;
+                for i in 0..iters {
+                    let (x, y) = val.batch(i, device)?;
+                    let logits = model.mlm_logits(&model.forward(&x, None, None, false)?)?;
+                    total += masked_lm_loss(&logits, &y)?.to_scalar::<f32>()? as f64;
+                }
+                Ok(Some(Eval {
+                    loss: total / iters as f64,
+                    accuracy: None,
+                }))
+            }
+            Task::Classify {
+                model,
+                val: Some(val),
+                ..
+            } => {
+                let (mut loss, mut correct, mut count) = (0f64, 0usize, 0usize);
+                for i in 0..val.batches_per_pass() {
+                    let (x, tt, mask, y) = val.batch(i, device)?;
+                    let logits = model.classifier_logits(
+                        &model.forward(&x, Some(&tt), Some(&mask), false)?,
+                        false,
+                    )?;
+                    let b = y.dim(0)?;
+                    loss += cross_entropy(&logits, &y)?.to_scalar::<f32>()? as f64 * b as f64;
+                    let pred = logits.argmax(D::Minus1)?.to_vec1::<u32>()?;
+                    correct += pred
+                        .iter()
+                        .zip(y.to_vec1::<u32>()?)
+                        .filter(|(p, t)| **p == *t)
+                        .count();
+                    count += b;
+                }
+                Ok(Some(Eval {
+                    loss: loss / count as f64,
+                    accuracy: Some(correct as f64 / count as f64),
+                }))
+            }
+            _ => Ok(None),
+        }
+    }
+
+    /// The held-out figure reported at the end: a causal LM's loss over its whole
+    /// validation split; otherwise what `evaluate` gives.
+    pub fn final_eval(&mut self, iters: usize, device: &Device) -> Result<Option<Eval>> {
+        if let Task::Clm {
+            model,
+            val_split: Some((tokens, start, len, block, batch)),
+            ..
+        } = self
+        {
+            let loss = super::evaluate::lm_loss_over(
+                model,
+                tokens.clone(),
+                *start,
+                *len,
+                *block,
+                *batch,
+                device,
+            )?;
+            return Ok(Some(Eval {
+                loss,
+                accuracy: None,
+            }));
+        }
+        self.evaluate(iters, device)
+    }
+
+    /// The causal LM, when the task has one (for the end-of-run sample).
+    pub fn causal_lm(&self) -> Option<&Gpt2> {
+        match self {
+            Task::Clm { model, .. } => Some(model),
+            _ => None,
+        }
+    }
+}
