@@ -18,6 +18,12 @@ bench:
     cargo bench --bench forward
     python3 benches/peers/forward_transformers.py
 
+# Decode speed (batch 1, 128 new tokens) of wick, then transformers with 2 and 1 threads.
+bench-generate:
+    cargo bench --bench generate
+    python3 benches/peers/generate_transformers.py
+    OMP_NUM_THREADS=1 python3 benches/peers/generate_transformers.py
+
 # Where a training step of the default preset spends its time, then a 200-step run of
 # `wick train` with its tokens/s and peak RSS.
 bench-train:

@@ -334,3 +334,116 @@ fn hub_ids_resolve_offline_from_the_cache() {
     assert_eq!(v["model_type"], "gpt2");
     assert!(v["path"].as_str().unwrap().contains(commit));
 }
+
+/// A stop string that arrives split over tokens ends generation and is not printed,
+/// streamed or in --json.
+#[test]
+fn stop_strings_are_honoured_mid_token() {
+    let base = [
+        "generate",
+        "--model",
+        &fx("tiny-gpt2"),
+        "--prompt",
+        "To be, or not to be",
+        "--max-new-tokens",
+        "30",
+        "--temperature",
+        "0",
+    ];
+    let full = wick_json(&[&base[..], &["--json"]].concat());
+    let text = full["text"].as_str().unwrap().to_string();
+    // Stop on a piece that starts mid-way through the greedy text: the last two
+    // characters of the 3rd..5th characters, so the stop straddles token boundaries.
+    let chars: Vec<char> = text.chars().collect();
+    assert!(chars.len() > 8, "greedy text too short: {text:?}");
+    let stop: String = chars[3..6].iter().collect();
+    let cut = text.find(&stop).unwrap();
+    let v = wick_json(&[&base[..], &["--stop", &stop, "--json"]].concat());
+    assert_eq!(v["text"].as_str().unwrap(), &text[..cut]);
+    assert!(v["token_ids"].as_array().unwrap().len() < 30);
+    let (code, stdout, _) = wick(&[&base[..], &["--stop", &stop, "--quiet"]].concat());
+    assert_eq!(code, 0);
+    assert_eq!(stdout, format!("To be, or not to be{}\n", &text[..cut]));
+}
+
+#[test]
+fn prompts_run_as_one_batch_with_beams_and_return_sequences() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("prompts.txt");
+    std::fs::write(&file, "First Citizen:\nHéllo café\n").unwrap();
+    let v = wick_json(&[
+        "generate",
+        "--model",
+        &fx("tiny-gpt2"),
+        "--prompt",
+        "To be",
+        "--prompts-file",
+        file.to_str().unwrap(),
+        "--max-new-tokens",
+        "6",
+        "--num-beams",
+        "3",
+        "--num-return-sequences",
+        "2",
+        "--json",
+    ]);
+    let gens = v["generations"].as_array().unwrap();
+    assert_eq!(gens.len(), 6);
+    assert_eq!(gens[4]["prompt_index"], 2);
+    assert!(gens[0]["score"].as_f64().unwrap() >= gens[1]["score"].as_f64().unwrap());
+}
+
+#[test]
+fn truncate_left_keeps_the_most_recent_prompt_tokens() {
+    let long = "To be, or not to be, that is the question. ".repeat(10);
+    let v = wick_json(&[
+        "generate",
+        "--model",
+        &fx("tiny-gpt2"),
+        "--prompt",
+        &long,
+        "--max-new-tokens",
+        "4",
+        "--temperature",
+        "0",
+        "--truncate",
+        "left",
+        "--json",
+    ]);
+    assert_eq!(v["prompt_ids"].as_array().unwrap().len(), 60);
+    assert_eq!(v["token_ids"].as_array().unwrap().len(), 4);
+}
+
+#[test]
+fn invalid_decoding_flags_fail_cleanly() {
+    let m = fx("tiny-gpt2");
+    let g = |extra: &[&str], needle: &str| {
+        wick_fails(
+            &[&["generate", "--model", &m, "--prompt", "To be"][..], extra].concat(),
+            &[needle],
+        );
+    };
+    g(&["--top-p", "1.5"], "--top-p");
+    g(&["--top-k", "0"], "--top-k");
+    g(&["--repetition-penalty", "0"], "--repetition-penalty");
+    g(
+        &[
+            "--num-beams",
+            "2",
+            "--num-return-sequences",
+            "3",
+            "--temperature",
+            "0",
+        ],
+        "--num-return-sequences",
+    );
+    g(
+        &["--num-beams", "2", "--temperature", "0.7"],
+        "deterministic",
+    );
+    g(
+        &["--num-return-sequences", "2", "--temperature", "0"],
+        "identical copies",
+    );
+    g(&["--truncate", "middle"], "--truncate");
+}

@@ -50,6 +50,30 @@ impl Pretrained {
                     .into(),
             })
     }
+
+    /// End-of-sequence ids: generation_config.json's when the folder has one (it
+    /// overrides config.json in transformers), else config.json's.
+    pub fn eos_token_ids(&self) -> Result<Vec<u32>> {
+        let path = self.dir.join("generation_config.json");
+        if !path.is_file() {
+            return Ok(self.config.eos_token_ids());
+        }
+        let text = std::fs::read_to_string(&path).map_err(|e| WickError::io(&path, e))?;
+        #[derive(serde::Deserialize)]
+        struct GenerationConfig {
+            #[serde(default, with = "crate::models::config::token_ids")]
+            eos_token_id: Vec<u32>,
+        }
+        let g: GenerationConfig = serde_json::from_str(&text).map_err(|e| WickError::Config {
+            path: path.clone(),
+            message: e.to_string(),
+        })?;
+        Ok(if g.eos_token_id.is_empty() {
+            self.config.eos_token_ids()
+        } else {
+            g.eos_token_id
+        })
+    }
 }
 
 /// Loads `model` (a folder or a hub id) for inference.

@@ -1,108 +1,256 @@
 use std::io::Write;
-use std::time::Instant;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use serde_json::json;
 
-use super::{as_gpt2, emit, ModelArgs};
+use super::{as_gpt2, emit, gather_texts, ModelArgs};
 use crate::checkpoint::LoadOptions;
-use crate::generation::{generate, GenerateOptions};
+use crate::generation::{
+    generate, EarlyStopping, Flow, GenerateOptions, ProcessorConfig, TextStream,
+};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Truncate {
+    /// A prompt that does not fit is an error.
+    Error,
+    /// Drop the oldest prompt tokens so prompt and new tokens fit the context.
+    Left,
+}
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
     #[command(flatten)]
     model: ModelArgs,
+    /// A prompt; repeat the flag to run several as one left-padded batch.
     #[arg(long)]
-    prompt: String,
+    prompt: Vec<String>,
+    /// A file with one prompt per line (added after any --prompt).
+    #[arg(long)]
+    prompts_file: Option<PathBuf>,
     #[arg(long, default_value_t = 50)]
     max_new_tokens: usize,
+    /// End-of-sequence is forbidden before this many new tokens.
+    #[arg(long, default_value_t = 0)]
+    min_new_tokens: usize,
     /// 0 is greedy decoding; above 0, sampling from softmax(logits / temperature).
-    #[arg(long, default_value_t = 0.8)]
-    temperature: f64,
+    /// Default: 0.8, or 0 with --num-beams (beam search does not sample).
+    #[arg(long)]
+    temperature: Option<f64>,
+    /// Sample only among the k most probable tokens.
+    #[arg(long)]
+    top_k: Option<usize>,
+    /// Sample from the smallest set of tokens whose probability reaches p (nucleus).
+    #[arg(long)]
+    top_p: Option<f64>,
+    /// Drop tokens less probable than min_p times the most probable one.
+    #[arg(long)]
+    min_p: Option<f64>,
+    /// Locally typical sampling with mass p.
+    #[arg(long)]
+    typical_p: Option<f64>,
+    /// transformers' repetition penalty: >1 discourages any token already present.
+    #[arg(long, default_value_t = 1.0)]
+    repetition_penalty: f32,
+    /// Subtracted from a logit once per earlier occurrence in the generated text.
+    #[arg(long, default_value_t = 0.0, allow_negative_numbers = true)]
+    frequency_penalty: f32,
+    /// Subtracted from a logit once if the token was generated before.
+    #[arg(long, default_value_t = 0.0, allow_negative_numbers = true)]
+    presence_penalty: f32,
+    /// No n-gram of this size occurs twice.
+    #[arg(long, default_value_t = 0)]
+    no_repeat_ngram_size: usize,
+    /// Stop when this text appears (repeatable); the stop string is not printed.
+    #[arg(long)]
+    stop: Vec<String>,
+    /// Continuations per prompt.
+    #[arg(long, default_value_t = 1)]
+    num_return_sequences: usize,
+    /// Beam search with this many beams (1 = greedy or sampling).
+    #[arg(long, default_value_t = 1)]
+    num_beams: usize,
+    /// Beam scores are divided by length^length_penalty (>0 favours longer outputs).
+    #[arg(long, default_value_t = 1.0, allow_negative_numbers = true)]
+    length_penalty: f64,
+    #[arg(long, value_enum, default_value_t = EarlyStopping::False)]
+    early_stopping: EarlyStopping,
     /// Seed for sampling (default: from the clock).
     #[arg(long)]
     seed: Option<u64>,
+    /// What to do with a prompt too long for the context.
+    #[arg(long, value_enum, default_value_t = Truncate::Error)]
+    truncate: Truncate,
+    /// Keep generating past the context window on the most recent tokens.
+    #[arg(long)]
+    slide: bool,
     /// No speed report on stderr.
     #[arg(long)]
     quiet: bool,
-    /// Keep generating past the context window on the most recent tokens (otherwise a
-    /// prompt plus --max-new-tokens beyond the context is an error).
-    #[arg(long)]
-    slide: bool,
 }
 
 pub fn run(args: Args) -> Result<()> {
-    if args.temperature < 0.0 || !args.temperature.is_finite() {
-        anyhow::bail!("--temperature must be >= 0, got {}", args.temperature);
+    let processors = ProcessorConfig {
+        temperature: args
+            .temperature
+            .unwrap_or(if args.num_beams > 1 { 0.0 } else { 0.8 }),
+        top_k: args.top_k,
+        top_p: args.top_p,
+        min_p: args.min_p,
+        typical_p: args.typical_p,
+        repetition_penalty: args.repetition_penalty,
+        frequency_penalty: args.frequency_penalty,
+        presence_penalty: args.presence_penalty,
+        no_repeat_ngram_size: args.no_repeat_ngram_size,
+        min_new_tokens: args.min_new_tokens,
+        eos_token_ids: vec![],
+    };
+    processors.validate().map_err(anyhow::Error::msg)?;
+    if args.num_beams == 0 || args.num_return_sequences == 0 {
+        anyhow::bail!("--num-beams and --num-return-sequences must be at least 1");
     }
+    let prompts = gather_texts(&args.prompt, args.prompts_file.as_deref())
+        .context("no prompt: give --prompt or --prompts-file")?;
     let p = args.model.load(LoadOptions::default())?;
     let model = as_gpt2(&p, "generate")?;
     let tok = p.tokenizer()?;
     let device = args.model.device()?;
-    let prompt_ids = tok.encode(&args.prompt, false)?;
+    let context = model.config().n_positions;
+    let eos = p.eos_token_ids()?;
+    let mut prompt_ids = Vec::with_capacity(prompts.len());
+    for (i, text) in prompts.iter().enumerate() {
+        let mut ids = tok.encode(text, false)?;
+        if ids.is_empty() {
+            anyhow::bail!("prompt {} encodes to no tokens", i + 1);
+        }
+        let room = context.saturating_sub(args.max_new_tokens).max(1);
+        if args.truncate == Truncate::Left && ids.len() > room {
+            ids.drain(..ids.len() - room);
+        }
+        prompt_ids.push(ids);
+    }
     let opts = GenerateOptions {
         max_new_tokens: args.max_new_tokens,
-        temperature: args.temperature,
+        processors: ProcessorConfig {
+            eos_token_ids: eos.clone(),
+            ..processors
+        },
         seed: args.seed.unwrap_or_else(|| {
             std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map(|d| d.as_nanos() as u64)
                 .unwrap_or(0)
         }),
-        eos_token_ids: p.config.eos_token_ids(),
+        num_return_sequences: args.num_return_sequences,
+        num_beams: args.num_beams,
+        length_penalty: args.length_penalty,
+        early_stopping: args.early_stopping,
+        pad_token_id: eos.first().copied().unwrap_or(0),
         slide: args.slide,
     };
-    let start = Instant::now();
-    let mut first_token = None;
-    let mut new_ids = vec![];
-    let mut printed = 0usize;
-    let stream = !args.model.json;
+
+    let rows = prompt_ids.len() * args.num_return_sequences;
+    // Stream to stdout only when there is one continuation to show as it grows.
+    let stream = !args.model.json && rows == 1 && args.num_beams == 1;
+    let mut streams: Vec<TextStream> = (0..rows)
+        .map(|_| TextStream::new(tok, &args.stop))
+        .collect();
     if stream {
-        print!("{}", args.prompt);
+        print!("{}", prompts[0]);
+        let _ = std::io::stdout().flush();
     }
-    let ids = generate(model, &prompt_ids, &opts, &device, |id| {
+    let start = Instant::now();
+    let mut first_token: Option<Duration> = None;
+    let generations = generate(model, &prompt_ids, &opts, &device, |row, id| {
         first_token.get_or_insert_with(|| start.elapsed());
-        new_ids.push(id);
-        if stream {
-            // Print only complete characters: byte-level BPE can split one across tokens.
-            let text = tok.decode(&new_ids, true)?;
-            if !text.ends_with('\u{fffd}') && text.len() > printed {
-                print!("{}", &text[printed..]);
-                let _ = std::io::stdout().flush();
-                printed = text.len();
-            }
+        let (delta, flow) = streams[row].push(id)?;
+        if stream && !delta.is_empty() {
+            print!("{delta}");
+            let _ = std::io::stdout().flush();
         }
-        Ok(())
+        Ok(flow)
     })
-    .context("generating from --prompt with --max-new-tokens")?;
+    .context("generating from --prompt")?;
     let elapsed = start.elapsed();
-    let text = tok.decode(&ids, true)?;
-    if stream {
-        if text.len() > printed {
-            print!("{}", &text[printed..]);
+
+    // Final texts: streamed rows already know theirs; beams are decoded now.
+    let mut results = vec![];
+    for (pi, gens) in generations.iter().enumerate() {
+        for (si, g) in gens.iter().enumerate() {
+            let row = pi * args.num_return_sequences + si;
+            let text = if args.num_beams > 1 {
+                let mut s = TextStream::new(tok, &args.stop);
+                for &id in &g.ids {
+                    if s.push(id)?.1 == Flow::Stop {
+                        break;
+                    }
+                }
+                s.text().to_string()
+            } else {
+                if stream {
+                    print!("{}", streams[row].finish());
+                    println!();
+                }
+                streams[row].text().to_string()
+            };
+            results.push((pi, g, text));
         }
-        println!();
-    } else {
+    }
+    if args.model.json {
+        let (_, first, first_text) = &results[0];
+        let all: Vec<_> = results
+            .iter()
+            .map(|(pi, g, text)| {
+                json!({"prompt_index": pi, "prompt_ids": prompt_ids[*pi], "token_ids": g.ids,
+                       "text": text, "score": g.score})
+            })
+            .collect();
         emit(
             true,
-            &json!({"prompt_ids": prompt_ids, "token_ids": ids, "text": text}),
+            &json!({"prompt_ids": prompt_ids[0], "token_ids": first.ids, "text": first_text,
+                    "generations": all}),
             String::new,
         )?;
+    } else if !stream {
+        for (pi, g, text) in &results {
+            match g.score {
+                Some(s) => println!("[prompt {} · score {s:.4}]", pi + 1),
+                None => println!("[prompt {}]", pi + 1),
+            }
+            println!("{}{}\n", prompts[*pi], text);
+        }
     }
     if !args.quiet {
-        let ttft = first_token.unwrap_or(elapsed);
-        let decode = elapsed.saturating_sub(ttft).as_secs_f64();
-        let rate = if ids.len() > 1 && decode > 0.0 {
-            (ids.len() - 1) as f64 / decode
-        } else {
-            0.0
-        };
-        eprintln!(
-            "[{} new tokens, time to first token {:.0} ms, {:.1} tokens/s]",
-            ids.len(),
-            ttft.as_secs_f64() * 1e3,
-            rate
-        );
+        let new_tokens: usize = results.iter().map(|(_, g, _)| g.ids.len()).sum();
+        let steps = results
+            .iter()
+            .map(|(_, g, _)| g.ids.len())
+            .max()
+            .unwrap_or(0);
+        match first_token {
+            // Streamed strategies: decode speed after the first token.
+            Some(ttft) => {
+                let decode = elapsed.saturating_sub(ttft).as_secs_f64();
+                let rate = if steps > 1 && decode > 0.0 {
+                    (steps - 1) as f64 / decode
+                } else {
+                    0.0
+                };
+                eprintln!(
+                    "[{new_tokens} new tokens in {:.2} s, time to first token {:.0} ms, \
+                     {rate:.1} tokens/s per sequence]",
+                    elapsed.as_secs_f64(),
+                    ttft.as_secs_f64() * 1e3,
+                );
+            }
+            // Beam search: only the whole search has a meaningful time.
+            None => eprintln!(
+                "[{new_tokens} new tokens in {:.2} s, {:.1} steps/s]",
+                elapsed.as_secs_f64(),
+                steps as f64 / elapsed.as_secs_f64().max(1e-9),
+            ),
+        }
     }
     Ok(())
 }

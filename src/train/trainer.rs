@@ -626,13 +626,19 @@ pub fn train(req: TrainRequest) -> Result<TrainSummary> {
                 .unwrap_or_else(|| vec![0]);
             let opts = crate::generation::GenerateOptions {
                 max_new_tokens: cfg.sample_tokens,
-                temperature: 0.8,
+                processors: crate::generation::ProcessorConfig {
+                    temperature: 0.8,
+                    ..Default::default()
+                },
                 seed: cfg.seed,
-                eos_token_ids: vec![],
                 slide: true,
+                ..Default::default()
             };
-            let ids = crate::generation::generate(gpt2, &prompt, &opts, &device, |_| Ok(()))?;
-            Some(tokenizer.decode(&ids, true)?)
+            let gens = crate::generation::generate(gpt2, &[prompt], &opts, &device, |_, _| {
+                Ok(crate::generation::Flow::Continue)
+            })?;
+            let ids = &gens[0][0].ids;
+            Some(tokenizer.decode(ids, true)?)
         }
         _ => None,
     };
