@@ -447,3 +447,84 @@ fn invalid_decoding_flags_fail_cleanly() {
     );
     g(&["--truncate", "middle"], "--truncate");
 }
+
+/// `embed --output` writes every input line's embedding, in input order, as .npy or
+/// .jsonl; batching changes nothing.
+#[test]
+fn embed_writes_npy_and_jsonl_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in.txt");
+    std::fs::write(
+        &input,
+        "to be or not to be\nthe quick brown fox jumps\na journey\n",
+    )
+    .unwrap();
+    let inline = wick_json(&[
+        "embed",
+        "--model",
+        &fx("tiny-bert"),
+        "--file",
+        input.to_str().unwrap(),
+        "--json",
+    ]);
+    let want = floats2(&inline["embeddings"]);
+    let npy = dir.path().join("e.npy");
+    let v = wick_json(&[
+        "embed",
+        "--model",
+        &fx("tiny-bert"),
+        "--file",
+        input.to_str().unwrap(),
+        "--batch-size",
+        "2",
+        "--output",
+        npy.to_str().unwrap(),
+        "--json",
+    ]);
+    assert_eq!(
+        (v["count"].as_u64(), v["dims"].as_u64()),
+        (Some(3), Some(32))
+    );
+    let bytes = std::fs::read(&npy).unwrap();
+    assert_eq!(&bytes[..6], b"\x93NUMPY");
+    let hlen = u16::from_le_bytes([bytes[8], bytes[9]]) as usize;
+    let data: Vec<f32> = bytes[10 + hlen..]
+        .chunks(4)
+        .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+        .collect();
+    for (r, row) in want.iter().enumerate() {
+        assert_close(&data[r * 32..(r + 1) * 32], row, 1e-5, "npy row");
+    }
+    let jsonl = dir.path().join("e.jsonl");
+    wick_json(&[
+        "embed",
+        "--model",
+        &fx("tiny-bert"),
+        "--file",
+        input.to_str().unwrap(),
+        "--batch-size",
+        "1",
+        "--output",
+        jsonl.to_str().unwrap(),
+        "--json",
+    ]);
+    let lines: Vec<serde_json::Value> = std::fs::read_to_string(&jsonl)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines[2]["text"], "a journey");
+    assert_close(&floats(&lines[2]["embedding"]), &want[2], 1e-5, "jsonl row");
+    wick_fails(
+        &[
+            "embed",
+            "--model",
+            &fx("tiny-bert"),
+            "--text",
+            "x",
+            "--output",
+            "e.csv",
+        ],
+        &["--output e.csv", ".npy or .jsonl"],
+    );
+}

@@ -310,9 +310,48 @@ fn classification_fine_tuning_learns_a_separable_set() {
     assert_eq!(v["predictions"][1]["label"], "negative");
     let last = std::fs::read_to_string(out.join("metrics.jsonl")).unwrap();
     assert!(
-        last.contains("\"accuracy\":1.0"),
-        "accuracy in metrics.jsonl"
+        last.contains("\"accuracy\":1.0") && last.contains("\"macro_f1\":1.0"),
+        "accuracy and macro-F1 in metrics.jsonl"
     );
+    // `wick eval` on the saved classifier: the same held-out figures.
+    let v = wick_json(&[
+        "eval",
+        "--model",
+        out.to_str().unwrap(),
+        "--data",
+        s.p("sst.tsv").to_str().unwrap(),
+        "--json",
+    ]);
+    assert_eq!(
+        (v["accuracy"].as_f64(), v["macro_f1"].as_f64()),
+        (Some(1.0), Some(1.0))
+    );
+    assert_eq!(v["examples"], 12);
+    // A file classified in batches of 1 and of 32 gives the same predictions.
+    std::fs::write(
+        s.p("texts.txt"),
+        "the quick to be\nthe lazy one step\nthe quick a journey\n",
+    )
+    .unwrap();
+    let by = |n: &str| {
+        wick_json(&[
+            "classify",
+            "--model",
+            out.to_str().unwrap(),
+            "--file",
+            s.p("texts.txt").to_str().unwrap(),
+            "--batch-size",
+            n,
+            "--json",
+        ])["predictions"]
+            .clone()
+    };
+    let (one, all) = (by("1"), by("32"));
+    assert_eq!(one.as_array().unwrap().len(), 3);
+    for (a, b) in one.as_array().unwrap().iter().zip(all.as_array().unwrap()) {
+        assert_eq!(a["label"], b["label"]);
+        assert!((a["score"].as_f64().unwrap() - b["score"].as_f64().unwrap()).abs() < 1e-5);
+    }
 }
 
 /// Masked-LM training of a BERT: the loss on masked positions falls.

@@ -3,7 +3,7 @@ use std::path::PathBuf;
 use anyhow::Result;
 use serde_json::json;
 
-use super::{as_bert, emit, gather_texts, ModelArgs};
+use super::{as_bert, emit, gather_texts, BatchArgs, ModelArgs};
 use crate::checkpoint::LoadOptions;
 use crate::tasks::classify::classify;
 
@@ -17,9 +17,12 @@ pub struct Args {
     /// One text per line.
     #[arg(long)]
     file: Option<PathBuf>,
+    #[command(flatten)]
+    batch: BatchArgs,
 }
 
 pub fn run(args: Args) -> Result<()> {
+    args.batch.check()?;
     let texts = gather_texts(&args.text, args.file.as_deref())?;
     let p = args.model.load(LoadOptions::default())?;
     let model = as_bert(&p, "classify")?;
@@ -29,7 +32,10 @@ pub fn run(args: Args) -> Result<()> {
             p.dir.display()
         );
     }
-    let preds = classify(model, p.tokenizer()?, &texts, &args.model.device()?)?;
+    let (tok, device) = (p.tokenizer()?, args.model.device()?);
+    let preds = args.batch.run(&texts, "classifying", |b| {
+        classify(model, tok, b, args.batch.max_length, &device)
+    })?;
     emit(args.model.json, &json!({"predictions": preds}), || {
         preds
             .iter()

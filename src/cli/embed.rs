@@ -1,10 +1,10 @@
 use std::path::PathBuf;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use serde_json::json;
 
-use super::{as_bert, emit, gather_texts, ModelArgs};
-use crate::checkpoint::LoadOptions;
+use super::{as_bert, emit, gather_texts, BatchArgs, ModelArgs};
+use crate::checkpoint::{atomic_write, LoadOptions};
 use crate::tasks::embed::{embed, Pooling};
 
 #[derive(clap::Args, Debug)]
@@ -23,27 +23,71 @@ pub struct Args {
     /// L2-normalise each embedding.
     #[arg(long)]
     normalize: bool,
-    /// Truncate inputs to this many tokens (default: the model's context).
+    #[command(flatten)]
+    batch: BatchArgs,
+    /// Write the embeddings to this file instead of stdout: `.npy` (an N x H float32
+    /// matrix, rows in input order) or `.jsonl` (one {"text", "embedding"} per line).
     #[arg(long)]
-    max_length: Option<usize>,
+    output: Option<PathBuf>,
+}
+
+enum Format {
+    Npy,
+    Jsonl,
 }
 
 pub fn run(args: Args) -> Result<()> {
+    args.batch.check()?;
+    let format = match &args.output {
+        None => None,
+        Some(p) => match p.extension().and_then(|e| e.to_str()) {
+            Some("npy") => Some(Format::Npy),
+            Some("jsonl") => Some(Format::Jsonl),
+            _ => anyhow::bail!(
+                "--output {}: the extension must be .npy or .jsonl",
+                p.display()
+            ),
+        },
+    };
     let texts = gather_texts(&args.text, args.file.as_deref())?;
     let p = args.model.load(LoadOptions::default())?;
     let model = as_bert(&p, "embed")?;
-    if args.max_length == Some(0) {
-        anyhow::bail!("--max-length must be at least 1");
+    let (tok, device) = (p.tokenizer()?, args.model.device()?);
+    let e = args.batch.run(&texts, "embedding", |b| {
+        embed(
+            model,
+            tok,
+            b,
+            args.pooling,
+            args.normalize,
+            args.batch.max_length,
+            &device,
+        )
+    })?;
+    if let (Some(path), Some(format)) = (&args.output, format) {
+        let bytes = match format {
+            Format::Npy => crate::data::npy::npy_f32(&e),
+            Format::Jsonl => texts
+                .iter()
+                .zip(&e)
+                .map(|(t, v)| json!({"text": t, "embedding": v}).to_string() + "\n")
+                .collect::<String>()
+                .into_bytes(),
+        };
+        atomic_write(path, &bytes).with_context(|| format!("--output {}", path.display()))?;
+        let dims = e.first().map_or(0, Vec::len);
+        return emit(
+            args.model.json,
+            &json!({"output": path, "count": e.len(), "dims": dims}),
+            || {
+                format!(
+                    "{} embeddings of {dims} dims -> {}",
+                    e.len(),
+                    path.display()
+                )
+            },
+        );
     }
-    let e = embed(
-        model,
-        p.tokenizer()?,
-        &texts,
-        args.pooling,
-        args.normalize,
-        args.max_length,
-        &args.model.device()?,
-    )?;
     emit(args.model.json, &json!({"embeddings": e}), || {
         e.iter()
             .zip(&texts)

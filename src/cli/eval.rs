@@ -5,16 +5,28 @@ use anyhow::{Context, Result};
 use serde_json::json;
 
 use super::{as_gpt2, emit, ModelArgs};
-use crate::checkpoint::LoadOptions;
+use crate::checkpoint::{LoadOptions, Pretrained};
+use crate::data::labeled::{label_set, read_examples, ClassifyBatches, Columns};
 use crate::data::TokenBuffer;
+use crate::models::Model;
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
     #[command(flatten)]
     model: ModelArgs,
-    /// Text to evaluate on (a file, a folder of .txt, or JSONL with `text`).
+    /// Text to evaluate on (a file, a folder of .txt, or JSONL with `text`); for a
+    /// classifier, CSV/TSV/JSONL with text and label columns.
     #[arg(long)]
     data: PathBuf,
+    /// Classifier: the text column (default: text, sentence or sentence1).
+    #[arg(long)]
+    text_column: Option<String>,
+    /// Classifier: a second text column, for sentence pairs.
+    #[arg(long)]
+    pair_column: Option<String>,
+    /// Classifier: the label column.
+    #[arg(long, default_value = "label")]
+    label_column: String,
     /// Window length (default: the model's context).
     #[arg(long)]
     block_size: Option<usize>,
@@ -23,7 +35,13 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> Result<()> {
+    if args.batch_size == 0 {
+        anyhow::bail!("--batch-size must be at least 1");
+    }
     let p = args.model.load(LoadOptions::default())?;
+    if matches!(&p.model, Model::Bert(b) if b.has_classifier()) {
+        return eval_classifier(&args, &p);
+    }
     let model = as_gpt2(&p, "eval")?;
     let tok = p.tokenizer()?;
     let docs = crate::data::read_documents(&args.data)
@@ -52,6 +70,48 @@ pub fn run(args: Args) -> Result<()> {
         format!(
             "loss        {loss:.4}\nperplexity  {:.3}\ntokens      {n}",
             loss.exp()
+        )
+    })
+}
+
+/// Loss, accuracy and macro-F1 of a BERT classifier on labelled examples.
+fn eval_classifier(args: &Args, p: &Pretrained) -> Result<()> {
+    let Model::Bert(model) = &p.model else {
+        unreachable!("checked by the caller")
+    };
+    let cols = Columns {
+        text: args.text_column.clone(),
+        pair: args.pair_column.clone(),
+        label: args.label_column.clone(),
+    };
+    let data = || format!("--data {}", args.data.display());
+    let examples = read_examples(&args.data, &cols).with_context(data)?;
+    let labels = model.config().labels();
+    label_set(&examples, &labels).with_context(data)?;
+    let max_len = args
+        .block_size
+        .unwrap_or(p.config.max_positions())
+        .min(p.config.max_positions());
+    let pad = model.config().pad_token_id.unwrap_or(0);
+    let mut batches = ClassifyBatches::new(
+        &examples,
+        &labels,
+        p.tokenizer()?,
+        max_len,
+        args.batch_size,
+        0,
+        false,
+        pad,
+    )?;
+    let s = crate::train::evaluate::classify_over(model, &mut batches, &args.model.device()?)
+        .with_context(data)?;
+    emit(args.model.json, &s, || {
+        format!(
+            "loss        {:.4}\naccuracy    {:.2}%\nmacro-F1    {:.4}\nexamples    {}",
+            s.loss,
+            s.accuracy * 100.0,
+            s.macro_f1,
+            s.examples
         )
     })
 }

@@ -122,6 +122,56 @@ pub(crate) fn gather_texts(
     Ok(all)
 }
 
+/// Batching of many input texts (BERT tasks).
+#[derive(clap::Args, Debug, Clone)]
+pub struct BatchArgs {
+    /// Texts per forward pass.
+    #[arg(long, default_value_t = 32)]
+    pub batch_size: usize,
+    /// Truncate inputs to this many tokens (default: the model's context).
+    #[arg(long)]
+    pub max_length: Option<usize>,
+}
+
+impl BatchArgs {
+    pub fn check(&self) -> Result<()> {
+        if self.batch_size == 0 {
+            anyhow::bail!("--batch-size must be at least 1");
+        }
+        if self.max_length == Some(0) {
+            anyhow::bail!("--max-length must be at least 1");
+        }
+        Ok(())
+    }
+
+    /// Runs `f` over `texts` in batches, with a progress bar on stderr when there is
+    /// more than one batch.
+    pub fn run<T>(
+        &self,
+        texts: &[String],
+        what: &str,
+        f: impl FnMut(&[String]) -> crate::error::Result<Vec<T>>,
+    ) -> Result<Vec<T>> {
+        let pb = if texts.len() > self.batch_size {
+            let pb = indicatif::ProgressBar::new(texts.len() as u64);
+            pb.set_style(
+                indicatif::ProgressStyle::with_template(
+                    "{msg} [{bar:30}] {pos}/{len} texts, {per_sec}, ETA {eta}",
+                )
+                .expect("valid template")
+                .progress_chars("=> "),
+            );
+            pb.set_message(what.to_string());
+            pb
+        } else {
+            indicatif::ProgressBar::hidden()
+        };
+        let out = crate::tasks::map_batches(texts, self.batch_size, f, |n| pb.inc(n as u64))?;
+        pb.finish_and_clear();
+        Ok(out)
+    }
+}
+
 /// Prints `value` as JSON, or the human-readable rendering.
 pub(crate) fn emit<T: Serialize>(
     json: bool,

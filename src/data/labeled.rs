@@ -155,10 +155,23 @@ pub fn read_examples(path: &Path, cols: &Columns) -> Result<Vec<Example>> {
     Ok(out)
 }
 
+/// The class id of a label: its position among the model's label names, or, for a model
+/// with generic names (`LABEL_0`, ...), the label read as a class number.
+pub fn label_id(label: &str, labels: &[String]) -> Option<u32> {
+    labels
+        .iter()
+        .position(|l| l == label)
+        .or_else(|| label.parse::<usize>().ok().filter(|&i| i < labels.len()))
+        .map(|i| i as u32)
+}
+
 /// Label names in class-id order: the model's own when it has them, else sorted.
 pub fn label_set(examples: &[Example], existing: &[String]) -> Result<Vec<String>> {
     if !existing.is_empty() {
-        if let Some(e) = examples.iter().find(|e| !existing.contains(&e.label)) {
+        if let Some(e) = examples
+            .iter()
+            .find(|e| label_id(&e.label, existing).is_none())
+        {
             return Err(WickError::Unsupported(format!(
                 "label `{}` is not one of the model's labels ({})",
                 e.label,
@@ -212,7 +225,13 @@ impl ClassifyBatches {
                 *t.last_mut().unwrap() = last;
             }
             ids.push((t, tt));
-            ys.push(labels.iter().position(|l| *l == e.label).unwrap_or(0) as u32);
+            ys.push(label_id(&e.label, labels).ok_or_else(|| {
+                WickError::Unsupported(format!(
+                    "label `{}` is not one of the model's labels ({})",
+                    e.label,
+                    labels.join(", ")
+                ))
+            })?);
         }
         Ok(Self {
             ids,

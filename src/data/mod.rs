@@ -5,6 +5,7 @@ pub mod corpus;
 pub mod labeled;
 pub mod lm;
 pub mod mlm;
+pub mod npy;
 pub mod tokens;
 
 pub use corpus::read_documents;

@@ -20,13 +20,17 @@ pub struct Classification {
     pub logits: Vec<f32>,
 }
 
+/// Classifies the texts as one padded batch, each cut to `max_length` tokens (default:
+/// the model's context).
 pub fn classify(
     model: &Bert,
     tok: &Tokenizer,
     texts: &[String],
+    max_length: Option<usize>,
     device: &Device,
 ) -> Result<Vec<Classification>> {
-    let seqs = encode_all(tok, texts, model.config().max_position_embeddings)?;
+    let max_length = max_length.unwrap_or(model.config().max_position_embeddings);
+    let seqs = encode_all(tok, texts, max_length)?;
     let pad = model.config().pad_token_id.unwrap_or(0);
     let (ids, mask) = pad_batch(&seqs, pad, Padding::Right, device)?;
     let hidden = model.forward(&ids, None, Some(&mask), false)?;

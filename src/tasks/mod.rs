@@ -7,4 +7,4 @@ pub mod embed;
 pub mod fill_mask;
 pub mod score;
 
-pub use batch::{pad_batch, Padding};
+pub use batch::{map_batches, pad_batch, Padding};

@@ -20,6 +20,8 @@ pub struct Record {
     pub tokens_per_sec: f64,
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub accuracy: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub macro_f1: Option<f64>,
 }
 
 pub struct Metrics {

@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use candle_core::{Device, Tensor, D};
+use candle_core::{Device, Tensor};
 
 use super::loss::{cross_entropy, lm_loss, masked_lm_loss};
 use crate::data::labeled::ClassifyBatches;
@@ -41,6 +41,7 @@ pub enum Task<'m> {
 pub struct Eval {
     pub loss: f64,
     pub accuracy: Option<f64>,
+    pub macro_f1: Option<f64>,
 }
 
 impl Task<'_> {
@@ -84,6 +85,7 @@ impl Task<'_> {
                 Ok(Some(Eval {
                     loss: total / iters as f64,
                     accuracy: None,
+                    macro_f1: None,
                 }))
             }
             Task::Mlm {
@@ -100,6 +102,7 @@ impl Task<'_> {
                 Ok(Some(Eval {
                     loss: total / iters as f64,
                     accuracy: None,
+                    macro_f1: None,
                 }))
             }
             Task::Classify {
@@ -107,26 +110,11 @@ impl Task<'_> {
                 val: Some(val),
                 ..
             } => {
-                let (mut loss, mut correct, mut count) = (0f64, 0usize, 0usize);
-                for i in 0..val.batches_per_pass() {
-                    let (x, tt, mask, y) = val.batch(i, device)?;
-                    let logits = model.classifier_logits(
-                        &model.forward(&x, Some(&tt), Some(&mask), false)?,
-                        false,
-                    )?;
-                    let b = y.dim(0)?;
-                    loss += cross_entropy(&logits, &y)?.to_scalar::<f32>()? as f64 * b as f64;
-                    let pred = logits.argmax(D::Minus1)?.to_vec1::<u32>()?;
-                    correct += pred
-                        .iter()
-                        .zip(y.to_vec1::<u32>()?)
-                        .filter(|(p, t)| **p == *t)
-                        .count();
-                    count += b;
-                }
+                let s = super::evaluate::classify_over(model, val, device)?;
                 Ok(Some(Eval {
-                    loss: loss / count as f64,
-                    accuracy: Some(correct as f64 / count as f64),
+                    loss: s.loss,
+                    accuracy: Some(s.accuracy),
+                    macro_f1: Some(s.macro_f1),
                 }))
             }
             _ => Ok(None),
@@ -154,6 +142,7 @@ impl Task<'_> {
             return Ok(Some(Eval {
                 loss,
                 accuracy: None,
+                macro_f1: None,
             }));
         }
         self.evaluate(iters, device)

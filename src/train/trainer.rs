@@ -426,7 +426,7 @@ pub fn train(req: TrainRequest) -> Result<TrainSummary> {
         cfg.block_size,
         cfg.grad_accum,
         cfg.max_iters,
-        (cfg.max_iters * cfg.tokens_per_step()) as f64 / data_line.1 as f64
+        cfg.max_iters as f64 / data_line.1
     );
     println!(
         "device       {}, {} threads",
@@ -547,6 +547,7 @@ pub fn train(req: TrainRequest) -> Result<TrainSummary> {
             };
             let val_loss = eval.map(|e| e.loss);
             let accuracy = eval.and_then(|e| e.accuracy);
+            let macro_f1 = eval.and_then(|e| e.macro_f1);
             pb.set_message(format!("loss {mean:.4} lr {lr:.2e} {:.0} tok/s", tps));
             metrics.push(Record {
                 step: done,
@@ -557,11 +558,15 @@ pub fn train(req: TrainRequest) -> Result<TrainSummary> {
                 grad_norm: norm,
                 tokens_per_sec: tps,
                 accuracy,
+                macro_f1,
             })?;
             if let Some(v) = val_loss {
                 let acc = accuracy
                     .map(|a| format!(", accuracy {:.2}%", a * 100.0))
-                    .unwrap_or_default();
+                    .unwrap_or_default()
+                    + &macro_f1
+                        .map(|f| format!(", macro-F1 {f:.4}"))
+                        .unwrap_or_default();
                 let line = format!("step {done:>6}: train loss {mean:.4}, val loss {v:.4}{acc}, lr {lr:.2e}, {tps:.0} tokens/s");
                 if req.progress {
                     pb.println(line);
@@ -646,6 +651,9 @@ pub fn train(req: TrainRequest) -> Result<TrainSummary> {
     if let Some(a) = final_eval.and_then(|e| e.accuracy) {
         println!("accuracy     {:.2}% (validation)", a * 100.0);
     }
+    if let Some(f) = final_eval.and_then(|e| e.macro_f1) {
+        println!("macro-F1     {f:.4} (validation)");
+    }
     Ok(TrainSummary {
         out,
         steps: steps_done,
@@ -658,8 +666,7 @@ pub fn train(req: TrainRequest) -> Result<TrainSummary> {
 }
 
 /// The task for the objective: batches over the data, split into train and validation.
-/// Also returns a line describing the data and the number of training units (tokens or
-/// examples) an epoch holds.
+/// Also returns a line describing the data and the optimizer steps one epoch takes.
 fn build_task<'m>(
     model: &'m Model,
     cfg: &TrainConfig,
@@ -668,7 +675,7 @@ fn build_task<'m>(
     tokenizer: &Tokenizer,
     model_config: &ModelConfig,
     out: &Path,
-) -> Result<(Task<'m>, (String, usize))> {
+) -> Result<(Task<'m>, (String, f64))> {
     let split_err =
         |e: WickError| WickError::Unsupported(format!("{}: training split: {e}", data.display()));
     match (model, cfg.objective) {
@@ -752,7 +759,8 @@ fn build_task<'m>(
                 }
                 Model::Seq2Seq(_) => unreachable!("rejected before"),
             };
-            Ok((task, (line, n_train)))
+            let steps_per_epoch = n_train as f64 / cfg.tokens_per_step() as f64;
+            Ok((task, (line, steps_per_epoch)))
         }
         (Model::Bert(m), Objective::Classify) => {
             let mut examples = examples.unwrap_or_default();
@@ -799,7 +807,8 @@ fn build_task<'m>(
                     .then(|| batches(&eval_examples, false))
                     .transpose()?,
             };
-            Ok((task, (line, n_train)))
+            let steps_per_epoch = n_train as f64 / (cfg.batch_size * cfg.grad_accum) as f64;
+            Ok((task, (line, steps_per_epoch)))
         }
         (_, o) => Err(WickError::Unsupported(format!(
             "--objective {o:?} is not supported for this model"
