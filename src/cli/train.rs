@@ -82,6 +82,9 @@ pub struct Args {
     /// Classification: the label column (default: label).
     #[arg(long)]
     label_column: Option<String>,
+    /// Masked LM: mask whole words (all WordPiece pieces of a word together).
+    #[arg(long)]
+    whole_word_mask: bool,
     /// cpu, cuda[:N] or metal.
     #[arg(long, default_value = "cpu")]
     device: String,
@@ -120,6 +123,10 @@ pub fn run(a: Args) -> Result<()> {
     put("keep_last", a.keep_last.map(Value::from));
     put("seed", a.seed.map(Value::from));
     put("sample_tokens", a.sample_tokens.map(Value::from));
+    put(
+        "whole_word_mask",
+        a.whole_word_mask.then_some(Value::Bool(true)),
+    );
     put(
         "eval_data",
         a.eval_data

@@ -1,7 +1,10 @@
 //! Masked-LM batches, the run_mlm convention: the token stream is cut into windows of
 //! block_size − 2 tokens, each wrapped in [CLS] … [SEP]; 15% of the window's tokens are
 //! chosen, of which 80% become [MASK], 10% a random token and 10% stay; the loss is taken
-//! on the chosen positions only (labels elsewhere are `IGNORE`). Masks come from a seeded
+//! on the chosen positions only (labels elsewhere are `IGNORE`). With whole-word masking
+//! the choice is made per word (a WordPiece token and its `##` continuations), then the
+//! 80/10/10 rule applies to each of its tokens, as transformers'
+//! `DataCollatorForWholeWordMask`. Masks come from a seeded
 //! generator keyed by the batch number, so a resumed run masks exactly as before.
 
 use std::sync::Arc;
@@ -22,6 +25,8 @@ pub struct MlmBatches {
     vocab: u32,
     seed: u64,
     prob: f64,
+    /// Per token id: whether it continues the previous word (whole-word masking only).
+    continues: Option<Vec<bool>>,
 }
 
 impl MlmBatches {
@@ -35,6 +40,7 @@ impl MlmBatches {
         seed: u64,
         shuffle: bool,
         tok: &Tokenizer,
+        whole_word: bool,
     ) -> Result<Self> {
         let id = |t: &str| {
             tok.token_to_id(t).ok_or_else(|| {
@@ -62,6 +68,11 @@ impl MlmBatches {
             vocab: tok.vocab_size() as u32,
             seed,
             prob: 0.15,
+            continues: whole_word.then(|| {
+                (0..tok.vocab_size() as u32)
+                    .map(|i| tok.id_to_token(i).is_some_and(|t| t.starts_with("##")))
+                    .collect()
+            }),
         })
     }
 
@@ -81,8 +92,16 @@ impl MlmBatches {
         for row in &rows {
             ids.push(self.cls);
             labels.push(IGNORE);
+            let mut word_chosen = false;
             for &t in row {
-                if rng.random_bool(self.prob) {
+                let continues = self
+                    .continues
+                    .as_ref()
+                    .is_some_and(|c| c.get(t as usize).copied().unwrap_or(false));
+                if !continues {
+                    word_chosen = rng.random_bool(self.prob);
+                }
+                if word_chosen {
                     chosen += 1;
                     labels.push(t);
                     let r: f64 = rng.random();
@@ -111,5 +130,48 @@ impl MlmBatches {
             Tensor::from_vec(ids, shape, device)?,
             Tensor::from_vec(labels, shape, device)?,
         ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn whole_word_masking_chooses_all_pieces_of_a_word() {
+        let tok = Tokenizer::from_file(
+            &std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("tests/fixtures/tokenizers/wordpiece-tokenizer.json"),
+        )
+        .unwrap();
+        let text = "unresolved naïveté journeying citizens proceeded famished ".repeat(30);
+        let ids = tok.encode(&text, false).unwrap();
+        let continues: Vec<bool> = ids
+            .iter()
+            .map(|&i| tok.id_to_token(i).unwrap().starts_with("##"))
+            .collect();
+        assert!(
+            continues.iter().filter(|&&c| c).count() > 20,
+            "words split into pieces"
+        );
+        let buf = Arc::new(TokenBuffer::Owned(ids.clone()));
+        let mut b = MlmBatches::new(buf, 0, ids.len(), 34, 4, 3, false, &tok, true).unwrap();
+        let (_, labels) = b.batch(0, &Device::Cpu).unwrap();
+        let mut chosen_words = 0;
+        for (r, row) in labels.to_vec2::<u32>().unwrap().iter().enumerate() {
+            // Row r holds ids[r*32 .. r*32+32] between [CLS] and [SEP].
+            for j in 1..row.len() - 2 {
+                let k = r * 32 + j - 1; // index into ids of position j
+                if continues[k + 1] {
+                    assert_eq!(
+                        row[j] == IGNORE,
+                        row[j + 1] == IGNORE,
+                        "a word piece is masked apart from its word"
+                    );
+                }
+                chosen_words += usize::from(row[j] != IGNORE && !continues[k]);
+            }
+        }
+        assert!(chosen_words > 0);
     }
 }

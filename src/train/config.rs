@@ -66,6 +66,9 @@ pub struct TrainConfig {
     pub text_column: Option<String>,
     pub pair_column: Option<String>,
     pub label_column: String,
+    /// Masked LM: choose whole words (a WordPiece token and its `##` continuations)
+    /// rather than single tokens.
+    pub whole_word_mask: bool,
 }
 
 impl Default for TrainConfig {
@@ -97,6 +100,7 @@ impl Default for TrainConfig {
             val_fraction: 0.1,
             sample_tokens: 200,
             eval_data: None,
+            whole_word_mask: false,
             text_column: None,
             pair_column: None,
             label_column: "label".into(),

@@ -747,6 +747,7 @@ fn build_task<'m>(
                             seed,
                             true,
                             tokenizer,
+                            cfg.whole_word_mask,
                         )
                     };
                     Task::Mlm {
