@@ -32,6 +32,9 @@ pub struct Args {
     block_size: Option<usize>,
     #[arg(long, default_value_t = 8)]
     batch_size: usize,
+    /// Translator: beams for the BLEU translations (1 = greedy).
+    #[arg(long, default_value_t = 1)]
+    num_beams: usize,
 }
 
 pub fn run(args: Args) -> Result<()> {
@@ -41,6 +44,9 @@ pub fn run(args: Args) -> Result<()> {
     let p = args.model.load(LoadOptions::default())?;
     if matches!(&p.model, Model::Bert(b) if b.has_classifier()) {
         return eval_classifier(&args, &p);
+    }
+    if let Model::Seq2Seq(m) = &p.model {
+        return eval_translator(&args, &p, m);
     }
     let model = as_gpt2(&p, "eval")?;
     let tok = p.tokenizer()?;
@@ -112,6 +118,65 @@ fn eval_classifier(args: &Args, p: &Pretrained) -> Result<()> {
             s.accuracy * 100.0,
             s.macro_f1,
             s.examples
+        )
+    })
+}
+
+/// Token loss (teacher-forced) and corpus BLEU (sacreBLEU's definition) of an
+/// encoder-decoder on `source<TAB>target` pairs.
+fn eval_translator(args: &Args, p: &Pretrained, model: &crate::models::Seq2Seq) -> Result<()> {
+    use crate::data::pairs::{encode_side, read_pairs, EncodedPair, PairBatches};
+    let data = || format!("--data {}", args.data.display());
+    let pairs = read_pairs(&args.data).with_context(data)?;
+    let (tok, device, c) = (p.tokenizer()?, args.model.device()?, model.config());
+    let max = c.max_position_embeddings;
+    let encoded = pairs
+        .iter()
+        .map(|(s, t)| {
+            Ok(EncodedPair {
+                src: encode_side(tok, s, c.eos_token_id, max)?,
+                tgt: encode_side(tok, t, c.eos_token_id, max)?,
+            })
+        })
+        .collect::<crate::error::Result<Vec<_>>>()?;
+    let mut batches = PairBatches::new(
+        encoded,
+        args.batch_size,
+        0,
+        false,
+        c.pad_token_id,
+        c.bos_token_id,
+    );
+    let loss = crate::train::evaluate::seq2seq_loss_over(model, &mut batches, &device)
+        .with_context(data)?;
+    let opts = crate::generation::GenerateOptions {
+        max_new_tokens: 64,
+        num_beams: args.num_beams.max(1),
+        ..Default::default()
+    };
+    let sources: Vec<String> = pairs.iter().map(|(s, _)| s.clone()).collect();
+    let batch = super::BatchArgs {
+        batch_size: args.batch_size.max(1) * 4,
+        max_length: None,
+    };
+    let hyps: Vec<String> = batch
+        .run(&sources, "translating", |b| {
+            crate::tasks::translate::translate(model, tok, b, &opts, &device)
+        })?
+        .into_iter()
+        .map(|t| t.text)
+        .collect();
+    let refs: Vec<String> = pairs.into_iter().map(|(_, t)| t).collect();
+    let bleu = crate::tasks::bleu::corpus_bleu(&hyps, &refs);
+    let v = json!({"loss": loss, "perplexity": loss.exp(), "bleu": bleu.score,
+                   "bleu_detail": bleu, "pairs": refs.len(), "num_beams": opts.num_beams});
+    emit(args.model.json, &v, || {
+        format!(
+            "loss        {loss:.4}\nperplexity  {:.3}\nBLEU        {:.2} (sacreBLEU 13a, {} beam(s))\npairs       {}",
+            loss.exp(),
+            bleu.score,
+            opts.num_beams,
+            refs.len()
         )
     })
 }

@@ -9,6 +9,7 @@ mod generate;
 mod info;
 mod score;
 mod train;
+mod translate;
 
 use anyhow::{Context, Result};
 use candle_core::Device;
@@ -45,8 +46,11 @@ enum Command {
     Classify(classify::Args),
     /// Train from scratch or fine-tune (default: the shakespeare-char preset).
     Train(Box<train::Args>),
-    /// Loss and perplexity of a causal LM on a text.
+    /// Loss and perplexity of a causal LM on a text; accuracy and macro-F1 of a
+    /// classifier; loss and BLEU of a translator.
     Eval(eval::Args),
+    /// Translate sentences with an encoder-decoder (greedy or beam search).
+    Translate(translate::Args),
 }
 
 /// What every subcommand that runs a model takes.
@@ -197,5 +201,6 @@ pub fn run() -> Result<()> {
         Command::Classify(a) => classify::run(a),
         Command::Train(a) => train::run(*a),
         Command::Eval(a) => eval::run(a),
+        Command::Translate(a) => translate::run(a),
     }
 }

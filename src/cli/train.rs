@@ -82,6 +82,12 @@ pub struct Args {
     /// Classification: the label column (default: label).
     #[arg(long)]
     label_column: Option<String>,
+    /// Seq2seq: label smoothing ε.
+    #[arg(long)]
+    label_smoothing: Option<f64>,
+    /// Seq2seq: probability of feeding the decoder its own previous prediction.
+    #[arg(long)]
+    scheduled_sampling: Option<f64>,
     /// Masked LM: mask whole words (all WordPiece pieces of a word together).
     #[arg(long)]
     whole_word_mask: bool,
@@ -123,6 +129,8 @@ pub fn run(a: Args) -> Result<()> {
     put("keep_last", a.keep_last.map(Value::from));
     put("seed", a.seed.map(Value::from));
     put("sample_tokens", a.sample_tokens.map(Value::from));
+    put("label_smoothing", a.label_smoothing.map(Value::from));
+    put("scheduled_sampling", a.scheduled_sampling.map(Value::from));
     put(
         "whole_word_mask",
         a.whole_word_mask.then_some(Value::Bool(true)),

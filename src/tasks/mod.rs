@@ -2,9 +2,11 @@
 //! fill-mask and classification. The CLI is a thin layer over these.
 
 pub mod batch;
+pub mod bleu;
 pub mod classify;
 pub mod embed;
 pub mod fill_mask;
 pub mod score;
+pub mod translate;
 
 pub use batch::{map_batches, pad_batch, Padding};

@@ -132,6 +132,43 @@ impl Tokenizer {
         Ok(Self::new(inner, vocab.to_path_buf()))
     }
 
+    /// The special tokens of a trained subword tokenizer, in id order: padding,
+    /// beginning and end of sequence, unknown (the encoder-decoder's defaults 0, 1, 2).
+    pub const SEQ2SEQ_SPECIALS: [&'static str; 4] = ["<pad>", "<s>", "</s>", "<unk>"];
+
+    /// Trains a byte-level BPE on `texts` (one joint vocabulary for source and target,
+    /// like the paper's shared 37k BPE), with [`Self::SEQ2SEQ_SPECIALS`] first.
+    pub fn train_bpe(texts: &[String], vocab_size: usize) -> Result<Self> {
+        use tokenizers::models::bpe::BpeTrainerBuilder;
+        use tokenizers::models::TrainerWrapper;
+        let here = Path::new("<bpe>");
+        if texts.iter().all(|t| t.trim().is_empty()) {
+            return Err(WickError::Unsupported(
+                "cannot train a tokenizer on empty text".into(),
+            ));
+        }
+        let specials = Self::SEQ2SEQ_SPECIALS
+            .iter()
+            .map(|t| AddedToken::from(*t, true))
+            .collect();
+        let mut trainer: TrainerWrapper = BpeTrainerBuilder::new()
+            .vocab_size(vocab_size)
+            .min_frequency(2)
+            .special_tokens(specials)
+            .initial_alphabet(ByteLevel::alphabet().into_iter().collect())
+            .show_progress(false)
+            .build()
+            .into();
+        let mut inner = tokenizers::Tokenizer::new(BPE::default());
+        inner
+            .with_pre_tokenizer(Some(ByteLevel::default()))
+            .with_decoder(Some(ByteLevelDecoder::default()));
+        inner
+            .train(&mut trainer, texts.iter())
+            .map_err(|e| tok_err(here, e))?;
+        Ok(Self::new(inner, here.to_path_buf()))
+    }
+
     /// One token per character of `text` (sorted, like nanoGPT's shakespeare_char).
     pub fn char_level(text: &str) -> Result<Self> {
         let chars: BTreeSet<char> = text.chars().collect();

@@ -19,6 +19,8 @@ pub enum Objective {
     Mlm,
     /// Sequence classification on [CLS].
     Classify,
+    /// Translation with the encoder-decoder, teacher-forced, on source<TAB>target pairs.
+    Seq2seq,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -69,6 +71,10 @@ pub struct TrainConfig {
     /// Masked LM: choose whole words (a WordPiece token and its `##` continuations)
     /// rather than single tokens.
     pub whole_word_mask: bool,
+    /// Seq2seq: label smoothing ε (the paper uses 0.1).
+    pub label_smoothing: f64,
+    /// Seq2seq: probability of feeding the decoder its own prediction (0 = off).
+    pub scheduled_sampling: f64,
 }
 
 impl Default for TrainConfig {
@@ -101,6 +107,8 @@ impl Default for TrainConfig {
             sample_tokens: 200,
             eval_data: None,
             whole_word_mask: false,
+            label_smoothing: 0.0,
+            scheduled_sampling: 0.0,
             text_column: None,
             pair_column: None,
             label_column: "label".into(),
@@ -160,6 +168,18 @@ impl TrainConfig {
                 return bad(format!("--dropout must be in [0, 1), got {p}"));
             }
         }
+        if !(0.0..1.0).contains(&self.label_smoothing) {
+            return bad(format!(
+                "--label-smoothing must be in [0, 1), got {}",
+                self.label_smoothing
+            ));
+        }
+        if !(0.0..=1.0).contains(&self.scheduled_sampling) {
+            return bad(format!(
+                "--scheduled-sampling must be in [0, 1], got {}",
+                self.scheduled_sampling
+            ));
+        }
         if self.eval_every == 0 || self.log_every == 0 {
             return bad("--eval-every and --log-every must be at least 1".into());
         }
@@ -199,10 +219,20 @@ pub struct Preset {
     pub train: Map<String, Value>,
 }
 
-const BUNDLED: &[(&str, &str)] = &[(
-    "shakespeare-char",
-    include_str!("../../models/shakespeare-char.json"),
-)];
+const BUNDLED: &[(&str, &str)] = &[
+    (
+        "shakespeare-char",
+        include_str!("../../models/shakespeare-char.json"),
+    ),
+    (
+        "transformer-tiny",
+        include_str!("../../models/transformer-tiny.json"),
+    ),
+    (
+        "transformer-base",
+        include_str!("../../models/transformer-base.json"),
+    ),
+];
 
 impl Preset {
     pub fn parse(text: &str, source: &Path) -> Result<Self> {

@@ -44,6 +44,30 @@ pub fn lm_loss_over(
     Ok(total / count as f64)
 }
 
+/// Token-weighted mean cross-entropy of the encoder-decoder over every pair, in order.
+pub fn seq2seq_loss_over(
+    model: &crate::models::Seq2Seq,
+    batches: &mut crate::data::pairs::PairBatches,
+    device: &Device,
+) -> Result<f64> {
+    let (mut total, mut tokens) = (0f64, 0usize);
+    for i in 0..batches.batches_per_pass() {
+        let b = batches.batch(i, device)?;
+        let logits = model.forward(
+            &b.src,
+            Some(&b.src_mask),
+            &b.tgt_in,
+            Some(&b.tgt_mask),
+            false,
+        )?;
+        let n = b.tgt_mask.sum_all()?.to_scalar::<u32>()? as usize;
+        total +=
+            super::loss::masked_lm_loss(&logits, &b.labels)?.to_scalar::<f32>()? as f64 * n as f64;
+        tokens += n;
+    }
+    Ok(total / tokens.max(1) as f64)
+}
+
 /// Held-out scores of a classifier.
 #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
 pub struct ClassifyScores {

@@ -44,3 +44,56 @@ pub fn masked_lm_loss(logits: &Tensor, labels: &Tensor) -> Result<Tensor> {
         )
     }
 }
+
+/// Token cross-entropy with label smoothing ε (the paper's ε_ls = 0.1): the target gets
+/// 1 − ε of the probability mass and ε is spread uniformly over the vocabulary, i.e.
+/// (1 − ε)·NLL + ε·mean over the vocabulary of −log p. Positions labelled [`IGNORE`]
+/// (padding) count for nothing. logits (B, T, V), labels (B, T).
+pub fn smoothed_loss(logits: &Tensor, labels: &Tensor, eps: f64) -> Result<Tensor> {
+    let nll = masked_lm_loss(logits, labels)?;
+    if eps == 0.0 {
+        return Ok(nll);
+    }
+    let v = logits.dim(D::Minus1)?;
+    let (rows, labels) = (logits.reshape(((), v))?, labels.flatten_all()?);
+    let keep: Vec<u32> = labels
+        .to_vec1::<u32>()?
+        .iter()
+        .enumerate()
+        .filter(|(_, &l)| l != IGNORE)
+        .map(|(i, _)| i as u32)
+        .collect();
+    let kept = rows.index_select(&Tensor::new(keep, rows.device())?, 0)?;
+    // Composed log_softmax: it has a backward.
+    let uniform = candle_nn::ops::log_softmax(&kept, D::Minus1)?
+        .mean(D::Minus1)?
+        .neg()?
+        .mean_all()?;
+    (nll * (1.0 - eps))? + (uniform * eps)?
+}
+
+#[cfg(test)]
+mod smoothing_tests {
+    use super::*;
+    use candle_core::Device;
+
+    #[test]
+    fn label_smoothing_matches_torch() {
+        // torch.nn.functional.cross_entropy(..., label_smoothing=0.1) is this formula.
+        let logits = Tensor::new(&[[[2.0f32, 0.5, -1.0], [0.1, 0.2, 0.3]]], &Device::Cpu).unwrap();
+        let labels = Tensor::new(&[[0u32, IGNORE]], &Device::Cpu).unwrap();
+        let got = smoothed_loss(&logits, &labels, 0.1)
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        let lse = (2.0f64.exp() + 0.5f64.exp() + (-1.0f64).exp()).ln();
+        let logp = [2.0 - lse, 0.5 - lse, -1.0 - lse];
+        let want = 0.9 * -logp[0] + 0.1 * -(logp.iter().sum::<f64>() / 3.0);
+        assert!((got as f64 - want).abs() < 1e-5, "{got} vs {want}");
+        let plain = smoothed_loss(&logits, &labels, 0.0)
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        assert!((plain as f64 + logp[0]).abs() < 1e-5);
+    }
+}

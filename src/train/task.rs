@@ -4,14 +4,17 @@
 
 use std::sync::Arc;
 
+use rand::{rngs::StdRng, Rng, SeedableRng};
+
 use candle_core::{Device, Tensor};
 
-use super::loss::{cross_entropy, lm_loss, masked_lm_loss};
+use super::loss::{cross_entropy, lm_loss, masked_lm_loss, smoothed_loss};
 use crate::data::labeled::ClassifyBatches;
 use crate::data::mlm::MlmBatches;
+use crate::data::pairs::PairBatches;
 use crate::data::{LmBatches, TokenBuffer};
 use crate::error::Result;
-use crate::models::{Bert, Gpt2};
+use crate::models::{Bert, Gpt2, Seq2Seq};
 
 pub enum Task<'m> {
     /// Next-token prediction with GPT-2.
@@ -27,6 +30,17 @@ pub enum Task<'m> {
         model: &'m Bert,
         train: MlmBatches,
         val: Option<MlmBatches>,
+    },
+    /// Translation with the encoder-decoder, teacher-forced.
+    Seq2Seq {
+        model: &'m Seq2Seq,
+        train: PairBatches,
+        val: Option<PairBatches>,
+        label_smoothing: f64,
+        /// Probability of feeding the decoder its own previous prediction instead of
+        /// the gold token (scheduled sampling; 0 = pure teacher forcing).
+        scheduled_sampling: f64,
+        seed: u64,
     },
     /// Sequence classification with BERT's [CLS] head.
     Classify {
@@ -64,13 +78,43 @@ impl Task<'_> {
                 let h = model.forward(&x, Some(&tt), Some(&mask), true)?;
                 cross_entropy(&model.classifier_logits(&h, true)?, &y)?
             }
+            Task::Seq2Seq {
+                model,
+                train,
+                label_smoothing,
+                scheduled_sampling,
+                seed,
+                ..
+            } => {
+                let b = train.batch(n, device)?;
+                let tgt_in = if *scheduled_sampling > 0.0 {
+                    let mut rng = StdRng::seed_from_u64(
+                        *seed ^ 0x5353 ^ (n as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15),
+                    );
+                    scheduled_inputs(model, &b, *scheduled_sampling, &mut rng)?
+                } else {
+                    b.tgt_in.clone()
+                };
+                let logits =
+                    model.forward(&b.src, Some(&b.src_mask), &tgt_in, Some(&b.tgt_mask), true)?;
+                smoothed_loss(&logits, &b.labels, *label_smoothing)?
+            }
         })
     }
 
     /// Mean loss over the first `iters` validation batches (the same ones every time);
-    /// classification evaluates its whole validation set.
+    /// classification and translation evaluate their whole validation set.
     pub fn evaluate(&mut self, iters: usize, device: &Device) -> Result<Option<Eval>> {
         match self {
+            Task::Seq2Seq {
+                model,
+                val: Some(val),
+                ..
+            } => Ok(Some(Eval {
+                loss: super::evaluate::seq2seq_loss_over(model, val, device)?,
+                accuracy: None,
+                macro_f1: None,
+            })),
             Task::Clm {
                 model,
                 val: Some(val),
@@ -155,4 +199,47 @@ impl Task<'_> {
             _ => None,
         }
     }
+}
+
+/// Scheduled sampling (Bengio et al. 2015, in the two-pass form used for Transformers):
+/// a teacher-forced pass without gradient predicts every position; each decoder input
+/// after BOS is then replaced, with probability `p`, by the prediction for it.
+fn scheduled_inputs(
+    model: &Seq2Seq,
+    b: &crate::data::pairs::PairBatch,
+    p: f64,
+    rng: &mut StdRng,
+) -> Result<Tensor> {
+    let logits = model
+        .forward(
+            &b.src,
+            Some(&b.src_mask),
+            &b.tgt_in,
+            Some(&b.tgt_mask),
+            false,
+        )?
+        .detach();
+    let pred = logits.argmax(candle_core::D::Minus1)?.to_vec2::<u32>()?; // (B, T)
+    let gold = b.tgt_in.to_vec2::<u32>()?;
+    let mask = b.tgt_mask.to_vec2::<u32>()?;
+    let mixed: Vec<u32> = gold
+        .iter()
+        .zip(&pred)
+        .zip(&mask)
+        .flat_map(|((g, pr), m)| {
+            let mut row = g.clone();
+            for t in 1..row.len() {
+                // Input t is the token after position t - 1: the prediction made there.
+                if m[t] == 1 && rng.random_bool(p) {
+                    row[t] = pr[t - 1];
+                }
+            }
+            row
+        })
+        .collect();
+    Ok(Tensor::from_vec(
+        mixed,
+        b.tgt_in.dims2()?,
+        b.tgt_in.device(),
+    )?)
 }

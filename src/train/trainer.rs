@@ -265,6 +265,24 @@ pub fn train(req: TrainRequest) -> Result<TrainSummary> {
             })?;
             let tok = if kind == "char" {
                 Tokenizer::char_level(&crate::data::read_documents(&data)?.concat())?
+            } else if kind == "bpe" {
+                // A joint subword vocabulary learned from both sides of the pairs.
+                let size = config
+                    .get("vocab_size")
+                    .and_then(Value::as_u64)
+                    .filter(|&v| v > 0)
+                    .unwrap_or(8000) as usize;
+                let texts: Vec<String> = crate::data::pairs::read_pairs(&data)?
+                    .into_iter()
+                    .flat_map(|(s, t)| [s, t])
+                    .collect();
+                let tok = Tokenizer::train_bpe(&texts, size)?;
+                println!(
+                    "tokenizer    trained a {}-token BPE on {}",
+                    tok.vocab_size(),
+                    data.display()
+                );
+                tok
             } else if Path::new(&kind).is_dir() {
                 Tokenizer::from_dir(Path::new(&kind))?
             } else {
@@ -320,10 +338,12 @@ pub fn train(req: TrainRequest) -> Result<TrainSummary> {
                 classifier: false,
             })
         }
-        (ModelConfig::Gpt2(_), Objective::Clm) => None,
+        (ModelConfig::Gpt2(_), Objective::Clm) | (ModelConfig::Seq2Seq(_), Objective::Seq2seq) => {
+            None
+        }
         (c, o) => {
             return Err(WickError::Unsupported(format!(
-                "--objective {} does not fit a {} model (clm: gpt2; mlm, classify: bert)",
+                "--objective {} does not fit a {} model (clm: gpt2; mlm, classify: bert; seq2seq: wick-seq2seq)",
                 serde_json::to_value(o).unwrap().as_str().unwrap_or("?"),
                 c.model_type()
             )))
@@ -807,6 +827,69 @@ fn build_task<'m>(
                 val: (!eval_examples.is_empty())
                     .then(|| batches(&eval_examples, false))
                     .transpose()?,
+            };
+            let steps_per_epoch = n_train as f64 / (cfg.batch_size * cfg.grad_accum) as f64;
+            Ok((task, (line, steps_per_epoch)))
+        }
+        (Model::Seq2Seq(m), Objective::Seq2seq) => {
+            let c = m.config();
+            let mut pairs = crate::data::pairs::read_pairs(data)?;
+            // A seeded shuffle, then a fixed held-out tail (val_fraction of the pairs).
+            pairs.shuffle(&mut StdRng::seed_from_u64(cfg.seed));
+            let n_val = ((pairs.len() as f64) * cfg.val_fraction) as usize;
+            let val_pairs = pairs.split_off(pairs.len() - n_val);
+            // The held-out pairs, for `wick eval --data <out>/heldout.tsv` (BLEU).
+            let heldout: String = val_pairs
+                .iter()
+                .map(|(s, t)| format!("{s}\t{t}\n"))
+                .collect();
+            crate::checkpoint::atomic_write(&out.join("heldout.tsv"), heldout.as_bytes())?;
+            let encode = |ps: &[(String, String)]| -> Result<Vec<_>> {
+                ps.iter()
+                    .map(|(s, t)| {
+                        Ok(crate::data::pairs::EncodedPair {
+                            src: crate::data::pairs::encode_side(
+                                tokenizer,
+                                s,
+                                c.eos_token_id,
+                                cfg.block_size,
+                            )?,
+                            tgt: crate::data::pairs::encode_side(
+                                tokenizer,
+                                t,
+                                c.eos_token_id,
+                                cfg.block_size,
+                            )?,
+                        })
+                    })
+                    .collect()
+            };
+            let batches = |ps, shuffle| {
+                crate::data::pairs::PairBatches::new(
+                    ps,
+                    cfg.batch_size,
+                    cfg.seed,
+                    shuffle,
+                    c.pad_token_id,
+                    c.bos_token_id,
+                )
+            };
+            let n_train = pairs.len();
+            let line = format!(
+                "{} sentence pairs, {} train / {} held out",
+                n_train + n_val,
+                n_train,
+                n_val
+            );
+            let task = Task::Seq2Seq {
+                model: m,
+                train: batches(encode(&pairs)?, true),
+                val: (n_val > 0)
+                    .then(|| encode(&val_pairs).map(|v| batches(v, false)))
+                    .transpose()?,
+                label_smoothing: cfg.label_smoothing,
+                scheduled_sampling: cfg.scheduled_sampling,
+                seed: cfg.seed,
             };
             let steps_per_epoch = n_train as f64 / (cfg.batch_size * cfg.grad_accum) as f64;
             Ok((task, (line, steps_per_epoch)))

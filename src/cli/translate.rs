@@ -1,0 +1,79 @@
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use serde_json::json;
+
+use super::{emit, gather_texts, ModelArgs};
+use crate::checkpoint::LoadOptions;
+use crate::generation::{EarlyStopping, GenerateOptions};
+use crate::models::Model;
+use crate::tasks::translate::translate;
+
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// A sentence to translate (repeatable).
+    #[arg(long)]
+    text: Vec<String>,
+    /// One sentence per line.
+    #[arg(long)]
+    file: Option<PathBuf>,
+    /// Beam search with this many beams (1 = greedy).
+    #[arg(long, default_value_t = 1)]
+    num_beams: usize,
+    /// Beam scores are divided by length^length_penalty.
+    #[arg(long, default_value_t = 1.0, allow_negative_numbers = true)]
+    length_penalty: f64,
+    #[arg(long, value_enum, default_value_t = EarlyStopping::False)]
+    early_stopping: EarlyStopping,
+    /// Longest output, in tokens.
+    #[arg(long, default_value_t = 64)]
+    max_new_tokens: usize,
+    /// Sentences per batch.
+    #[arg(long, default_value_t = 32)]
+    batch_size: usize,
+}
+
+pub fn run(args: Args) -> Result<()> {
+    if args.num_beams == 0 || args.batch_size == 0 {
+        anyhow::bail!("--num-beams and --batch-size must be at least 1");
+    }
+    let texts = gather_texts(&args.text, args.file.as_deref())?;
+    let p = args.model.load(LoadOptions::default())?;
+    let Model::Seq2Seq(model) = &p.model else {
+        anyhow::bail!(
+            "`wick translate` needs an encoder-decoder; {} is a {}",
+            p.dir.display(),
+            p.model.architecture()
+        )
+    };
+    let (tok, device) = (p.tokenizer()?, args.model.device()?);
+    let opts = GenerateOptions {
+        max_new_tokens: args.max_new_tokens,
+        num_beams: args.num_beams,
+        length_penalty: args.length_penalty,
+        early_stopping: args.early_stopping,
+        ..Default::default()
+    };
+    let batch = super::BatchArgs {
+        batch_size: args.batch_size,
+        max_length: None,
+    };
+    let out = batch
+        .run(&texts, "translating", |b| {
+            translate(model, tok, b, &opts, &device)
+        })
+        .context("translating")?;
+    let items: Vec<_> = texts
+        .iter()
+        .zip(&out)
+        .map(|(s, t)| json!({"source": s, "text": t.text, "token_ids": t.token_ids, "score": t.score}))
+        .collect();
+    emit(args.model.json, &json!({"translations": items}), || {
+        out.iter()
+            .map(|t| t.text.clone())
+            .collect::<Vec<_>>()
+            .join("\n")
+    })
+}

@@ -1,0 +1,223 @@
+//! Parallel text for the encoder-decoder: `source<TAB>target` per line (extra columns,
+//! such as Tatoeba's attribution, ignored), tokenized once and served as padded batches
+//! for teacher forcing, shuffled per epoch with a seed.
+
+use std::path::Path;
+
+use candle_core::{Device, Tensor};
+use rand::{rngs::StdRng, seq::SliceRandom, SeedableRng};
+
+use crate::error::{Result, WickError};
+use crate::nn::fused::IGNORE;
+use crate::tokenizer::Tokenizer;
+
+/// Reads the pairs of a TSV file; a line without a tab is an error naming it.
+pub fn read_pairs(path: &Path) -> Result<Vec<(String, String)>> {
+    let bytes = std::fs::read(path).map_err(|e| WickError::io(path, e))?;
+    let text = String::from_utf8(bytes)
+        .map_err(|e| WickError::Unsupported(format!("{}: not UTF-8 text ({e})", path.display())))?;
+    let mut pairs = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let mut cols = line.split('\t');
+        match (cols.next(), cols.next()) {
+            (Some(s), Some(t)) if !s.trim().is_empty() && !t.trim().is_empty() => {
+                pairs.push((s.trim().to_string(), t.trim().to_string()))
+            }
+            _ => {
+                return Err(WickError::Unsupported(format!(
+                    "{}:{}: expected `source<TAB>target`, got {line:?}",
+                    path.display(),
+                    i + 1
+                )))
+            }
+        }
+    }
+    if pairs.is_empty() {
+        return Err(WickError::Unsupported(format!(
+            "{}: no sentence pairs",
+            path.display()
+        )));
+    }
+    Ok(pairs)
+}
+
+/// Token ids of one pair: source ending in EOS, target ending in EOS (the decoder input
+/// is BOS + target without its EOS; the labels are the target).
+#[derive(Debug, Clone)]
+pub struct EncodedPair {
+    pub src: Vec<u32>,
+    pub tgt: Vec<u32>,
+}
+
+/// Encodes text for either side: its tokens cut to `max_len - 1`, then EOS.
+pub fn encode_side(tok: &Tokenizer, text: &str, eos: u32, max_len: usize) -> Result<Vec<u32>> {
+    let mut ids = tok.encode(text, false)?;
+    ids.truncate(max_len.saturating_sub(1));
+    ids.push(eos);
+    Ok(ids)
+}
+
+/// A teacher-forcing batch, every tensor (B, T) u32.
+pub struct PairBatch {
+    pub src: Tensor,
+    pub src_mask: Tensor,
+    /// BOS + target, right-padded.
+    pub tgt_in: Tensor,
+    pub tgt_mask: Tensor,
+    /// Target + EOS, `IGNORE` at padding.
+    pub labels: Tensor,
+}
+
+pub struct PairBatches {
+    pairs: Vec<EncodedPair>,
+    batch_size: usize,
+    seed: u64,
+    shuffle: bool,
+    pad: u32,
+    bos: u32,
+    epoch: Option<(usize, Vec<usize>)>,
+}
+
+impl PairBatches {
+    pub fn new(
+        pairs: Vec<EncodedPair>,
+        batch_size: usize,
+        seed: u64,
+        shuffle: bool,
+        pad: u32,
+        bos: u32,
+    ) -> Self {
+        Self {
+            pairs,
+            batch_size,
+            seed,
+            shuffle,
+            pad,
+            bos,
+            epoch: None,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.pairs.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.pairs.is_empty()
+    }
+
+    pub fn pairs(&self) -> &[EncodedPair] {
+        &self.pairs
+    }
+
+    /// Batches in one ordered pass.
+    pub fn batches_per_pass(&self) -> usize {
+        self.len().div_ceil(self.batch_size)
+    }
+
+    /// Batch `n`: shuffled epochs when training, in order (last batch short) otherwise.
+    pub fn batch(&mut self, n: usize, device: &Device) -> Result<PairBatch> {
+        let total = self.len();
+        let picks: Vec<usize> = (0..self.batch_size)
+            .map(|j| n * self.batch_size + j)
+            .take_while(|&k| self.shuffle || k < total)
+            .map(|k| {
+                let epoch = k / total;
+                if self.epoch.as_ref().is_none_or(|(e, _)| *e != epoch) {
+                    let mut order: Vec<usize> = (0..total).collect();
+                    if self.shuffle {
+                        order.shuffle(&mut StdRng::seed_from_u64(
+                            self.seed ^ (epoch as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15),
+                        ));
+                    }
+                    self.epoch = Some((epoch, order));
+                }
+                self.epoch.as_ref().unwrap().1[k % total]
+            })
+            .collect();
+        let src: Vec<Vec<u32>> = picks.iter().map(|&i| self.pairs[i].src.clone()).collect();
+        let tgt_in: Vec<Vec<u32>> = picks
+            .iter()
+            .map(|&i| {
+                let t = &self.pairs[i].tgt;
+                std::iter::once(self.bos)
+                    .chain(t[..t.len() - 1].iter().copied())
+                    .collect()
+            })
+            .collect();
+        let labels: Vec<Vec<u32>> = picks.iter().map(|&i| self.pairs[i].tgt.clone()).collect();
+        use crate::tasks::{pad_batch, Padding};
+        let (src, src_mask) = pad_batch(&src, self.pad, Padding::Right, device)?;
+        let (tgt_in, tgt_mask) = pad_batch(&tgt_in, self.pad, Padding::Right, device)?;
+        let (labels, _) = pad_batch(&labels, IGNORE, Padding::Right, device)?;
+        Ok(PairBatch {
+            src,
+            src_mask,
+            tgt_in,
+            tgt_mask,
+            labels,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_pairs_ignoring_extra_columns_and_names_bad_lines() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("p.tsv");
+        std::fs::write(&p, "Go.\tVa !\tCC-BY attribution\n\nHi.\tSalut.\n").unwrap();
+        let pairs = read_pairs(&p).unwrap();
+        assert_eq!(
+            pairs,
+            vec![
+                ("Go.".into(), "Va !".into()),
+                ("Hi.".into(), "Salut.".into())
+            ]
+        );
+        std::fs::write(&p, "Go.\tVa !\nno tab here\n").unwrap();
+        let e = read_pairs(&p).unwrap_err().to_string();
+        assert!(
+            e.contains("p.tsv:2") && e.contains("source<TAB>target"),
+            "{e}"
+        );
+        std::fs::write(&p, "\n\n").unwrap();
+        assert!(read_pairs(&p)
+            .unwrap_err()
+            .to_string()
+            .contains("no sentence pairs"));
+    }
+
+    #[test]
+    fn decoder_input_is_the_target_shifted_right_after_bos() {
+        let pairs = vec![
+            EncodedPair {
+                src: vec![5, 6, 2],
+                tgt: vec![7, 8, 9, 2],
+            },
+            EncodedPair {
+                src: vec![5, 2],
+                tgt: vec![7, 2],
+            },
+        ];
+        let mut b = PairBatches::new(pairs, 2, 0, false, 0, 1);
+        let x = b.batch(0, &Device::Cpu).unwrap();
+        assert_eq!(
+            x.tgt_in.to_vec2::<u32>().unwrap(),
+            vec![vec![1, 7, 8, 9], vec![1, 7, 0, 0]]
+        );
+        assert_eq!(
+            x.labels.to_vec2::<u32>().unwrap(),
+            vec![vec![7, 8, 9, 2], vec![7, 2, IGNORE, IGNORE]]
+        );
+        assert_eq!(
+            x.src_mask.to_vec2::<u32>().unwrap(),
+            vec![vec![1, 1, 1], vec![1, 1, 0]]
+        );
+    }
+}

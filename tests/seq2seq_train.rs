@@ -1,0 +1,173 @@
+//! The encoder-decoder end to end: `wick train --objective seq2seq` learns a handful of
+//! pairs by heart, `wick translate` reproduces them greedy and with beams, scheduled
+//! sampling changes what the decoder sees, and BLEU equals sacreBLEU's.
+
+mod common;
+
+use common::*;
+use wick::tasks::bleu::corpus_bleu;
+
+fn strings(v: &serde_json::Value) -> Vec<String> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s.as_str().unwrap().to_string())
+        .collect()
+}
+
+#[test]
+fn corpus_bleu_matches_sacrebleu() {
+    let fx = expected("bleu.json");
+    for (name, set) in fx["sets"].as_object().unwrap() {
+        let b = corpus_bleu(&strings(&set["hypotheses"]), &strings(&set["references"]));
+        assert!(
+            (b.score - set["score"].as_f64().unwrap()).abs() < 1e-6,
+            "{name}: {b:?}"
+        );
+        assert_close(
+            &b.precisions.map(|p| p as f32),
+            &floats(&set["precisions"]),
+            1e-4,
+            name,
+        );
+        assert_eq!(b.sys_len as u64, set["sys_len"].as_u64().unwrap(), "{name}");
+        assert_eq!(b.ref_len as u64, set["ref_len"].as_u64().unwrap(), "{name}");
+    }
+}
+
+const PAIRS: &str = "Go.\tVa !\tattribution\nI won!\tJ'ai gagné !\nHe is tall.\tIl est grand.\nWe are here.\tNous sommes ici.\nThank you.\tMerci.\nWho are you?\tQui êtes-vous ?\n";
+
+fn train(dir: &std::path::Path, name: &str, extra: &[&str]) -> std::path::PathBuf {
+    let data = dir.join("pairs.tsv");
+    std::fs::write(&data, PAIRS.repeat(3)).unwrap();
+    let cfg = dir.join("tiny-s2s.json");
+    std::fs::write(
+        &cfg,
+        r#"{"name": "tiny-s2s", "model": {"model_type": "wick-seq2seq", "vocab_size": 300, "d_model": 32,
+            "encoder_layers": 1, "decoder_layers": 1, "num_heads": 2, "d_ff": 64,
+            "dropout": 0.0, "max_position_embeddings": 32},
+            "tokenizer": "bpe",
+            "train": {"objective": "seq2seq", "batch_size": 6, "block_size": 24,
+            "learning_rate": 0.01, "warmup_iters": 10, "val_fraction": 0.0,
+            "eval_every": 50, "log_every": 5, "save_every": 1000}}"#,
+    )
+    .unwrap();
+    let out = dir.join(name);
+    let args = [
+        &[
+            "train",
+            "--model",
+            cfg.to_str().unwrap(),
+            "--data",
+            data.to_str().unwrap(),
+        ][..],
+        &["--out", out.to_str().unwrap(), "--sample-tokens", "0"],
+        extra,
+    ]
+    .concat();
+    let (code, stdout, e) = wick(&args);
+    assert_eq!(code, 0, "{stdout}\n{e}");
+    assert!(
+        stdout.contains("trained a") && stdout.contains("BPE"),
+        "{stdout}"
+    );
+    out
+}
+
+#[test]
+fn a_tiny_transformer_learns_pairs_by_heart_and_translates_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = train(dir.path(), "s2s", &["--max-iters", "150"]);
+    let sources: Vec<&str> = PAIRS
+        .lines()
+        .map(|l| l.split('\t').next().unwrap())
+        .collect();
+    let targets: Vec<&str> = PAIRS
+        .lines()
+        .map(|l| l.split('\t').nth(1).unwrap())
+        .collect();
+    let mut args = vec!["translate", "--model", out.to_str().unwrap(), "--json"];
+    for s in &sources {
+        args.extend(["--text", s]);
+    }
+    let greedy = wick_json(&args);
+    let got: Vec<String> = greedy["translations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["text"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(got, targets, "exact reproduction of the training pairs");
+    // One beam is greedy; four beams find the same memorised translations.
+    for beams in ["1", "4"] {
+        let mut a = args.clone();
+        a.extend(["--num-beams", beams]);
+        let v = wick_json(&a);
+        for (g, b) in greedy["translations"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .zip(v["translations"].as_array().unwrap())
+        {
+            assert_eq!(g["token_ids"], b["token_ids"], "{beams} beam(s)");
+        }
+    }
+    // `wick eval` on the pairs: BLEU 100.
+    std::fs::write(dir.path().join("test.tsv"), PAIRS).unwrap();
+    let v = wick_json(&[
+        "eval",
+        "--model",
+        out.to_str().unwrap(),
+        "--data",
+        dir.path().join("test.tsv").to_str().unwrap(),
+        "--json",
+    ]);
+    assert!((v["bleu"].as_f64().unwrap() - 100.0).abs() < 1e-6, "{v}");
+    assert!(v["loss"].as_f64().unwrap() < 1.0);
+}
+
+#[test]
+fn scheduled_sampling_changes_what_the_decoder_is_fed() {
+    let dir = tempfile::tempdir().unwrap();
+    let loss = |out: &std::path::Path| -> Vec<f64> {
+        std::fs::read_to_string(out.join("metrics.jsonl"))
+            .unwrap()
+            .lines()
+            .map(|l| {
+                serde_json::from_str::<serde_json::Value>(l).unwrap()["train_loss"]
+                    .as_f64()
+                    .unwrap()
+            })
+            .collect()
+    };
+    let base = [
+        "--max-iters",
+        "10",
+        "--log-every",
+        "1",
+        "--learning-rate",
+        "0.003",
+    ];
+    let plain = loss(&train(dir.path(), "plain", &base));
+    let again = loss(&train(
+        dir.path(),
+        "again",
+        &[&base[..], &["--scheduled-sampling", "0"]].concat(),
+    ));
+    let mixed = loss(&train(
+        dir.path(),
+        "mixed",
+        &[&base[..], &["--scheduled-sampling", "1"]].concat(),
+    ));
+    assert_eq!(plain, again, "p = 0 is teacher forcing");
+    assert_eq!(plain.len(), mixed.len());
+    assert_ne!(plain, mixed, "p = 1 feeds the model's own predictions");
+    wick_fails(
+        &[
+            &["train", "--model", "transformer-tiny", "--data", "x.tsv"][..],
+            &["--scheduled-sampling", "1.5"],
+        ]
+        .concat(),
+        &["--scheduled-sampling"],
+    );
+}
