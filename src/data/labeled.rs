@@ -7,7 +7,6 @@ use std::collections::BTreeSet;
 use std::path::Path;
 
 use candle_core::{Device, Tensor};
-use rand::{rngs::StdRng, seq::SliceRandom, SeedableRng};
 
 use crate::error::{Result, WickError};
 use crate::tokenizer::Tokenizer;
@@ -189,10 +188,8 @@ pub struct ClassifyBatches {
     ids: Vec<(Vec<u32>, Vec<u32>)>, // (token ids, token types)
     labels: Vec<u32>,
     batch_size: usize,
-    seed: u64,
-    shuffle: bool,
     pad: u32,
-    epoch: Option<(usize, Vec<usize>)>,
+    order: super::order::EpochOrder,
 }
 
 impl ClassifyBatches {
@@ -237,10 +234,8 @@ impl ClassifyBatches {
             ids,
             labels: ys,
             batch_size,
-            seed,
-            shuffle,
             pad,
-            epoch: None,
+            order: super::order::EpochOrder::new(examples.len(), seed, shuffle),
         })
     }
 
@@ -255,24 +250,7 @@ impl ClassifyBatches {
     /// Batch `n`: (ids, token types, mask, labels); the last batch of a pass over the data
     /// in order may be short.
     pub fn batch(&mut self, n: usize, device: &Device) -> Result<(Tensor, Tensor, Tensor, Tensor)> {
-        let total = self.len();
-        let picks: Vec<usize> = (0..self.batch_size)
-            .map(|j| n * self.batch_size + j)
-            .take_while(|&k| self.shuffle || k < total)
-            .map(|k| {
-                let epoch = k / total;
-                if self.epoch.as_ref().is_none_or(|(e, _)| *e != epoch) {
-                    let mut order: Vec<usize> = (0..total).collect();
-                    if self.shuffle {
-                        order.shuffle(&mut StdRng::seed_from_u64(
-                            self.seed ^ (epoch as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15),
-                        ));
-                    }
-                    self.epoch = Some((epoch, order));
-                }
-                self.epoch.as_ref().unwrap().1[k % total]
-            })
-            .collect();
+        let picks = self.order.batch(n, self.batch_size);
         let seqs: Vec<Vec<u32>> = picks.iter().map(|&i| self.ids[i].0.clone()).collect();
         let types: Vec<Vec<u32>> = picks.iter().map(|&i| self.ids[i].1.clone()).collect();
         let (ids, mask) =

@@ -5,7 +5,6 @@
 use std::path::Path;
 
 use candle_core::{Device, Tensor};
-use rand::{rngs::StdRng, seq::SliceRandom, SeedableRng};
 
 use crate::error::{Result, WickError};
 use crate::nn::fused::IGNORE;
@@ -74,11 +73,9 @@ pub struct PairBatch {
 pub struct PairBatches {
     pairs: Vec<EncodedPair>,
     batch_size: usize,
-    seed: u64,
-    shuffle: bool,
     pad: u32,
     bos: u32,
-    epoch: Option<(usize, Vec<usize>)>,
+    order: super::order::EpochOrder,
 }
 
 impl PairBatches {
@@ -91,13 +88,11 @@ impl PairBatches {
         bos: u32,
     ) -> Self {
         Self {
+            order: super::order::EpochOrder::new(pairs.len(), seed, shuffle),
             pairs,
             batch_size,
-            seed,
-            shuffle,
             pad,
             bos,
-            epoch: None,
         }
     }
 
@@ -120,24 +115,7 @@ impl PairBatches {
 
     /// Batch `n`: shuffled epochs when training, in order (last batch short) otherwise.
     pub fn batch(&mut self, n: usize, device: &Device) -> Result<PairBatch> {
-        let total = self.len();
-        let picks: Vec<usize> = (0..self.batch_size)
-            .map(|j| n * self.batch_size + j)
-            .take_while(|&k| self.shuffle || k < total)
-            .map(|k| {
-                let epoch = k / total;
-                if self.epoch.as_ref().is_none_or(|(e, _)| *e != epoch) {
-                    let mut order: Vec<usize> = (0..total).collect();
-                    if self.shuffle {
-                        order.shuffle(&mut StdRng::seed_from_u64(
-                            self.seed ^ (epoch as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15),
-                        ));
-                    }
-                    self.epoch = Some((epoch, order));
-                }
-                self.epoch.as_ref().unwrap().1[k % total]
-            })
-            .collect();
+        let picks = self.order.batch(n, self.batch_size);
         let src: Vec<Vec<u32>> = picks.iter().map(|&i| self.pairs[i].src.clone()).collect();
         let tgt_in: Vec<Vec<u32>> = picks
             .iter()

@@ -20,18 +20,23 @@ pub fn lm_loss(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
     cross_entropy(&logits.reshape(((), v))?, &targets.flatten_all()?)
 }
 
-/// Mean cross-entropy over the positions whose label is not [`IGNORE`] (masked LM):
-/// logits (B, T, V), labels (B, T).
-pub fn masked_lm_loss(logits: &Tensor, labels: &Tensor) -> Result<Tensor> {
-    let v = logits.dim(D::Minus1)?;
-    let (logits, labels) = (logits.reshape(((), v))?, labels.flatten_all()?);
-    let keep: Vec<u32> = labels
+/// Indices of the flat labels that are not [`IGNORE`].
+fn labelled_rows(labels: &Tensor) -> Result<Vec<u32>> {
+    Ok(labels
         .to_vec1::<u32>()?
         .iter()
         .enumerate()
         .filter(|(_, &l)| l != IGNORE)
         .map(|(i, _)| i as u32)
-        .collect();
+        .collect())
+}
+
+/// Mean cross-entropy over the positions whose label is not [`IGNORE`] (masked LM):
+/// logits (B, T, V), labels (B, T).
+pub fn masked_lm_loss(logits: &Tensor, labels: &Tensor) -> Result<Tensor> {
+    let v = logits.dim(D::Minus1)?;
+    let (logits, labels) = (logits.reshape(((), v))?, labels.flatten_all()?);
+    let keep = labelled_rows(&labels)?;
     let n = keep.len().max(1) as f64;
     if fused::enabled(logits.device()) && logits.dtype() == DType::F32 {
         // Ignored rows contribute zero loss and zero gradient.
@@ -56,13 +61,7 @@ pub fn smoothed_loss(logits: &Tensor, labels: &Tensor, eps: f64) -> Result<Tenso
     }
     let v = logits.dim(D::Minus1)?;
     let (rows, labels) = (logits.reshape(((), v))?, labels.flatten_all()?);
-    let keep: Vec<u32> = labels
-        .to_vec1::<u32>()?
-        .iter()
-        .enumerate()
-        .filter(|(_, &l)| l != IGNORE)
-        .map(|(i, _)| i as u32)
-        .collect();
+    let keep = labelled_rows(&labels)?;
     let kept = rows.index_select(&Tensor::new(keep, rows.device())?, 0)?;
     // Composed log_softmax: it has a backward.
     let uniform = candle_nn::ops::log_softmax(&kept, D::Minus1)?
