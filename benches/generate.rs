@@ -1,7 +1,9 @@
 //! Decode speed of the GPT-2 124M geometry (the hub `gpt2` config, random weights) on
-//! the CPU: batch 1, a 16-token prompt, 128 new tokens, greedy, f32 — the setting of
-//! benches/peers/generate_transformers.py. Reports time to first token (prefill + one
-//! step) and tokens/s after it; median of runs after a warm-up. `just bench-generate`.
+//! the CPU: batch 1, a 16-token prompt, 128 new tokens, greedy — the setting of
+//! benches/peers/generate_transformers.py — in f32, then with the linear layers
+//! quantized to q8_0 and q4k as `wick quantize` does. Reports time to first token
+//! (prefill + one step) and tokens/s after it; median of runs after a warm-up.
+//! `just bench-generate`.
 
 use std::time::Instant;
 
@@ -9,7 +11,7 @@ use std::time::Instant;
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use candle_core::{DType, Device};
-use wick::checkpoint::WeightSource;
+use wick::checkpoint::{quantize_model, QuantFormat, WeightSource};
 use wick::generation::{generate, Flow, GenerateOptions};
 use wick::models::{Model, ModelConfig};
 
@@ -23,11 +25,21 @@ fn main() -> anyhow::Result<()> {
     let cfg_path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("models/gpt2-124m.json");
     let cfg = ModelConfig::from_file(&cfg_path)?;
     let weights = WeightSource::new(None, wick::checkpoint::InitPolicy::All, false);
-    let Model::Gpt2(model) =
-        Model::build(&cfg, None, weights.var_builder(DType::F32, &Device::Cpu))?
-    else {
-        anyhow::bail!("gpt2-124m.json is not a GPT-2 config")
-    };
+    let model = Model::build(&cfg, None, weights.var_builder(DType::F32, &Device::Cpu))?;
+    for format in [None, Some(QuantFormat::Q8_0), Some(QuantFormat::Q4K)] {
+        let mut m = model.clone();
+        if let Some(f) = format {
+            quantize_model(&mut m, &weights, f)?;
+        }
+        let Model::Gpt2(m) = m else {
+            anyhow::bail!("gpt2-124m.json is not a GPT-2 config")
+        };
+        bench(&m, format.map_or("f32", QuantFormat::name))?;
+    }
+    Ok(())
+}
+
+fn bench(model: &wick::models::Gpt2, label: &str) -> anyhow::Result<()> {
     let runs: usize = std::env::var("WICK_BENCH_RUNS")
         .ok()
         .and_then(|s| s.parse().ok())
@@ -39,7 +51,7 @@ fn main() -> anyhow::Result<()> {
         ..Default::default()
     };
     println!(
-        "wick generate: GPT-2 124M geometry, f32, CPU, {} threads, batch 1, 16-token prompt, {new_tokens} new tokens, greedy",
+        "wick generate: GPT-2 124M geometry, {label}, CPU, {} threads, batch 1, 16-token prompt, {new_tokens} new tokens, greedy",
         candle_core::utils::get_num_threads()
     );
     let mut ttfts = vec![];
@@ -48,7 +60,7 @@ fn main() -> anyhow::Result<()> {
         let start = Instant::now();
         let mut first = None;
         let out = generate(
-            &model,
+            model,
             std::slice::from_ref(&prompt),
             &opts,
             &Device::Cpu,

@@ -528,3 +528,92 @@ fn embed_writes_npy_and_jsonl_files() {
         &["--output e.csv", ".npy or .jsonl"],
     );
 }
+
+#[test]
+fn quantize_writes_a_folder_every_command_loads() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("q");
+    let q = out.to_str().unwrap();
+    let v = wick_json(&[
+        "quantize",
+        "--model",
+        &fx("tiny-gpt2"),
+        "--out",
+        q,
+        "--format",
+        "q4k",
+        "--json",
+    ]);
+    assert_eq!(v["format"], "q4k");
+    assert_eq!(v["layers"].as_array().unwrap().len(), 9);
+    let info = wick_json(&["info", "--model", q, "--json"]);
+    assert!(info["dtype"].as_str().unwrap().starts_with("q4k"), "{info}");
+    assert_eq!(
+        info["parameters"],
+        wick_json(&["info", "--model", &fx("tiny-gpt2"), "--json"])["parameters"]
+    );
+    assert_eq!(info["unused_tensors"].as_array().unwrap().len(), 0);
+    let g = wick_json(&[
+        "generate",
+        "--model",
+        q,
+        "--prompt",
+        "To be",
+        "--max-new-tokens",
+        "5",
+        "--temperature",
+        "0",
+        "--json",
+    ]);
+    assert_eq!(ids(&g["token_ids"]).len(), 5);
+    // Quantizing a quantized folder, a BERT, or an unknown format: clear errors.
+    let (code, _, err) = wick(&["quantize", "--model", q, "--out", q, "--format", "q8_0"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("already quantized"), "{err}");
+    let (code, _, err) = wick(&[
+        "quantize",
+        "--model",
+        &fx("tiny-bert"),
+        "--out",
+        q,
+        "--format",
+        "q8_0",
+    ]);
+    assert_ne!(code, 0);
+    assert!(err.contains("GPT-2"), "{err}");
+    let (code, _, err) = wick(&[
+        "quantize",
+        "--model",
+        &fx("tiny-gpt2"),
+        "--out",
+        q,
+        "--format",
+        "q2",
+    ]);
+    assert_ne!(code, 0);
+    assert!(err.contains("--format"), "{err}");
+}
+
+#[test]
+fn score_needs_a_stride_for_texts_longer_than_the_context() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("long.txt");
+    std::fs::write(&f, "To be, or not to be, that is the question. ".repeat(20)).unwrap();
+    let file = f.to_str().unwrap();
+    let (code, _, err) = wick(&["score", "--model", &fx("tiny-gpt2"), "--file", file]);
+    assert_ne!(code, 0);
+    assert!(err.contains("--stride"), "{err}");
+    let v = wick_json(&[
+        "score",
+        "--model",
+        &fx("tiny-gpt2"),
+        "--file",
+        file,
+        "--stride",
+        "32",
+        "--json",
+    ]);
+    let n = v["token_ids"].as_array().unwrap().len();
+    assert!(n > 64);
+    assert_eq!(v["logprobs"].as_array().unwrap().len(), n - 1);
+}

@@ -89,7 +89,10 @@ pub fn load(model: &str, opts: &LoadOptions) -> Result<Pretrained> {
     let config = ModelConfig::from_file(&config_path)?;
     let weights = WeightSource::inference(TensorStore::open_dir(&dir)?);
     let vb = weights.var_builder(opts.dtype, &opts.device);
-    let model = Model::build(&config, opts.bert_heads, vb)?;
+    let mut model = Model::build(&config, opts.bert_heads, vb)?;
+    if let Some(store) = weights.store() {
+        super::quantize::attach_quantized(&mut model, store, &weights, &opts.device)?;
+    }
     let tokenizer = match Tokenizer::from_dir(&dir) {
         Ok(t) => Some(t),
         Err(WickError::MissingFile { .. }) => None,

@@ -2,12 +2,14 @@
 //! weights, building a model from them, and saving atomically.
 
 pub mod load;
+pub mod quantize;
 pub mod resolve;
 pub mod save;
 pub mod source;
 pub mod store;
 
 pub use load::{load, LoadOptions, Model, Pretrained};
+pub use quantize::{quantize_model, save_quantized, QuantFormat};
 pub use resolve::resolve;
 pub use save::{atomic_write, save_pretrained};
 pub use source::{InitPolicy, WeightSource};

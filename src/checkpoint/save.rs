@@ -22,6 +22,14 @@ pub fn atomic_write(path: &Path, bytes: &[u8]) -> Result<()> {
     std::fs::create_dir_all(dir).map_err(|e| WickError::io(dir, e))?;
     let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(|e| WickError::io(dir, e))?;
     tmp.write_all(bytes).map_err(|e| WickError::io(path, e))?;
+    // Temporary files are created private (0600); a checkpoint is an ordinary file.
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        tmp.as_file()
+            .set_permissions(std::fs::Permissions::from_mode(0o644))
+            .map_err(|e| WickError::io(path, e))?;
+    }
     tmp.as_file()
         .sync_all()
         .map_err(|e| WickError::io(path, e))?;

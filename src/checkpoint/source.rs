@@ -34,6 +34,9 @@ struct Inner {
     tensors: Mutex<Vec<(String, Tensor)>>,
     vars: Mutex<Vec<(String, Var)>>,
     initialised: Mutex<Vec<String>>,
+    /// Tensors the model holds as quantized blocks instead, with their element counts
+    /// (0 for a tied head, which is no parameter of its own).
+    quantized: Mutex<Vec<(String, usize)>>,
     /// Fresh weights come from this seeded generator (candle's CPU generator cannot be
     /// seeded), in the order the model asks for them: same seed, same model.
     rng: Mutex<StdRng>,
@@ -62,6 +65,7 @@ impl WeightSource {
                 tensors: Mutex::new(Vec::new()),
                 vars: Mutex::new(Vec::new()),
                 initialised: Mutex::new(Vec::new()),
+                quantized: Mutex::new(Vec::new()),
                 rng: Mutex::new(StdRng::seed_from_u64(0)),
             }),
         }
@@ -121,6 +125,21 @@ impl WeightSource {
         self.inner.vars.lock().unwrap().clone()
     }
 
+    /// Drops the dense copy of `name` once the model holds it quantized: it still counts
+    /// as a parameter and as used, but is no longer kept (or saved) in f32.
+    pub fn forget_quantized(&self, name: &str) {
+        let mut tensors = self.inner.tensors.lock().unwrap();
+        let n = tensors
+            .iter()
+            .position(|(n, _)| n == name)
+            .map_or(0, |i| tensors.remove(i).1.elem_count());
+        self.inner
+            .quantized
+            .lock()
+            .unwrap()
+            .push((name.to_string(), n));
+    }
+
     /// Names that were not in the checkpoint and were initialised.
     pub fn initialised(&self) -> Vec<String> {
         self.inner.initialised.lock().unwrap().clone()
@@ -132,13 +151,13 @@ impl WeightSource {
         let Some(store) = &self.inner.store else {
             return vec![];
         };
-        let used: HashSet<String> = self
-            .inner
-            .tensors
-            .lock()
-            .unwrap()
+        let tensors = self.inner.tensors.lock().unwrap();
+        let quantized = self.inner.quantized.lock().unwrap();
+        let used: HashSet<&str> = tensors
             .iter()
-            .map(|(n, _)| n.clone())
+            .map(|(n, _)| n)
+            .chain(quantized.iter().map(|(n, _)| n))
+            .map(String::as_str)
             .collect();
         let mut unused: Vec<String> = store
             .names()
@@ -149,15 +168,25 @@ impl WeightSource {
         unused
     }
 
-    /// Number of scalar parameters handed out.
+    /// Number of scalar parameters handed out (quantized ones included).
     pub fn num_parameters(&self) -> usize {
-        self.inner
+        let dense: usize = self
+            .inner
             .tensors
             .lock()
             .unwrap()
             .iter()
             .map(|(_, t)| t.elem_count())
-            .sum()
+            .sum();
+        dense
+            + self
+                .inner
+                .quantized
+                .lock()
+                .unwrap()
+                .iter()
+                .map(|(_, n)| n)
+                .sum::<usize>()
     }
 
     fn may_init(&self, name: &str) -> bool {

@@ -1,11 +1,13 @@
 //! The tensors of a checkpoint on disk, indexed by name across every file that holds
 //! them: `model.safetensors` (memory-mapped), a sharded `model.safetensors.index.json`,
-//! or `pytorch_model.bin` read by candle's pickle reader (which executes no code).
+//! or `pytorch_model.bin` read by candle's pickle reader (which executes no code), or
+//! the `model.gguf` of a folder `wick quantize` wrote.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
 use candle_core::pickle::PthTensors;
+use candle_core::quantized::{gguf_file, GgmlDType, QTensor};
 use candle_core::safetensors::MmapedSafetensors;
 use candle_core::{DType, Device, Tensor};
 
@@ -14,19 +16,34 @@ use crate::error::{Result, WickError};
 enum File {
     Safetensors(MmapedSafetensors),
     Pickle(PthTensors),
+    Gguf(gguf_file::Content),
 }
 
 pub struct TensorStore {
     files: Vec<(PathBuf, File)>,
-    /// name -> (index into `files`, shape, stored dtype)
+    /// name -> (index into `files`, shape, stored dtype); a quantized tensor appears in
+    /// the Hugging Face layout and as f32, which is what `load` dequantizes it to.
     index: HashMap<String, (usize, Vec<usize>, DType)>,
+    /// Tensors held as ggml blocks.
+    quantized: HashSet<String>,
+    /// Tensors a GGUF file holds transposed from the Hugging Face layout (GPT-2's
+    /// Conv1D weights, which quantize along rows of (out, in)).
+    transposed: HashSet<String>,
+    /// The `wick quantize` format of a GGUF file (`q8_0`, `q4k`).
+    quantization: Option<String>,
 }
+
+/// GGUF metadata keys `wick quantize` writes.
+pub const GGUF_FORMAT_KEY: &str = "wick.quantization";
+pub const GGUF_TRANSPOSED_KEY: &str = "wick.transposed";
 
 /// Weight files of a checkpoint folder, in the order transformers prefers them.
 pub fn weight_files(dir: &Path) -> Result<Vec<PathBuf>> {
-    let single = dir.join("model.safetensors");
-    if single.is_file() {
-        return Ok(vec![single]);
+    for single in ["model.safetensors", "model.gguf"] {
+        let single = dir.join(single);
+        if single.is_file() {
+            return Ok(vec![single]);
+        }
     }
     for (index, _) in [
         ("model.safetensors.index.json", ()),
@@ -43,8 +60,8 @@ pub fn weight_files(dir: &Path) -> Result<Vec<PathBuf>> {
     }
     Err(WickError::MissingFile {
         path: dir.to_path_buf(),
-        what: "no weights: looked for model.safetensors, model.safetensors.index.json, \
-               pytorch_model.bin"
+        what: "no weights: looked for model.safetensors, model.gguf, \
+               model.safetensors.index.json, pytorch_model.bin"
             .into(),
     })
 }
@@ -77,6 +94,9 @@ impl TensorStore {
     pub fn open(paths: &[PathBuf]) -> Result<Self> {
         let mut files = Vec::new();
         let mut index = HashMap::new();
+        let mut quantized = HashSet::new();
+        let mut transposed = HashSet::new();
+        let mut quantization = None;
         for (i, path) in paths.iter().enumerate() {
             if !path.is_file() {
                 return Err(WickError::MissingFile {
@@ -88,10 +108,31 @@ impl TensorStore {
                 path: path.clone(),
                 message: e.to_string(),
             };
-            let is_pickle = path
-                .extension()
-                .is_some_and(|e| e == "bin" || e == "pt" || e == "pth");
-            let file = if is_pickle {
+            let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("");
+            let is_pickle = matches!(ext, "bin" | "pt" | "pth");
+            let file = if ext == "gguf" {
+                let mut f = std::fs::File::open(path).map_err(|e| WickError::io(path, e))?;
+                let content = gguf_file::Content::read(&mut f).map_err(bad)?;
+                if let Some(v) = content.metadata.get(GGUF_FORMAT_KEY) {
+                    quantization = Some(v.to_string().map_err(bad)?.clone());
+                }
+                if let Some(v) = content.metadata.get(GGUF_TRANSPOSED_KEY) {
+                    for name in v.to_vec().map_err(bad)? {
+                        transposed.insert(name.to_string().map_err(bad)?.clone());
+                    }
+                }
+                for (name, info) in &content.tensor_infos {
+                    let mut dims = info.shape.dims().to_vec();
+                    if transposed.contains(name) {
+                        dims.reverse();
+                    }
+                    if !matches!(info.ggml_dtype, GgmlDType::F32 | GgmlDType::F16) {
+                        quantized.insert(name.clone());
+                    }
+                    index.insert(name.clone(), (i, dims, DType::F32));
+                }
+                File::Gguf(content)
+            } else if is_pickle {
                 let pth = PthTensors::new(path, None).map_err(bad)?;
                 for (name, info) in pth.tensor_infos() {
                     index.insert(
@@ -112,7 +153,13 @@ impl TensorStore {
             };
             files.push((path.clone(), file));
         }
-        Ok(Self { files, index })
+        Ok(Self {
+            files,
+            index,
+            quantized,
+            transposed,
+            quantization,
+        })
     }
 
     /// Opens the weights of a checkpoint folder.
@@ -130,6 +177,11 @@ impl TensorStore {
 
     pub fn shape(&self, name: &str) -> Option<&[usize]> {
         self.index.get(name).map(|(_, s, _)| s.as_slice())
+    }
+
+    /// The `wick quantize` format, for a quantized checkpoint.
+    pub fn quantization(&self) -> Option<&str> {
+        self.quantization.as_deref()
     }
 
     /// The dtype most of the weights are stored in (what `wick info` reports).
@@ -166,6 +218,15 @@ impl TensorStore {
             message: format!("tensor `{name}`: {e}"),
         };
         match file {
+            File::Gguf(content) => {
+                let q = read_gguf(path, content, name, &Device::Cpu).map_err(bad)?;
+                let t = q.dequantize(&Device::Cpu).map_err(bad)?;
+                if self.transposed.contains(name) {
+                    t.t().and_then(|t| t.contiguous()).map_err(bad)
+                } else {
+                    Ok(t)
+                }
+            }
             File::Safetensors(st) => st.load(name, &Device::Cpu).map_err(bad),
             File::Pickle(pth) => {
                 pth.get(name)
@@ -177,4 +238,35 @@ impl TensorStore {
             }
         }
     }
+}
+
+impl TensorStore {
+    /// The ggml blocks of a quantized tensor, as stored ((out, in) for a linear weight),
+    /// or `None` when `name` is not quantized.
+    pub fn load_quantized(&self, name: &str, device: &Device) -> Result<Option<QTensor>> {
+        if !self.quantized.contains(name) {
+            return Ok(None);
+        }
+        let (i, _, _) = self.index[name];
+        let (path, file) = &self.files[i];
+        let File::Gguf(content) = file else {
+            unreachable!("only GGUF files hold quantized tensors")
+        };
+        read_gguf(path, content, name, device)
+            .map(Some)
+            .map_err(|e| WickError::BadWeights {
+                path: path.clone(),
+                message: format!("tensor `{name}`: {e}"),
+            })
+    }
+}
+
+fn read_gguf(
+    path: &Path,
+    content: &gguf_file::Content,
+    name: &str,
+    device: &Device,
+) -> candle_core::Result<QTensor> {
+    let mut f = std::fs::File::open(path)?;
+    content.tensor(&mut f, name, device)
 }

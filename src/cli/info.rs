@@ -28,11 +28,11 @@ pub fn run(args: Args) -> Result<()> {
             c.d_ff,
         ),
     };
-    let dtype = p
-        .weights
-        .store()
-        .and_then(|s| s.stored_dtype())
-        .map(|d| format!("{d:?}").to_lowercase());
+    let dtype = p.weights.store().and_then(|s| {
+        s.quantization()
+            .map(|q| format!("{q} (linear layers), f32"))
+            .or_else(|| s.stored_dtype().map(|d| format!("{d:?}").to_lowercase()))
+    });
     let tokenizer = p
         .tokenizer
         .as_ref()

@@ -7,6 +7,7 @@ mod eval;
 mod fill_mask;
 mod generate;
 mod info;
+mod quantize;
 mod score;
 mod train;
 mod translate;
@@ -51,6 +52,8 @@ enum Command {
     Eval(eval::Args),
     /// Translate sentences with an encoder-decoder (greedy or beam search).
     Translate(translate::Args),
+    /// Quantize a GPT-2's linear layers (q8_0 or q4k) for faster CPU generation.
+    Quantize(quantize::Args),
 }
 
 /// What every subcommand that runs a model takes.
@@ -202,5 +205,6 @@ pub fn run() -> Result<()> {
         Command::Train(a) => train::run(*a),
         Command::Eval(a) => eval::run(a),
         Command::Translate(a) => translate::run(a),
+        Command::Quantize(a) => quantize::run(a),
     }
 }

@@ -15,6 +15,11 @@ pub struct Args {
     /// Score the contents of this file instead.
     #[arg(long)]
     file: Option<PathBuf>,
+    /// For a text longer than the context: score it in context-sized windows that
+    /// advance this many tokens (each token is scored once, with at least
+    /// context - stride tokens before it).
+    #[arg(long)]
+    stride: Option<usize>,
 }
 
 pub fn run(args: Args) -> Result<()> {
@@ -28,8 +33,11 @@ pub fn run(args: Args) -> Result<()> {
     let p = args.model.load(LoadOptions::default())?;
     let model = as_gpt2(&p, "score")?;
     let ids = p.tokenizer()?.encode(&text, false)?;
-    let s = crate::tasks::score::score(model, &ids, &args.model.device()?)
-        .context("scoring --text/--file")?;
+    let s = crate::tasks::score::score_strided(model, &ids, args.stride, &args.model.device()?)
+        .with_context(|| match args.stride {
+            None => "scoring --text/--file (give --stride to score a longer text in windows)",
+            Some(_) => "scoring --text/--file with --stride",
+        })?;
     emit(args.model.json, &s, || {
         format!(
             "tokens      {}\nmean NLL    {:.4}\nperplexity  {:.3}",

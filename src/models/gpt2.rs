@@ -156,6 +156,12 @@ impl Gpt2Block {
         })
     }
 
+    fn linears_mut(&mut self) -> Vec<&mut Linear> {
+        let mut all = self.attn.linears_mut();
+        all.extend(self.mlp.linears_mut());
+        all
+    }
+
     /// x: (B, T, C) -> (B, T, C)
     pub fn forward(
         &self,
@@ -217,8 +223,8 @@ pub struct Gpt2 {
     wpe: Embedding,
     h: Vec<Gpt2Block>,
     ln_f: LayerNorm,
-    /// Present only when the head is not tied to `wte`.
-    lm_head: Option<Tensor>,
+    /// Shares `wte`'s weight when tied (the checkpoint then has no `lm_head.weight`).
+    lm_head: Linear,
     cfg: Gpt2Config,
 }
 
@@ -281,11 +287,12 @@ impl Gpt2 {
             .map(|i| Gpt2Block::load(cfg, i, vb_t.pp(format!("h.{i}"))))
             .collect::<Result<Vec<_>>>()?;
         let ln_f = LayerNorm::load(cfg.n_embd, cfg.layer_norm_epsilon, vb_t.pp("ln_f"))?;
-        let lm_head = if cfg.tie_word_embeddings {
-            None
+        let head = if cfg.tie_word_embeddings {
+            wte.weight().clone()
         } else {
-            Some(vb.get((cfg.vocab_size, cfg.n_embd), "lm_head.weight")?)
+            vb.get((cfg.vocab_size, cfg.n_embd), "lm_head.weight")?
         };
+        let lm_head = Linear::new(head, None, false).named(vb.pp("lm_head").prefix());
         Ok(Self {
             wte,
             wpe,
@@ -298,6 +305,13 @@ impl Gpt2 {
 
     pub fn config(&self) -> &Gpt2Config {
         &self.cfg
+    }
+
+    /// Every linear layer, the LM head last (what quantization replaces).
+    pub fn linears_mut(&mut self) -> Vec<&mut Linear> {
+        let mut all: Vec<&mut Linear> = self.h.iter_mut().flat_map(|b| b.linears_mut()).collect();
+        all.push(&mut self.lm_head);
+        all
     }
 
     pub fn new_cache(&self, capacity: usize) -> Gpt2Cache {
@@ -334,8 +348,7 @@ impl Gpt2 {
 
     /// Projects hidden states (B, T, C) onto the vocabulary: (B, T, V).
     pub fn lm_logits(&self, hidden: &Tensor) -> Result<Tensor> {
-        let w = self.lm_head.as_ref().unwrap_or(self.wte.weight());
-        Linear::new(w.clone(), None, false).forward(hidden)
+        self.lm_head.forward(hidden)
     }
 
     /// Next-token logits for every position: (B, T, V).

@@ -84,6 +84,16 @@ impl MultiHeadAttention {
         }
     }
 
+    /// The projections, queries first, output last.
+    pub fn linears_mut(&mut self) -> Vec<&mut Linear> {
+        let mut all = match &mut self.qkv {
+            QkvProjection::Fused(qkv) => vec![qkv],
+            QkvProjection::Separate { q, k, v } => vec![q, k, v],
+        };
+        all.push(&mut self.out);
+        all
+    }
+
     /// (B, T, C) -> (B, H, T, C/H)
     fn split_heads(&self, x: &Tensor) -> Result<Tensor> {
         let (b, t, c) = x.dims3()?;

@@ -23,6 +23,10 @@ impl FeedForward {
         }
     }
 
+    pub fn linears_mut(&mut self) -> Vec<&mut Linear> {
+        vec![&mut self.up, &mut self.down]
+    }
+
     /// (B, T, C) -> (B, T, 4C) -> (B, T, C), dropout on the output.
     pub fn forward(&self, x: &Tensor, train: bool) -> Result<Tensor> {
         let h = self.activation.forward(&self.up.forward(x)?)?;

@@ -1,16 +1,28 @@
 //! A linear layer y = x·W + b for both weight layouts found in checkpoints:
-//! `nn.Linear` stores W as (out, in); GPT-2's `Conv1D` stores it as (in, out).
+//! `nn.Linear` stores W as (out, in); GPT-2's `Conv1D` stores it as (in, out). For CPU
+//! inference the weight may instead be a ggml-quantized matrix (see `wick quantize`).
 
+use candle_core::quantized::{QMatMul, QTensor};
 use candle_core::{Result, Tensor};
 use candle_nn::{Init, VarBuilder};
 
 #[derive(Debug, Clone)]
-pub struct Linear {
+enum Weight {
     /// Always kept as stored, so saving writes back the checkpoint's own layout.
-    weight: Tensor,
+    Dense(Tensor),
+    /// Quantized blocks, always (out, in): ggml's matmul computes x·Wᵀ.
+    Quantized(QMatMul),
+}
+
+#[derive(Debug, Clone)]
+pub struct Linear {
+    weight: Weight,
     bias: Option<Tensor>,
     /// True for GPT-2's Conv1D layout (in, out).
     in_out: bool,
+    /// The checkpoint prefix of this layer (`h.0.attn.c_attn`), by which quantized
+    /// weights are saved and found again.
+    name: String,
 }
 
 /// GPT-2 and BERT initialise weights from N(0, 0.02).
@@ -19,10 +31,21 @@ pub const INIT_STD: f64 = 0.02;
 impl Linear {
     pub fn new(weight: Tensor, bias: Option<Tensor>, in_out: bool) -> Self {
         Self {
-            weight,
+            weight: Weight::Dense(weight),
             bias,
             in_out,
+            name: String::new(),
         }
+    }
+
+    /// Names a layer built with `new` (the `load*` constructors take the prefix).
+    pub fn named(mut self, name: impl Into<String>) -> Self {
+        self.name = name.into();
+        self
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
     }
 
     /// `nn.Linear`: `{prefix}.weight` is (out, in).
@@ -35,7 +58,7 @@ impl Linear {
         let bias = bias
             .then(|| vb.get_with_hints(out_dim, "bias", Init::Const(0.0)))
             .transpose()?;
-        Ok(Self::new(weight, bias, false))
+        Ok(Self::new(weight, bias, false).named(vb.prefix()))
     }
 
     /// GPT-2's `Conv1D`: `{prefix}.weight` is (in, out).
@@ -54,11 +77,48 @@ impl Linear {
         let init = Init::Randn { mean: 0.0, stdev };
         let weight = vb.get_with_hints((in_dim, out_dim), "weight", init)?;
         let bias = vb.get_with_hints(out_dim, "bias", Init::Const(0.0))?;
-        Ok(Self::new(weight, Some(bias), true))
+        Ok(Self::new(weight, Some(bias), true).named(vb.prefix()))
     }
 
-    pub fn weight(&self) -> &Tensor {
-        &self.weight
+    /// Whether the checkpoint stores the weight as GPT-2's Conv1D (in, out).
+    pub fn is_conv1d(&self) -> bool {
+        self.in_out
+    }
+
+    /// The dense weight as stored; `None` once quantized.
+    pub fn weight(&self) -> Option<&Tensor> {
+        match &self.weight {
+            Weight::Dense(w) => Some(w),
+            Weight::Quantized(_) => None,
+        }
+    }
+
+    /// The dense weight as (out, in), the orientation quantized blocks run along.
+    pub fn weight_out_in(&self) -> Option<Tensor> {
+        let w = self.weight()?;
+        Some(if self.in_out { w.t().ok()? } else { w.clone() })
+    }
+
+    /// Replaces the weight by quantized blocks of shape (out, in).
+    pub fn set_quantized(&mut self, q: std::sync::Arc<QTensor>) -> Result<()> {
+        let (out, inp) = q.shape().dims2()?;
+        let dims = self.weight_out_in().map(|w| w.dims().to_vec());
+        if let Some(d) = dims.filter(|d| d[..] != [out, inp]) {
+            candle_core::bail!(
+                "quantized weight of `{}` is ({out}, {inp}), the layer is {d:?} (out, in)",
+                self.name
+            )
+        }
+        self.weight = Weight::Quantized(QMatMul::from_arc(q)?);
+        Ok(())
+    }
+
+    /// The quantized blocks, when the weight is quantized.
+    pub fn quantized(&self) -> Option<&std::sync::Arc<QTensor>> {
+        match &self.weight {
+            Weight::Quantized(QMatMul::QTensor(q)) => Some(q),
+            _ => None,
+        }
     }
 }
 
@@ -68,10 +128,10 @@ impl candle_nn::Module for Linear {
         let dims = x.dims().to_vec();
         let in_dim = dims[dims.len() - 1];
         let x2 = x.reshape(((), in_dim))?;
-        let y = if self.in_out {
-            x2.matmul(&self.weight)?
-        } else {
-            x2.matmul(&self.weight.t()?)?
+        let y = match &self.weight {
+            Weight::Dense(w) if self.in_out => x2.matmul(w)?,
+            Weight::Dense(w) => x2.matmul(&w.t()?)?,
+            Weight::Quantized(q) => candle_core::Module::forward(q, &x2.contiguous()?)?,
         }; // (N, out)
         let y = match &self.bias {
             Some(b)

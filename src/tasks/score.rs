@@ -18,23 +18,59 @@ pub struct Score {
 
 /// Log-probabilities of `ids[1..]`, each given its prefix, in one forward pass.
 pub fn score(model: &Gpt2, ids: &[u32], device: &Device) -> Result<Score> {
+    score_strided(model, ids, None, device)
+}
+
+/// Like `score`, and for a text longer than the context, over overlapping windows of
+/// the context's length that advance by `stride` tokens (transformers' perplexity
+/// recipe): every token is scored once, with at least `context - stride` tokens before
+/// it, so a smaller stride is slower and closer to the model's full-context perplexity.
+pub fn score_strided(
+    model: &Gpt2,
+    ids: &[u32],
+    stride: Option<usize>,
+    device: &Device,
+) -> Result<Score> {
     if ids.len() < 2 {
         return Err(WickError::Unsupported(
             "scoring needs at least two tokens".into(),
         ));
     }
     let max = model.config().n_positions;
-    if ids.len() > max {
-        return Err(WickError::TooLong {
-            len: ids.len(),
-            max,
-        });
+    let stride = match stride {
+        _ if ids.len() <= max => max,
+        None => {
+            return Err(WickError::TooLong {
+                len: ids.len(),
+                max,
+            })
+        }
+        Some(s) if s == 0 || s >= max => {
+            return Err(WickError::Unsupported(format!(
+                "the stride must be between 1 and {} (the context less one), got {s}",
+                max - 1
+            )))
+        }
+        Some(s) => s,
+    };
+    let mut logprobs = Vec::with_capacity(ids.len() - 1);
+    let mut begin = 0;
+    loop {
+        let end = (begin + max).min(ids.len());
+        let window = &ids[begin..end];
+        let x = Tensor::new(window, device)?.unsqueeze(0)?; // (1, W)
+        let logits = model.forward(&x, None, None, false)?.i(0)?; // (W, V)
+        let logp = candle_nn::ops::log_softmax(&logits.narrow(0, 0, window.len() - 1)?, D::Minus1)?;
+        let targets = Tensor::new(&window[1..], device)?.unsqueeze(1)?; // (W-1, 1)
+        let lp = logp.gather(&targets, 1)?.squeeze(1)?.to_vec1::<f32>()?;
+        // Tokens up to ids[1 + logprobs.len()] were scored by an earlier window.
+        let first_new = 1 + logprobs.len() - (begin + 1);
+        logprobs.extend_from_slice(&lp[first_new..]);
+        if end == ids.len() {
+            break;
+        }
+        begin += stride;
     }
-    let x = Tensor::new(ids, device)?.unsqueeze(0)?; // (1, T)
-    let logits = model.forward(&x, None, None, false)?.i(0)?; // (T, V)
-    let logp = candle_nn::ops::log_softmax(&logits.narrow(0, 0, ids.len() - 1)?, D::Minus1)?;
-    let targets = Tensor::new(&ids[1..], device)?.unsqueeze(1)?; // (T-1, 1)
-    let logprobs = logp.gather(&targets, 1)?.squeeze(1)?.to_vec1::<f32>()?;
     let mean_nll = -logprobs.iter().map(|&v| v as f64).sum::<f64>() / logprobs.len() as f64;
     Ok(Score {
         token_ids: ids.to_vec(),

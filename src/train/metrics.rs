@@ -18,6 +18,10 @@ pub struct Record {
     pub lr: f64,
     pub grad_norm: f64,
     pub tokens_per_sec: f64,
+    /// Wall seconds of training so far (evals included; a resumed run carries on from its
+    /// checkpoint's figure), so curves can be read against minutes as well as steps.
+    #[serde(default)]
+    pub elapsed_s: f64,
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub accuracy: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none", default)]

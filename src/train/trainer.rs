@@ -510,6 +510,7 @@ pub fn train(req: TrainRequest) -> Result<TrainSummary> {
     );
     pb.set_position(start_step as u64);
     let run_start = Instant::now();
+    let elapsed_before = metrics.records.last().map_or(0.0, |r| r.elapsed_s);
     let mut window = (Instant::now(), 0usize, 0f64, 0usize); // (since, tokens, loss sum, steps)
     let mut last_saved = None;
     let mut interrupted = false;
@@ -577,6 +578,7 @@ pub fn train(req: TrainRequest) -> Result<TrainSummary> {
                 lr,
                 grad_norm: norm,
                 tokens_per_sec: tps,
+                elapsed_s: elapsed_before + run_start.elapsed().as_secs_f64(),
                 accuracy,
                 macro_f1,
             })?;
