@@ -18,11 +18,20 @@ bench:
     cargo bench --bench forward
     python3 benches/peers/forward_transformers.py
 
-# Decode speed (batch 1, 128 new tokens) of wick, then transformers with 2 and 1 threads.
+# Decode speed (batch 1, 128 new tokens) of wick in f32, q8_0 and q4k, then transformers
+# (f32) with 2 and 1 threads.
 bench-generate:
     cargo bench --bench generate
     python3 benches/peers/generate_transformers.py
     OMP_NUM_THREADS=1 python3 benches/peers/generate_transformers.py
+
+# Perplexity of the real gpt2-shakespeare-small on the held-out 10% of tiny shakespeare,
+# f32 against its q8_0 and q4k quantizations (the speed side is `just bench-generate`).
+bench-quantize:
+    cargo build --release
+    tail -c 111540 data/tinyshakespeare.txt > /tmp/shakespeare-val.txt
+    for f in q8_0 q4k; do target/release/wick quantize --model ../shared/data/gpt2-shakespeare-small --out runs/gpt2-shakespeare-small-$f --format $f; done
+    for m in ../shared/data/gpt2-shakespeare-small runs/gpt2-shakespeare-small-q8_0 runs/gpt2-shakespeare-small-q4k; do echo $m; target/release/wick score --model $m --file /tmp/shakespeare-val.txt --stride 128 | grep -E "tokens|perplexity"; done
 
 # Where a training step of the default preset spends its time, then a 200-step run of
 # `wick train` with its tokens/s and peak RSS.
