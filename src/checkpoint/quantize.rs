@@ -14,7 +14,7 @@ use std::sync::Arc;
 use candle_core::quantized::{gguf_file, GgmlDType, QTensor};
 use candle_core::Device;
 
-use super::store::{GGUF_FORMAT_KEY, GGUF_TRANSPOSED_KEY};
+use super::store::{GGUF_ALIASES_KEY, GGUF_FORMAT_KEY, GGUF_TRANSPOSED_KEY};
 use super::{atomic_write, Pretrained, TensorStore, WeightSource};
 use crate::error::{Result, WickError};
 use crate::models::Model;
@@ -97,6 +97,9 @@ pub fn quantize_model(
             dtype: dtype.map(|d| format!("{d:?}").to_lowercase()),
         });
     }
+    if let Model::Gpt2(m) = model {
+        m.tie_embedding_to_quantized_head()?;
+    }
     Ok(done)
 }
 
@@ -121,6 +124,20 @@ pub fn attach_quantized(
     Ok(())
 }
 
+/// The name of a GPT-2's token embedding when its LM head is tied to it and quantized.
+fn tied_embedding<'a>(p: &Pretrained, dense: &'a [String]) -> Option<&'a str> {
+    let Model::Gpt2(m) = &p.model else {
+        return None;
+    };
+    if !m.config().tie_word_embeddings || m.lm_head_quantized().is_none() {
+        return None;
+    }
+    dense
+        .iter()
+        .map(String::as_str)
+        .find(|n| matches!(*n, "transformer.wte.weight" | "wte.weight"))
+}
+
 /// Writes a quantized checkpoint folder: `model.gguf`, the tokenizer, the model's
 /// generation_config.json, then config.json (what makes a folder a checkpoint), each
 /// atomically.
@@ -139,7 +156,14 @@ pub fn save_quantized(dir: &Path, p: &mut Pretrained, format: QuantFormat) -> Re
             quantized.push((name, q.clone()));
         }
     }
-    let skip: HashSet<&str> = quantized.iter().map(|(n, _)| n.as_str()).collect();
+    let mut skip: HashSet<&str> = quantized.iter().map(|(n, _)| n.as_str()).collect();
+    // A tied token embedding is the head's blocks dequantized: stored once, as the head.
+    let dense_names: Vec<String> = p.weights.tensors().into_iter().map(|(n, _)| n).collect();
+    let mut aliases = Vec::new();
+    if let Some(wte) = tied_embedding(p, &dense_names) {
+        skip.insert(wte);
+        aliases.push(gguf_file::Value::String(format!("{wte}=lm_head.weight")));
+    }
     let dense = p
         .weights
         .tensors()
@@ -159,9 +183,11 @@ pub fn save_quantized(dir: &Path, p: &mut Pretrained, format: QuantFormat) -> Re
         .collect();
     let format_value = gguf_file::Value::String(format.name().into());
     let transposed = gguf_file::Value::Array(transposed);
+    let aliases = gguf_file::Value::Array(aliases);
     let metadata = [
         (GGUF_FORMAT_KEY, &format_value),
         (GGUF_TRANSPOSED_KEY, &transposed),
+        (GGUF_ALIASES_KEY, &aliases),
     ];
     let mut bytes = std::io::Cursor::new(Vec::new());
     gguf_file::write(&mut bytes, &metadata, &tensors).map_err(|e| WickError::BadWeights {

@@ -31,11 +31,16 @@ pub struct TensorStore {
     transposed: HashSet<String>,
     /// The `wick quantize` format of a GGUF file (`q8_0`, `q4k`).
     quantization: Option<String>,
+    /// Names a GGUF file stores under another tensor's name (a tied token embedding
+    /// kept only as the quantized LM head): alias -> stored name.
+    aliases: HashMap<String, String>,
 }
 
 /// GGUF metadata keys `wick quantize` writes.
 pub const GGUF_FORMAT_KEY: &str = "wick.quantization";
 pub const GGUF_TRANSPOSED_KEY: &str = "wick.transposed";
+/// Entries `alias=stored`: `alias` loads as the dequantized `stored` tensor.
+pub const GGUF_ALIASES_KEY: &str = "wick.aliases";
 
 /// Weight files of a checkpoint folder, in the order transformers prefers them.
 pub fn weight_files(dir: &Path) -> Result<Vec<PathBuf>> {
@@ -97,6 +102,7 @@ impl TensorStore {
         let mut quantized = HashSet::new();
         let mut transposed = HashSet::new();
         let mut quantization = None;
+        let mut aliases = HashMap::new();
         for (i, path) in paths.iter().enumerate() {
             if !path.is_file() {
                 return Err(WickError::MissingFile {
@@ -131,6 +137,23 @@ impl TensorStore {
                     }
                     index.insert(name.clone(), (i, dims, DType::F32));
                 }
+                if let Some(v) = content.metadata.get(GGUF_ALIASES_KEY) {
+                    for entry in v.to_vec().map_err(bad)? {
+                        let entry = entry.to_string().map_err(bad)?;
+                        let (alias, stored) = entry
+                            .split_once('=')
+                            .filter(|(_, stored)| index.contains_key(*stored))
+                            .ok_or_else(|| WickError::BadWeights {
+                                path: path.clone(),
+                                message: format!(
+                                    "{GGUF_ALIASES_KEY} entry `{entry}` names no stored tensor"
+                                ),
+                            })?;
+                        let (_, dims, dtype) = index[stored].clone();
+                        index.insert(alias.to_string(), (i, dims, dtype));
+                        aliases.insert(alias.to_string(), stored.to_string());
+                    }
+                }
                 File::Gguf(content)
             } else if is_pickle {
                 let pth = PthTensors::new(path, None).map_err(bad)?;
@@ -159,6 +182,7 @@ impl TensorStore {
             quantized,
             transposed,
             quantization,
+            aliases,
         })
     }
 
@@ -205,6 +229,7 @@ impl TensorStore {
 
     /// Loads a tensor on the CPU in its stored dtype.
     pub fn load(&self, name: &str) -> Result<Tensor> {
+        let name = self.aliases.get(name).map_or(name, String::as_str);
         let (i, _, _) = self
             .index
             .get(name)

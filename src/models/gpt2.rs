@@ -314,6 +314,26 @@ impl Gpt2 {
         all
     }
 
+    pub fn lm_head_quantized(&self) -> Option<&std::sync::Arc<candle_core::quantized::QTensor>> {
+        self.lm_head.quantized()
+    }
+
+    /// After quantization of a tied model: the token embedding becomes the dequantized
+    /// LM head, which is how a quantized checkpoint stores it (once, as the head's
+    /// blocks), so a model quantized in memory computes what its saved folder does.
+    /// Returns whether it did (the head is tied and quantized).
+    pub fn tie_embedding_to_quantized_head(&mut self) -> Result<bool> {
+        if !self.cfg.tie_word_embeddings {
+            return Ok(false);
+        }
+        let Some(q) = self.lm_head.quantized() else {
+            return Ok(false);
+        };
+        let w = q.dequantize(self.wte.weight().device())?;
+        self.wte = Embedding::new(w);
+        Ok(true)
+    }
+
     pub fn new_cache(&self, capacity: usize) -> Gpt2Cache {
         Gpt2Cache::new(self.cfg.n_layer, capacity)
     }
