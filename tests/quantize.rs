@@ -70,7 +70,10 @@ fn q8_0_stays_close_to_f32_and_round_trips_exactly() {
     let mut f = std::fs::File::open(dir.path().join("model.gguf")).unwrap();
     let content = candle_core::quantized::gguf_file::Content::read(&mut f).unwrap();
     assert!(content.tensor_infos.contains_key("lm_head.weight"));
-    assert!(!content.tensor_infos.keys().any(|n| n.ends_with("wte.weight")));
+    assert!(!content
+        .tensor_infos
+        .keys()
+        .any(|n| n.ends_with("wte.weight")));
     let back = load_dir(dir.path());
     assert_eq!(
         logits(&back, &ids),

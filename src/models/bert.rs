@@ -14,7 +14,7 @@ use serde_json::{Map, Value};
 use crate::error::WickError;
 use crate::nn::{
     dropout, residual, Activation, Embedding, FeedForward, LayerNorm, Linear, Mask,
-    MultiHeadAttention, NormPlacement, QkvProjection,
+    MultiHeadAttention, NormPlacement, Packing, QkvProjection,
 };
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -264,14 +264,20 @@ impl BertLayer {
         })
     }
 
-    /// x: (B, T, H) -> (B, T, H)
-    fn forward(&self, x: &Tensor, mask: &Mask, train: bool) -> Result<Tensor> {
+    /// x: (B, T, H) -> (B, T, H), or packed real tokens (N, H) -> (N, H) with a packing.
+    fn forward(
+        &self,
+        x: &Tensor,
+        mask: &Mask,
+        packing: Option<&Packing>,
+        train: bool,
+    ) -> Result<Tensor> {
         let x = residual(x, &self.attention_norm, NormPlacement::Post, |h| {
-            dropout(
-                &self.attention.forward(h, mask, None, train)?,
-                self.dropout,
-                train,
-            )
+            let a = match packing {
+                Some(p) => self.attention.forward_packed(h, p, mask, train)?,
+                None => self.attention.forward(h, mask, None, train)?,
+            };
+            dropout(&a, self.dropout, train)
         })?;
         residual(&x, &self.output_norm, NormPlacement::Post, |h| {
             self.ffn.forward(h, train)
@@ -422,12 +428,24 @@ impl Bert {
                 max: self.cfg.max_position_embeddings,
             }));
         }
-        let mut x = self.embeddings.forward(ids, token_type_ids, train)?;
+        let x = self.embeddings.forward(ids, token_type_ids, train)?; // (B, T, H)
         let mask = Mask::new(t, t, false, attention_mask, x.dtype(), x.device())?;
+        // With padding, every layer runs on the real tokens only (nn/packing.rs).
+        let packing = match attention_mask {
+            Some(m) => Packing::from_mask(m)?,
+            None => None,
+        };
+        let mut x = match &packing {
+            Some(p) => p.pack(&x)?, // (N, H)
+            None => x,
+        };
         for layer in &self.layers {
-            x = layer.forward(&x, &mask, train)?;
+            x = layer.forward(&x, &mask, packing.as_ref(), train)?;
         }
-        Ok(x)
+        match &packing {
+            Some(p) => p.unpack(&x), // (B, T, H)
+            None => Ok(x),
+        }
     }
 
     /// tanh(W·h_[CLS] + b): (B, T, H) -> (B, H).

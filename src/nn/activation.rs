@@ -18,15 +18,14 @@ pub enum Activation {
 
 impl Activation {
     /// candle's `gelu` is the tanh approximation and `gelu_erf` the exact form; both
-    /// have a backward pass.
+    /// have a backward pass, but as chains of small ops: on the CPU the fused kernels
+    /// (one pass forward, one backward) serve f32.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let fused = x.dtype() == candle_core::DType::F32 && super::fused::enabled(x.device());
         match self {
+            Activation::Gelu if fused => super::fused::gelu_erf(x),
             Activation::Gelu => x.gelu_erf(),
-            Activation::GeluNew
-                if x.dtype() == candle_core::DType::F32 && super::fused::enabled(x.device()) =>
-            {
-                super::fused::gelu_tanh(x)
-            }
+            Activation::GeluNew if fused => super::fused::gelu_tanh(x),
             Activation::GeluNew => x.gelu(),
             Activation::Relu => x.relu(),
         }

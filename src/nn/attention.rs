@@ -6,7 +6,7 @@ use candle_core::{Result, Tensor, D};
 use candle_nn::Module;
 
 use super::mask::{attention_bias, Mask};
-use super::{dropout, fused, KvCache, Linear};
+use super::{dropout, fused, KvCache, Linear, Packing};
 
 /// softmax(q·kᵀ·scale + mask)·v.
 /// q: (B, H, Tq, D), k and v: (B, H, Tk, D); a bias mask broadcasts to (B, H, Tq, Tk).
@@ -125,21 +125,7 @@ impl MultiHeadAttention {
         cache: Option<&mut KvCache>,
         train: bool,
     ) -> Result<Tensor> {
-        let (q, k, v) = match &self.qkv {
-            QkvProjection::Fused(qkv) => {
-                let c = x.dim(D::Minus1)?;
-                let qkv = qkv.forward(x)?; // (B, T, 3C)
-                (
-                    qkv.narrow(2, 0, c)?,
-                    qkv.narrow(2, c, c)?,
-                    qkv.narrow(2, 2 * c, c)?,
-                )
-            }
-            QkvProjection::Separate { .. } => {
-                let (k, v) = self.project_kv(x)?;
-                (self.project_q(x)?, k, v)
-            }
-        };
+        let (q, k, v) = self.project_qkv(x)?; // (B, T, C) each
         let (q, k, v) = (
             self.split_heads(&q)?,
             self.split_heads(&k)?,
@@ -150,6 +136,50 @@ impl MultiHeadAttention {
             None => (k, v),
         };
         self.attend(&q, &k, &v, mask, train)
+    }
+
+    /// Self-attention over packed real tokens x: (N, C) -> (N, C). The projections run
+    /// on the N rows; the scores on the padded (B, H, T, T) view, under `mask`.
+    pub fn forward_packed(
+        &self,
+        x: &Tensor,
+        packing: &Packing,
+        mask: &Mask,
+        train: bool,
+    ) -> Result<Tensor> {
+        let (q, k, v) = self.project_qkv(x)?; // (N, C) each
+        let heads = |t: &Tensor| self.split_heads(&packing.unpack(t)?); // (B, H, T, C/H)
+        let y = scaled_dot_product_attention(
+            &heads(&q)?,
+            &heads(&k)?,
+            &heads(&v)?,
+            mask,
+            self.scale,
+            self.dropout,
+            train,
+        )?;
+        let y = packing.pack(&merge_heads(&y)?)?; // (N, C)
+        self.out.forward(&y)
+    }
+
+    /// Queries, keys and values of x: (..., C) -> three (..., C).
+    fn project_qkv(&self, x: &Tensor) -> Result<(Tensor, Tensor, Tensor)> {
+        match &self.qkv {
+            QkvProjection::Fused(qkv) => {
+                let c = x.dim(D::Minus1)?;
+                let qkv = qkv.forward(x)?; // (..., 3C)
+                let last = qkv.rank() - 1;
+                Ok((
+                    qkv.narrow(last, 0, c)?,
+                    qkv.narrow(last, c, c)?,
+                    qkv.narrow(last, 2 * c, c)?,
+                ))
+            }
+            QkvProjection::Separate { .. } => {
+                let (k, v) = self.project_kv(x)?;
+                Ok((self.project_q(x)?, k, v))
+            }
+        }
     }
 
     /// Cross-attention: queries from x (B, Tq, C), keys and values from `memory`
@@ -190,10 +220,14 @@ impl MultiHeadAttention {
         train: bool,
     ) -> Result<Tensor> {
         let y = scaled_dot_product_attention(q, k, v, mask, self.scale, self.dropout, train)?;
-        let (b, h, t, d) = y.dims4()?;
-        let y = y.transpose(1, 2)?.reshape((b, t, h * d))?; // (B, T, C)
-        self.out.forward(&y)
+        self.out.forward(&merge_heads(&y)?)
     }
+}
+
+/// (B, H, T, D) -> (B, T, H·D)
+fn merge_heads(y: &Tensor) -> Result<Tensor> {
+    let (b, h, t, d) = y.dims4()?;
+    y.transpose(1, 2)?.reshape((b, t, h * d))
 }
 
 #[cfg(test)]

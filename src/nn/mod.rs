@@ -11,6 +11,7 @@ pub mod kv_cache;
 pub mod layer_norm;
 pub mod linear;
 pub mod mask;
+pub mod packing;
 pub mod residual;
 
 pub use activation::Activation;
@@ -21,6 +22,7 @@ pub use kv_cache::KvCache;
 pub use layer_norm::LayerNorm;
 pub use linear::Linear;
 pub use mask::{attention_bias, Mask};
+pub use packing::Packing;
 pub use residual::{residual, NormPlacement};
 
 use candle_core::{Result, Tensor};
