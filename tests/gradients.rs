@@ -94,15 +94,17 @@ fn gpt2_gradients_match_finite_differences() {
 #[test]
 fn bert_gradients_match_finite_differences() {
     let cfg = config(
-        serde_json::json!({"model_type": "bert", "architectures": ["BertForMaskedLM"],
+        serde_json::json!({"model_type": "bert", "architectures": ["BertForPreTraining"],
         "vocab_size": 13, "hidden_size": 8, "num_hidden_layers": 2, "num_attention_heads": 2,
         "intermediate_size": 16, "max_position_embeddings": 8, "layer_norm_eps": 1e-5}),
     );
     let w = WeightSource::from_scratch();
+    // BERT's pretraining heads: masked LM and next-sentence prediction on the pooler.
     let heads = BertHeads {
-        pooler: false,
+        pooler: true,
         mlm: true,
         classifier: false,
+        nsp: true,
     };
     let Model::Bert(m) =
         Model::build(&cfg, Some(heads), w.var_builder(DType::F64, &Device::Cpu)).unwrap()
@@ -114,9 +116,12 @@ fn bert_gradients_match_finite_differences() {
     let mask = Tensor::new(&[[1u32, 1, 1, 1, 1], [1, 1, 1, 1, 0]], &dev).unwrap();
     let tt = Tensor::new(&[[0u32, 0, 0, 1, 1], [0, 0, 1, 1, 1]], &dev).unwrap();
     let y = Tensor::new(&[[1u32, 6, 8, 12, 2], [11, 3, 5, 6, 1]], &dev).unwrap();
+    let is_next = Tensor::new(&[0u32, 1], &dev).unwrap();
     let loss = || {
         let h = m.forward(&x, Some(&tt), Some(&mask), false).unwrap();
-        cross_entropy(&m.mlm_logits(&h).unwrap(), &y)
+        let mlm = cross_entropy(&m.mlm_logits(&h).unwrap(), &y);
+        let nsp = cross_entropy(&m.nsp_logits(&h).unwrap(), &is_next);
+        (mlm + nsp).unwrap()
     };
     check(
         &w.vars(),
@@ -130,6 +135,9 @@ fn bert_gradients_match_finite_differences() {
             "bert.encoder.layer.1.intermediate.dense.weight",
             "cls.predictions.transform.dense.weight",
             "cls.predictions.bias",
+            "bert.pooler.dense.weight",
+            "cls.seq_relationship.weight",
+            "cls.seq_relationship.bias",
         ],
     );
 }

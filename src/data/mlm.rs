@@ -17,16 +17,85 @@ use crate::error::{Result, WickError};
 use crate::nn::fused::IGNORE;
 use crate::tokenizer::Tokenizer;
 
+/// The masking rule, shared by masked-LM and MLM+NSP batches.
+pub struct Masker {
+    mask: u32,
+    vocab: u32,
+    prob: f64,
+    /// Per token id: whether it continues the previous word (whole-word masking only).
+    continues: Option<Vec<bool>>,
+}
+
+/// The id of a special token BERT's objectives need.
+pub fn special_id(tok: &Tokenizer, token: &str) -> Result<u32> {
+    tok.token_to_id(token).ok_or_else(|| {
+        WickError::Unsupported(format!("masked LM needs a {token} token in the tokenizer"))
+    })
+}
+
+impl Masker {
+    pub fn new(tok: &Tokenizer, whole_word: bool) -> Result<Self> {
+        Ok(Self {
+            mask: special_id(tok, "[MASK]")?,
+            vocab: tok.vocab_size() as u32,
+            prob: 0.15,
+            continues: whole_word.then(|| {
+                (0..tok.vocab_size() as u32)
+                    .map(|i| tok.id_to_token(i).is_some_and(|t| t.starts_with("##")))
+                    .collect()
+            }),
+        })
+    }
+
+    pub fn mask_id(&self) -> u32 {
+        self.mask
+    }
+
+    /// Appends `tokens` to `ids`, each chosen one masked 80/10/10, and their labels
+    /// (`IGNORE` where not chosen); returns how many were chosen.
+    pub fn apply(
+        &self,
+        tokens: &[u32],
+        rng: &mut StdRng,
+        ids: &mut Vec<u32>,
+        labels: &mut Vec<u32>,
+    ) -> usize {
+        let mut chosen = 0;
+        let mut word_chosen = false;
+        for &t in tokens {
+            let continues = self
+                .continues
+                .as_ref()
+                .is_some_and(|c| c.get(t as usize).copied().unwrap_or(false));
+            if !continues {
+                word_chosen = rng.random_bool(self.prob);
+            }
+            if word_chosen {
+                chosen += 1;
+                labels.push(t);
+                let r: f64 = rng.random();
+                ids.push(if r < 0.8 {
+                    self.mask
+                } else if r < 0.9 {
+                    rng.random_range(0..self.vocab)
+                } else {
+                    t
+                });
+            } else {
+                ids.push(t);
+                labels.push(IGNORE);
+            }
+        }
+        chosen
+    }
+}
+
 pub struct MlmBatches {
     windows: LmBatches,
     cls: u32,
     sep: u32,
-    mask: u32,
-    vocab: u32,
+    masker: Masker,
     seed: u64,
-    prob: f64,
-    /// Per token id: whether it continues the previous word (whole-word masking only).
-    continues: Option<Vec<bool>>,
 }
 
 impl MlmBatches {
@@ -42,11 +111,6 @@ impl MlmBatches {
         tok: &Tokenizer,
         whole_word: bool,
     ) -> Result<Self> {
-        let id = |t: &str| {
-            tok.token_to_id(t).ok_or_else(|| {
-                WickError::Unsupported(format!("masked LM needs a {t} token in the tokenizer"))
-            })
-        };
         if block_size < 4 {
             return Err(WickError::Unsupported(
                 "--block-size must be at least 4 for masked LM".into(),
@@ -62,17 +126,10 @@ impl MlmBatches {
                 seed,
                 shuffle,
             )?,
-            cls: id("[CLS]")?,
-            sep: id("[SEP]")?,
-            mask: id("[MASK]")?,
-            vocab: tok.vocab_size() as u32,
+            cls: special_id(tok, "[CLS]")?,
+            sep: special_id(tok, "[SEP]")?,
+            masker: Masker::new(tok, whole_word)?,
             seed,
-            prob: 0.15,
-            continues: whole_word.then(|| {
-                (0..tok.vocab_size() as u32)
-                    .map(|i| tok.id_to_token(i).is_some_and(|t| t.starts_with("##")))
-                    .collect()
-            }),
         })
     }
 
@@ -92,38 +149,14 @@ impl MlmBatches {
         for row in &rows {
             ids.push(self.cls);
             labels.push(IGNORE);
-            let mut word_chosen = false;
-            for &t in row {
-                let continues = self
-                    .continues
-                    .as_ref()
-                    .is_some_and(|c| c.get(t as usize).copied().unwrap_or(false));
-                if !continues {
-                    word_chosen = rng.random_bool(self.prob);
-                }
-                if word_chosen {
-                    chosen += 1;
-                    labels.push(t);
-                    let r: f64 = rng.random();
-                    ids.push(if r < 0.8 {
-                        self.mask
-                    } else if r < 0.9 {
-                        rng.random_range(0..self.vocab)
-                    } else {
-                        t
-                    });
-                } else {
-                    ids.push(t);
-                    labels.push(IGNORE);
-                }
-            }
+            chosen += self.masker.apply(row, &mut rng, &mut ids, &mut labels);
             ids.push(self.sep);
             labels.push(IGNORE);
         }
         if chosen == 0 {
             // Always at least one prediction, so the loss is defined.
             labels[1] = rows[0][0];
-            ids[1] = self.mask;
+            ids[1] = self.masker.mask_id();
         }
         let shape = (rows.len(), rows[0].len() + 2);
         Ok((

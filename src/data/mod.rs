@@ -6,6 +6,7 @@ pub mod labeled;
 pub mod lm;
 pub mod mlm;
 pub mod npy;
+pub mod nsp;
 pub mod order;
 pub mod pairs;
 pub mod tokens;

@@ -328,6 +328,8 @@ pub struct BertHeads {
     pub pooler: bool,
     pub mlm: bool,
     pub classifier: bool,
+    /// Next-sentence prediction (`cls.seq_relationship`, BertForPreTraining).
+    pub nsp: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -337,6 +339,8 @@ pub struct Bert {
     pooler: Option<Linear>,
     mlm: Option<BertMlmHead>,
     classifier: Option<Linear>,
+    /// IsNext / NotNext logits from the pooled [CLS] state.
+    nsp: Option<Linear>,
     classifier_dropout: f64,
     cfg: BertConfig,
 }
@@ -346,11 +350,17 @@ impl BertHeads {
     pub fn detect(cfg: &BertConfig, vb: &VarBuilder) -> Self {
         let arch = cfg.architecture.as_deref().unwrap_or("BertModel");
         let has = |n: &str| vb.contains_tensor(n) || vb.contains_tensor(&format!("bert.{n}"));
+        let pretraining = arch == "BertForPreTraining";
         Self {
-            pooler: has("pooler.dense.weight") || arch == "BertForSequenceClassification",
-            mlm: vb.contains_tensor("cls.predictions.bias") || arch == "BertForMaskedLM",
+            pooler: has("pooler.dense.weight")
+                || arch == "BertForSequenceClassification"
+                || pretraining,
+            mlm: vb.contains_tensor("cls.predictions.bias")
+                || arch == "BertForMaskedLM"
+                || pretraining,
             classifier: vb.contains_tensor("classifier.weight")
                 || arch == "BertForSequenceClassification",
+            nsp: vb.contains_tensor("cls.seq_relationship.weight") || pretraining,
         }
     }
 }
@@ -360,7 +370,7 @@ impl Bert {
         // Task models (BertFor*) prefix the encoder with `bert.`; BertModel does not.
         let prefixed = vb.contains_tensor("bert.embeddings.word_embeddings.weight")
             || (!vb.contains_tensor("embeddings.word_embeddings.weight")
-                && (heads.mlm || heads.classifier));
+                && (heads.mlm || heads.classifier || heads.nsp));
         let vb_b = if prefixed { vb.pp("bert") } else { vb.clone() };
         let h = cfg.hidden_size;
         let embeddings = BertEmbeddings::load(cfg, vb_b.pp("embeddings"))?;
@@ -390,12 +400,20 @@ impl Bert {
         } else {
             None
         };
+        if heads.nsp && pooler.is_none() {
+            candle_core::bail!("next-sentence prediction needs the pooler")
+        }
+        let nsp = heads
+            .nsp
+            .then(|| Linear::load(h, 2, true, vb.pp("cls.seq_relationship")))
+            .transpose()?;
         Ok(Self {
             embeddings,
             layers,
             pooler,
             mlm,
             classifier,
+            nsp,
             classifier_dropout: cfg.classifier_dropout.unwrap_or(cfg.hidden_dropout_prob),
             cfg: cfg.clone(),
         })
@@ -411,6 +429,10 @@ impl Bert {
 
     pub fn has_classifier(&self) -> bool {
         self.classifier.is_some()
+    }
+
+    pub fn has_nsp_head(&self) -> bool {
+        self.nsp.is_some()
     }
 
     /// Last hidden states. ids, token types, mask: (B, T) -> (B, T, H).
@@ -465,6 +487,18 @@ impl Bert {
             )
         })?;
         head.forward(hidden)
+    }
+
+    /// Next-sentence logits from the pooled [CLS] state, (B, T, H) -> (B, 2): index 0 is
+    /// "B follows A", 1 "B is a random sentence" (transformers' convention; no dropout,
+    /// as in BertPreTrainingHeads).
+    pub fn nsp_logits(&self, hidden: &Tensor) -> Result<Tensor> {
+        let nsp = self.nsp.as_ref().ok_or_else(|| {
+            candle_core::Error::msg(
+                "this BERT checkpoint has no next-sentence head (cls.seq_relationship.*)",
+            )
+        })?;
+        nsp.forward(&self.pooled(hidden)?)
     }
 
     /// Classification logits from the pooled [CLS] state: (B, T, H) -> (B, num_labels).

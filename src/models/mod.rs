@@ -51,6 +51,9 @@ impl Model {
                 if b.has_mlm_head() {
                     parts.push("masked-LM head");
                 }
+                if b.has_nsp_head() {
+                    parts.push("next-sentence head");
+                }
                 if b.has_classifier() {
                     parts.push("classification head");
                 }

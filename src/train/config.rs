@@ -17,6 +17,11 @@ pub enum Objective {
     Clm,
     /// Masked language modelling (BERT).
     Mlm,
+    /// BERT's original pretraining: masked LM plus next-sentence prediction on sentence
+    /// pairs from a corpus of documents.
+    #[serde(rename = "mlm+nsp")]
+    #[value(name = "mlm+nsp")]
+    MlmNsp,
     /// Sequence classification on [CLS].
     Classify,
     /// Translation with the encoder-decoder, teacher-forced, on source<TAB>target pairs.

@@ -11,6 +11,7 @@ use candle_core::{Device, Tensor};
 use super::loss::{cross_entropy, lm_loss, masked_lm_loss, smoothed_loss};
 use crate::data::labeled::ClassifyBatches;
 use crate::data::mlm::MlmBatches;
+use crate::data::nsp::{NspBatch, NspBatches};
 use crate::data::pairs::PairBatches;
 use crate::data::{LmBatches, TokenBuffer};
 use crate::error::Result;
@@ -30,6 +31,12 @@ pub enum Task<'m> {
         model: &'m Bert,
         train: MlmBatches,
         val: Option<MlmBatches>,
+    },
+    /// BERT's pretraining: masked LM plus next-sentence prediction on sentence pairs.
+    MlmNsp {
+        model: &'m Bert,
+        train: NspBatches,
+        val: Option<NspBatches>,
     },
     /// Translation with the encoder-decoder, teacher-forced.
     Seq2Seq {
@@ -72,6 +79,10 @@ impl Task<'_> {
                     &model.mlm_logits(&model.forward(&x, None, None, true)?)?,
                     &y,
                 )?
+            }
+            Task::MlmNsp { model, train, .. } => {
+                let (mlm, nsp, _) = mlm_nsp_losses(model, &train.batch(n, device)?, true)?;
+                (mlm + nsp)?
             }
             Task::Classify { model, train, .. } => {
                 let (x, tt, mask, y) = train.batch(n, device)?;
@@ -149,6 +160,27 @@ impl Task<'_> {
                     macro_f1: None,
                 }))
             }
+            Task::MlmNsp {
+                model,
+                val: Some(val),
+                ..
+            } => {
+                // The whole validation set, in order: summed loss and NSP accuracy.
+                let (mut loss, mut correct, mut seen) = (0f64, 0usize, 0usize);
+                let n = val.batches_per_pass();
+                for i in 0..n {
+                    let b = val.batch(i, device)?;
+                    let (mlm, nsp, right) = mlm_nsp_losses(model, &b, false)?;
+                    loss += (mlm + nsp)?.to_scalar::<f32>()? as f64;
+                    correct += right;
+                    seen += b.nsp_labels.dim(0)?;
+                }
+                Ok(Some(Eval {
+                    loss: loss / n as f64,
+                    accuracy: Some(correct as f64 / seen as f64),
+                    macro_f1: None,
+                }))
+            }
             Task::Classify {
                 model,
                 val: Some(val),
@@ -199,6 +231,21 @@ impl Task<'_> {
             _ => None,
         }
     }
+}
+
+/// The masked-LM and next-sentence losses of a batch (BertForPreTraining's total loss is
+/// their sum), and how many next-sentence labels the model got right.
+fn mlm_nsp_losses(model: &Bert, b: &NspBatch, train: bool) -> Result<(Tensor, Tensor, usize)> {
+    let h = model.forward(&b.ids, Some(&b.token_types), Some(&b.mask), train)?;
+    let mlm = masked_lm_loss(&model.mlm_logits(&h)?, &b.mlm_labels)?;
+    let nsp_logits = model.nsp_logits(&h)?; // (B, 2)
+    let nsp = cross_entropy(&nsp_logits, &b.nsp_labels)?;
+    let pred = nsp_logits
+        .argmax(candle_core::D::Minus1)?
+        .to_vec1::<u32>()?;
+    let gold = b.nsp_labels.to_vec1::<u32>()?;
+    let right = pred.iter().zip(&gold).filter(|(p, g)| p == g).count();
+    Ok((mlm, nsp, right))
 }
 
 /// Scheduled sampling (Bengio et al. 2015, in the two-pass form used for Transformers):

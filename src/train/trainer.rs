@@ -20,7 +20,8 @@ use super::task::Task;
 use crate::checkpoint::{resolve, InitPolicy, TensorStore, WeightSource};
 use crate::data::labeled::{label_set, read_examples, ClassifyBatches, Example};
 use crate::data::mlm::MlmBatches;
-use crate::data::{tokenize_cached, LmBatches};
+use crate::data::nsp::{draw_pairs, split_sentences, NspBatches, IS_NEXT};
+use crate::data::{read_documents, tokenize_cached, LmBatches};
 use crate::error::{Result, WickError};
 use crate::models::BertHeads;
 use crate::models::{Model, ModelConfig};
@@ -328,6 +329,7 @@ pub fn train(req: TrainRequest) -> Result<TrainSummary> {
                 pooler: true,
                 mlm: false,
                 classifier: true,
+                nsp: false,
             })
         }
         (ModelConfig::Bert(c), Objective::Mlm) => {
@@ -336,6 +338,16 @@ pub fn train(req: TrainRequest) -> Result<TrainSummary> {
                 pooler: false,
                 mlm: true,
                 classifier: false,
+                nsp: false,
+            })
+        }
+        (ModelConfig::Bert(c), Objective::MlmNsp) => {
+            c.architecture = Some("BertForPreTraining".into());
+            Some(BertHeads {
+                pooler: true,
+                mlm: true,
+                classifier: false,
+                nsp: true,
             })
         }
         (ModelConfig::Gpt2(_), Objective::Clm) | (ModelConfig::Seq2Seq(_), Objective::Seq2seq) => {
@@ -343,7 +355,7 @@ pub fn train(req: TrainRequest) -> Result<TrainSummary> {
         }
         (c, o) => {
             return Err(WickError::Unsupported(format!(
-                "--objective {} does not fit a {} model (clm: gpt2; mlm, classify: bert; seq2seq: wick-seq2seq)",
+                "--objective {} does not fit a {} model (clm: gpt2; mlm, mlm+nsp, classify: bert; seq2seq: wick-seq2seq)",
                 serde_json::to_value(o).unwrap().as_str().unwrap_or("?"),
                 c.model_type()
             )))
@@ -831,6 +843,69 @@ fn build_task<'m>(
                     .transpose()?,
             };
             let steps_per_epoch = n_train as f64 / (cfg.batch_size * cfg.grad_accum) as f64;
+            Ok((task, (line, steps_per_epoch)))
+        }
+        (Model::Bert(m), Objective::MlmNsp) => {
+            // Documents, not sentences, are split: a held-out pair never shares a
+            // document with a training pair.
+            let mut docs: Vec<Vec<Vec<u32>>> = split_sentences(&read_documents(data)?)
+                .iter()
+                .map(|d| {
+                    d.iter()
+                        .map(|s| tokenizer.encode(s, false))
+                        .filter(|t| t.as_ref().map_or(true, |t| !t.is_empty()))
+                        .collect::<Result<Vec<_>>>()
+                })
+                .filter(|d| d.as_ref().map_or(true, |d| !d.is_empty()))
+                .collect::<Result<_>>()?;
+            docs.shuffle(&mut StdRng::seed_from_u64(cfg.seed));
+            let n_val = ((docs.len() as f64) * cfg.val_fraction).round() as usize;
+            let val_docs = if n_val >= 2 && docs.len() - n_val >= 2 {
+                docs.split_off(docs.len() - n_val)
+            } else {
+                vec![]
+            };
+            let max_tokens = cfg
+                .block_size
+                .checked_sub(3)
+                .filter(|&n| n >= 2)
+                .ok_or_else(|| {
+                    WickError::Unsupported("--block-size must be at least 5 for mlm+nsp".into())
+                })?;
+            let pairs = draw_pairs(&docs, max_tokens, cfg.seed)
+                .map_err(|e| WickError::Unsupported(format!("{}: {e}", data.display())))?;
+            let val_pairs = if val_docs.is_empty() {
+                vec![]
+            } else {
+                draw_pairs(&val_docs, max_tokens, cfg.seed ^ 0x5eed)?
+            };
+            let line = format!(
+                "{} documents, {} sentence pairs ({:.0}% IsNext), {} held-out pairs from {} documents",
+                docs.len(),
+                pairs.len(),
+                100.0 * pairs.iter().filter(|p| p.label == IS_NEXT).count() as f64
+                    / pairs.len() as f64,
+                val_pairs.len(),
+                val_docs.len()
+            );
+            let steps_per_epoch = pairs.len() as f64 / (cfg.batch_size * cfg.grad_accum) as f64;
+            let batches = |p, shuffle, seed| {
+                NspBatches::new(
+                    p,
+                    tokenizer,
+                    cfg.whole_word_mask,
+                    cfg.batch_size,
+                    seed,
+                    shuffle,
+                )
+            };
+            let task = Task::MlmNsp {
+                model: m,
+                train: batches(pairs, true, cfg.seed)?,
+                val: (!val_pairs.is_empty())
+                    .then(|| batches(val_pairs, false, cfg.seed ^ 0x5eed))
+                    .transpose()?,
+            };
             Ok((task, (line, steps_per_epoch)))
         }
         (Model::Seq2Seq(m), Objective::Seq2seq) => {
