@@ -10,6 +10,8 @@ use candle_core::{
 };
 use rayon::prelude::*;
 
+use super::fastmath::{self, simd_fn};
+
 /// Whether the fused kernels serve tensors on `device`.
 pub fn enabled(device: &Device) -> bool {
     device.is_cpu() && std::env::var_os("WICK_NO_FUSED").is_none_or(|v| v.is_empty() || v == "0")
@@ -49,21 +51,19 @@ fn rows_mut(out: &mut [f32], n: usize, f: impl Fn(usize, &mut [f32]) + Sync) {
     }
 }
 
+/// An output buffer of `n` floats that the kernel overwrites entirely: skips the
+/// zeroing pass that `vec![0.0; n]` makes (a measurable memset per op).
+fn uninit(n: usize) -> Vec<f32> {
+    let mut v = Vec::with_capacity(n);
+    // SAFETY: f32 has no invalid bit patterns, and every caller writes all n elements
+    // before the buffer is read.
+    unsafe { v.set_len(n) };
+    v
+}
+
 // ---------------------------------------------------------------- GELU
 
 const SQRT_2_OVER_PI: f32 = 0.797_884_6;
-
-#[inline]
-fn tanh_fast(x: f32) -> f32 {
-    // tanh(x) = 1 - 2 / (exp(2x) + 1); exp is much cheaper than libm's tanhf.
-    if x > 15.0 {
-        1.0
-    } else if x < -15.0 {
-        -1.0
-    } else {
-        1.0 - 2.0 / ((2.0 * x).exp() + 1.0)
-    }
-}
 
 /// Φ(x), the standard normal CDF, and exp(-x²/2), which φ(x) and the erf share.
 /// erf by Abramowitz & Stegun 7.1.26 (absolute error ≤ 1.5e-7, under 6e-7 in f32
@@ -76,7 +76,7 @@ fn normal_cdf(x: f32) -> (f32, f32) {
     let poly = t
         * (0.254_829_6
             + t * (-0.284_496_74 + t * (1.421_413_8 + t * (-1.453_152 + t * 1.061_405_4))));
-    let e = (-a * a).exp();
+    let e = fastmath::exp(-a * a);
     let half_erfc = 0.5 * poly * e; // (1 - erf(|x|/√2)) / 2
     let cdf = if x >= 0.0 { 1.0 - half_erfc } else { half_erfc };
     (cdf, e)
@@ -102,7 +102,7 @@ fn gelu_value<const EXACT: bool>(v: f32) -> f32 {
     if EXACT {
         v * normal_cdf(v).0
     } else {
-        0.5 * v * (1.0 + tanh_fast(SQRT_2_OVER_PI * (v + 0.044715 * v * v * v)))
+        0.5 * v * (1.0 + fastmath::tanh(SQRT_2_OVER_PI * (v + 0.044715 * v * v * v)))
     }
 }
 
@@ -113,27 +113,34 @@ fn gelu_derivative<const EXACT: bool>(v: f32) -> f32 {
         let (cdf, e) = normal_cdf(v); // Φ(x) + x·φ(x)
         cdf + v * INV_SQRT_2PI * e
     } else {
-        let t = tanh_fast(SQRT_2_OVER_PI * (v + 0.044715 * v * v * v));
+        let t = fastmath::tanh(SQRT_2_OVER_PI * (v + 0.044715 * v * v * v));
         let dinner = SQRT_2_OVER_PI * (1.0 + 3.0 * 0.044715 * v * v);
         0.5 * (1.0 + t) + 0.5 * v * (1.0 - t * t) * dinner
     }
 }
 
-fn gelu_rows<const EXACT: bool>(x: &[f32], y: &mut [f32]) {
-    rows_mut(y, 4096, |i, r| {
-        for (o, &v) in r.iter_mut().zip(&x[i * 4096..]) {
-            *o = gelu_value::<EXACT>(v);
+simd_fn! {
+    fn gelu_row(exact: bool, x: &[f32], y: &mut [f32]) {
+        if exact {
+            y.iter_mut().zip(x).for_each(|(o, &v)| *o = gelu_value::<true>(v));
+        } else {
+            y.iter_mut().zip(x).for_each(|(o, &v)| *o = gelu_value::<false>(v));
         }
-    });
+    }
 }
 
-fn gelu_grad_rows<const EXACT: bool>(x: &[f32], g: &[f32], out: &mut [f32]) {
-    rows_mut(out, 4096, |i, r| {
-        let o = i * 4096;
-        for ((d, &v), &gg) in r.iter_mut().zip(&x[o..]).zip(&g[o..]) {
-            *d = gg * gelu_derivative::<EXACT>(v);
+simd_fn! {
+    fn gelu_grad_row(exact: bool, x: &[f32], g: &[f32], d: &mut [f32]) {
+        if exact {
+            for ((d, &v), &g) in d.iter_mut().zip(x).zip(g) {
+                *d = g * gelu_derivative::<true>(v);
+            }
+        } else {
+            for ((d, &v), &g) in d.iter_mut().zip(x).zip(g) {
+                *d = g * gelu_derivative::<false>(v);
+            }
         }
-    });
+    }
 }
 
 impl CustomOp1 for Gelu {
@@ -143,12 +150,8 @@ impl CustomOp1 for Gelu {
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
         let x = f32_slice(s, l, "gelu")?;
-        let mut y = vec![0f32; x.len()];
-        if self.exact {
-            gelu_rows::<true>(x, &mut y);
-        } else {
-            gelu_rows::<false>(x, &mut y);
-        }
+        let mut y = uninit(x.len());
+        rows_mut(&mut y, 4096, |i, r| gelu_row(self.exact, &x[i * 4096..], r));
         Ok((CpuStorage::F32(y), l.shape().clone()))
     }
 
@@ -181,12 +184,11 @@ impl CustomOp2 for GeluGrad {
             f32_slice(s1, l1, "gelu grad")?,
             f32_slice(s2, l2, "gelu grad")?,
         );
-        let mut out = vec![0f32; x.len()];
-        if self.gelu.exact {
-            gelu_grad_rows::<true>(x, g, &mut out);
-        } else {
-            gelu_grad_rows::<false>(x, g, &mut out);
-        }
+        let mut out = uninit(x.len());
+        rows_mut(&mut out, 4096, |i, r| {
+            let o = i * 4096;
+            gelu_grad_row(self.gelu.exact, &x[o..], &g[o..], r)
+        });
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
 }
@@ -208,11 +210,53 @@ struct LayerNormOp {
     eps: f32,
 }
 
+#[inline(always)]
 fn row_stats(x: &[f32], eps: f32) -> (f32, f32) {
     let n = x.len() as f32;
-    let mean = x.iter().sum::<f32>() / n;
-    let var = x.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / n;
+    let mean = sum8(x) / n;
+    let var = sum8_zip(x, x, |v, _| (v - mean) * (v - mean)) / n;
     (mean, 1.0 / (var + eps).sqrt())
+}
+
+simd_fn! {
+    fn layer_norm_row(x: &[f32], w: &[f32], b: &[f32], eps: f32, y: &mut [f32]) {
+        let (mean, rstd) = row_stats(x, eps);
+        for (((o, &x), &w), &b) in y.iter_mut().zip(x).zip(w).zip(b) {
+            *o = (x - mean) * rstd * w + b;
+        }
+    }
+}
+
+simd_fn! {
+    /// dx = rstd · (g·w − mean(g·w) − x̂ · mean(g·w·x̂)) for one row.
+    fn layer_norm_grad_row(x: &[f32], g: &[f32], w: &[f32], eps: f32, dx: &mut [f32]) {
+        let (mean, rstd) = row_stats(x, eps);
+        let c = x.len() as f32;
+        let a = sum8_zip(g, w, |g, w| g * w) / c;
+        let mut gw_xhat = 0f32;
+        for ((&x, &g), &w) in x.iter().zip(g).zip(w) {
+            gw_xhat += g * w * (x - mean) * rstd;
+        }
+        let bsum = gw_xhat / c;
+        for (((d, &x), &g), &w) in dx.iter_mut().zip(x).zip(g).zip(w) {
+            let xhat = (x - mean) * rstd;
+            *d = rstd * (g * w - a - xhat * bsum);
+        }
+    }
+}
+
+simd_fn! {
+    /// dw = Σ g·x̂ and db = Σ g over rows, into zeroed dw and db.
+    fn layer_norm_param_grads(x: &[f32], g: &[f32], eps: f32, dw: &mut [f32], db: &mut [f32]) {
+        let c = dw.len();
+        for (xr, gr) in x.chunks_exact(c).zip(g.chunks_exact(c)) {
+            let (mean, rstd) = row_stats(xr, eps);
+            for (((dw, db), &x), &g) in dw.iter_mut().zip(db.iter_mut()).zip(xr).zip(gr) {
+                *dw += g * (x - mean) * rstd;
+                *db += g;
+            }
+        }
+    }
 }
 
 impl CustomOp3 for LayerNormOp {
@@ -235,13 +279,9 @@ impl CustomOp3 for LayerNormOp {
             f32_slice(s3, l3, "layer norm")?,
         );
         let c = w.len();
-        let mut y = vec![0f32; x.len()];
+        let mut y = uninit(x.len());
         rows_mut(&mut y, c, |i, r| {
-            let xr = &x[i * c..(i + 1) * c];
-            let (mean, rstd) = row_stats(xr, self.eps);
-            for k in 0..c {
-                r[k] = (xr[k] - mean) * rstd * w[k] + b[k];
-            }
+            layer_norm_row(&x[i * c..(i + 1) * c], w, b, self.eps, r)
         });
         Ok((CpuStorage::F32(y), l1.shape().clone()))
     }
@@ -292,32 +332,12 @@ impl CustomOp3 for LayerNormGrad {
         let rows = x.len() / c;
         let mut out = vec![0f32; (rows + 2) * c];
         let (dx, rest) = out.split_at_mut(rows * c);
-        // dx per row: rstd · (g·w − mean(g·w) − x̂ · mean(g·w·x̂)).
         rows_mut(dx, c, |i, r| {
-            let (xr, gr) = (&x[i * c..(i + 1) * c], &g[i * c..(i + 1) * c]);
-            let (mean, rstd) = row_stats(xr, self.eps);
-            let (mut a, mut bsum) = (0f32, 0f32);
-            for k in 0..c {
-                let gw = gr[k] * w[k];
-                a += gw;
-                bsum += gw * (xr[k] - mean) * rstd;
-            }
-            let (a, bsum) = (a / c as f32, bsum / c as f32);
-            for k in 0..c {
-                let xhat = (xr[k] - mean) * rstd;
-                r[k] = rstd * (gr[k] * w[k] - a - xhat * bsum);
-            }
+            let span = i * c..(i + 1) * c;
+            layer_norm_grad_row(&x[span.clone()], &g[span], w, self.eps, r)
         });
-        // dw = Σ g·x̂, db = Σ g over rows.
         let (dw, db) = rest.split_at_mut(c);
-        for i in 0..rows {
-            let (xr, gr) = (&x[i * c..(i + 1) * c], &g[i * c..(i + 1) * c]);
-            let (mean, rstd) = row_stats(xr, self.eps);
-            for k in 0..c {
-                dw[k] += gr[k] * (xr[k] - mean) * rstd;
-                db[k] += gr[k];
-            }
-        }
+        layer_norm_param_grads(x, g, self.eps, dw, db);
         Ok((CpuStorage::F32(out), Shape::from((rows + 2, c))))
     }
 }
@@ -353,26 +373,14 @@ impl CustomOp1 for Softmax {
             1
         };
         let past = tk.saturating_sub(tq);
-        let mut y = vec![0f32; x.len()];
+        let mut y = uninit(x.len());
         rows_mut(&mut y, tk, |i, r| {
-            let xr = &x[i * tk..(i + 1) * tk];
             let visible = if self.causal {
                 (i % tq + past + 1).min(tk)
             } else {
                 tk
             };
-            let max = xr[..visible]
-                .iter()
-                .fold(f32::NEG_INFINITY, |m, &v| m.max(v));
-            let mut sum = 0f32;
-            for k in 0..visible {
-                let e = ((xr[k] - max) * self.scale).exp();
-                r[k] = e;
-                sum += e;
-            }
-            let inv = 1.0 / sum;
-            r[..visible].iter_mut().for_each(|v| *v *= inv);
-            r[visible..].iter_mut().for_each(|v| *v = 0.0);
+            softmax_row(&x[i * tk..(i + 1) * tk], self.scale, visible, r);
         });
         Ok((CpuStorage::F32(y), l.shape().clone()))
     }
@@ -382,6 +390,56 @@ impl CustomOp1 for Softmax {
             &grad.contiguous()?,
             &SoftmaxGrad { scale: self.scale },
         )?))
+    }
+}
+
+simd_fn! {
+    /// y = softmax(scale · x[..visible]), zeros after.
+    fn softmax_row(x: &[f32], scale: f32, visible: usize, y: &mut [f32]) {
+        let (xv, yv) = (&x[..visible], &mut y[..visible]);
+        let max = xv.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+        yv.iter_mut()
+            .zip(xv)
+            .for_each(|(o, &v)| *o = fastmath::exp((v - max) * scale));
+        let inv = 1.0 / sum8(yv);
+        yv.iter_mut().for_each(|v| *v *= inv);
+        y[visible..].iter_mut().for_each(|v| *v = 0.0);
+    }
+}
+
+/// Σ x in eight interleaved partial sums, a shape the compiler keeps in one vector
+/// register (a single running sum is a serial chain it may not reorder).
+#[inline(always)]
+fn sum8(x: &[f32]) -> f32 {
+    sum8_zip(x, x, |a, _| a)
+}
+
+/// Σ f(a_k, b_k), eight partial sums as in [`sum8`].
+#[inline(always)]
+fn sum8_zip(a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f32) -> f32 {
+    let n = a.len().min(b.len());
+    let (a, b) = (&a[..n], &b[..n]);
+    let mut acc = [0f32; 8];
+    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
+    let (ra, rb) = (ca.remainder(), cb.remainder());
+    for (x, y) in ca.zip(cb) {
+        for k in 0..8 {
+            acc[k] += f(x[k], y[k]);
+        }
+    }
+    let mut s = ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
+    for (&x, &y) in ra.iter().zip(rb) {
+        s += f(x, y);
+    }
+    s
+}
+
+simd_fn! {
+    fn softmax_grad_row(y: &[f32], g: &[f32], scale: f32, out: &mut [f32]) {
+        let dot = sum8_zip(y, g, |a, b| a * b);
+        for ((o, &y), &g) in out.iter_mut().zip(y).zip(g) {
+            *o = scale * y * (g - dot);
+        }
     }
 }
 
@@ -407,13 +465,10 @@ impl CustomOp2 for SoftmaxGrad {
             f32_slice(s2, l2, "softmax grad")?,
         );
         let tk = l1.dims()[l1.dims().len() - 1];
-        let mut out = vec![0f32; y.len()];
+        let mut out = uninit(y.len());
         rows_mut(&mut out, tk, |i, r| {
-            let (yr, gr) = (&y[i * tk..(i + 1) * tk], &g[i * tk..(i + 1) * tk]);
-            let dot: f32 = yr.iter().zip(gr).map(|(a, b)| a * b).sum();
-            for k in 0..tk {
-                r[k] = self.scale * yr[k] * (gr[k] - dot);
-            }
+            let span = i * tk..(i + 1) * tk;
+            softmax_grad_row(&y[span.clone()], &g[span], self.scale, r);
         });
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
@@ -526,7 +581,7 @@ impl CustomOp2 for CrossEntropy {
                 }
                 let r = &x[i * v..(i + 1) * v];
                 let max = r.iter().fold(f32::NEG_INFINITY, |m, &a| m.max(a));
-                let lse = r.iter().map(|a| (a - max).exp()).sum::<f32>().ln() + max;
+                let lse = r.iter().map(|&a| fastmath::exp(a - max)).sum::<f32>().ln() + max;
                 lse - r[t[i] as usize]
             })
             .collect();
@@ -566,21 +621,15 @@ impl CustomOp3 for CrossEntropyGrad {
         let t = u32_slice(s2, l2, "ce grad")?;
         let g = f32_slice(s3, l3, "ce grad")?;
         let v = l1.dims()[1];
-        let mut out = vec![0f32; x.len()];
+        let mut out = uninit(x.len());
         rows_mut(&mut out, v, |i, r| {
             if t[i] == IGNORE {
+                r.iter_mut().for_each(|a| *a = 0.0);
                 return;
             }
-            let xr = &x[i * v..(i + 1) * v];
-            let max = xr.iter().fold(f32::NEG_INFINITY, |m, &a| m.max(a));
-            let mut sum = 0f32;
-            for k in 0..v {
-                let e = (xr[k] - max).exp();
-                r[k] = e;
-                sum += e;
-            }
-            let s = g[i] / sum;
-            r.iter_mut().for_each(|a| *a *= s);
+            // softmax(x_i) · g_i − onehot(t_i) · g_i
+            softmax_row(&x[i * v..(i + 1) * v], 1.0, v, r);
+            r.iter_mut().for_each(|a| *a *= g[i]);
             r[t[i] as usize] -= g[i];
         });
         Ok((CpuStorage::F32(out), l1.shape().clone()))

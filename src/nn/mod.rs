@@ -5,6 +5,7 @@
 pub mod activation;
 pub mod attention;
 pub mod embedding;
+pub mod fastmath;
 pub mod feed_forward;
 pub mod fused;
 pub mod kv_cache;
