@@ -2,11 +2,11 @@
 //! from the same sequence) and cross-attention (queries from the decoder, keys and
 //! values from the encoder output), with an additive mask bias and an optional KV cache.
 
-use candle_core::{Result, Tensor, D};
+use candle_core::{DType, Result, Tensor, D};
 use candle_nn::Module;
 
 use super::mask::{attention_bias, Mask};
-use super::{dropout, fused, KvCache, Linear, Packing};
+use super::{dropout, fused, fused_attention, KvCache, Linear, Packing};
 
 /// softmax(q·kᵀ·scale + mask)·v.
 /// q: (B, H, Tq, D), k and v: (B, H, Tk, D); a bias mask broadcasts to (B, H, Tq, Tk).
@@ -125,6 +125,14 @@ impl MultiHeadAttention {
         cache: Option<&mut KvCache>,
         train: bool,
     ) -> Result<Tensor> {
+        if let (QkvProjection::Fused(qkv), None, Mask::Causal) = (&self.qkv, &cache, mask) {
+            let no_dropout = self.dropout == 0.0 || !train;
+            if no_dropout && fused::enabled(x.device()) && x.dtype() == DType::F32 {
+                let qkv = qkv.forward(x)?; // (B, T, 3C)
+                let y = fused_attention::causal_self_attention(&qkv, self.num_heads, self.scale)?;
+                return self.out.forward(&y); // (B, T, C)
+            }
+        }
         let (q, k, v) = self.project_qkv(x)?; // (B, T, C) each
         let (q, k, v) = (
             self.split_heads(&q)?,

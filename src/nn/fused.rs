@@ -20,7 +20,7 @@ pub fn enabled(device: &Device) -> bool {
 /// Rows smaller than this go single-threaded: waking a pool costs more than it saves.
 const PAR_MIN: usize = 1 << 14;
 
-fn f32_slice<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [f32]> {
+pub(super) fn f32_slice<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [f32]> {
     let data = match s {
         CpuStorage::F32(v) => v,
         _ => candle_core::bail!("{what}: fused kernels take f32"),
@@ -53,7 +53,7 @@ fn rows_mut(out: &mut [f32], n: usize, f: impl Fn(usize, &mut [f32]) + Sync) {
 
 /// An output buffer of `n` floats that the kernel overwrites entirely: skips the
 /// zeroing pass that `vec![0.0; n]` makes (a measurable memset per op).
-fn uninit(n: usize) -> Vec<f32> {
+pub(super) fn uninit(n: usize) -> Vec<f32> {
     let mut v = Vec::with_capacity(n);
     // SAFETY: f32 has no invalid bit patterns, and every caller writes all n elements
     // before the buffer is read.
@@ -416,7 +416,7 @@ fn sum8(x: &[f32]) -> f32 {
 
 /// Σ f(a_k, b_k), eight partial sums as in [`sum8`].
 #[inline(always)]
-fn sum8_zip(a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f32) -> f32 {
+pub(super) fn sum8_zip(a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f32) -> f32 {
     let n = a.len().min(b.len());
     let (a, b) = (&a[..n], &b[..n]);
     let mut acc = [0f32; 8];

@@ -8,6 +8,7 @@ pub mod embedding;
 pub mod fastmath;
 pub mod feed_forward;
 pub mod fused;
+pub mod fused_attention;
 pub mod kv_cache;
 pub mod layer_norm;
 pub mod linear;
