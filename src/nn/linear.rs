@@ -125,6 +125,14 @@ impl Linear {
 impl candle_nn::Module for Linear {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         // x: (..., in) -> (N, in) so one GEMM covers every leading dimension.
+        if let (Weight::Dense(w), Some(b)) = (&self.weight, &self.bias) {
+            let f32s = [x, w, b]
+                .iter()
+                .all(|t| t.dtype() == candle_core::DType::F32);
+            if f32s && super::fused::enabled(x.device()) {
+                return super::fused_linear::linear(x, w, b, self.in_out);
+            }
+        }
         let dims = x.dims().to_vec();
         let in_dim = dims[dims.len() - 1];
         let x2 = x.reshape(((), in_dim))?;

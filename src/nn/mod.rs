@@ -9,6 +9,7 @@ pub mod fastmath;
 pub mod feed_forward;
 pub mod fused;
 pub mod fused_attention;
+pub mod fused_linear;
 pub mod kv_cache;
 pub mod layer_norm;
 pub mod linear;
