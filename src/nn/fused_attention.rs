@@ -16,6 +16,7 @@ use rayon::prelude::*;
 
 use super::fastmath::{self, simd_fn};
 use super::fused::{f32_slice, sum8_zip, uninit};
+use super::matmul::{gemm_into, View};
 
 #[derive(Clone, Copy)]
 struct CausalAttention {
@@ -32,94 +33,89 @@ struct Dims {
     heads: usize,
 }
 
-/// Column `col` of head `h` (q: 0, k: 1, v: 2) transposed to (D, T), so that a row of
-/// scores is a sum of D vectors along T (vectorised) instead of T short dot products.
-#[inline(always)]
-fn transpose_head(qkv: &[f32], col: usize, h: usize, dims: Dims, out: &mut [f32]) {
-    let Dims { t, c, d, .. } = dims;
-    for j in 0..t {
-        let row = &qkv[j * 3 * c + col * c + h * d..][..d];
-        for (e, &v) in row.iter().enumerate() {
-            out[e * t + j] = v;
-        }
-    }
+/// Head h's q, k or v (`part` 0, 1, 2) inside one batch element's qkv (T, 3C), as a
+/// (T, D) matrix read in place.
+fn head(qkv: &[f32], part: usize, h: usize, dims: Dims) -> View {
+    View::strided(&qkv[part * dims.c + h * dims.d..], 3 * dims.c, 1)
 }
 
-/// Causal softmax of q_i·k_j·scale over j ≤ i into p[..=i]; kt is head h's keys (D, T).
-#[inline(always)]
-fn probs_row(qkv: &[f32], kt: &[f32], i: usize, h: usize, dims: Dims, scale: f32, p: &mut [f32]) {
-    let Dims { t, c, d, .. } = dims;
-    let q = &qkv[i * 3 * c + h * d..][..d];
-    let p = &mut p[..=i];
-    p.iter_mut().for_each(|v| *v = 0.0);
-    for (e, &qe) in q.iter().enumerate() {
-        let k = &kt[e * t..][..=i];
-        p.iter_mut().zip(k).for_each(|(o, &k)| *o += qe * k);
-    }
-    let max = p.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
-    p.iter_mut()
-        .for_each(|v| *v = fastmath::exp((*v - max) * scale));
-    let inv = 1.0 / sum8_zip(p, p, |a, _| a);
-    p.iter_mut().for_each(|v| *v *= inv);
+/// The same, transposed to (D, T).
+fn head_t(qkv: &[f32], part: usize, h: usize, dims: Dims) -> View {
+    View::strided(&qkv[part * dims.c + h * dims.d..], 1, 3 * dims.c)
 }
 
 simd_fn! {
-    /// Head h's output y_h (T, D) for one batch element's qkv (T, 3C).
-    fn forward_head(qkv: &[f32], h: usize, dims: Dims, scale: f32, y: &mut [f32]) {
-        let Dims { t, c, d, .. } = dims;
-        let (mut p, mut kt) = (vec![0f32; t], vec![0f32; d * t]);
-        transpose_head(qkv, 1, h, dims, &mut kt);
-        for i in 0..t {
-            probs_row(qkv, &kt, i, h, dims, scale, &mut p);
-            let yi = &mut y[i * d..][..d];
-            yi.iter_mut().for_each(|v| *v = 0.0);
-            for (j, &pj) in p[..=i].iter().enumerate() {
-                let v = &qkv[j * 3 * c + 2 * c + h * d..][..d];
-                yi.iter_mut().zip(v).for_each(|(o, &v)| *o += pj * v);
-            }
+    /// p (T, T) = causal softmax of s·scale by rows, in place; zeros above the diagonal.
+    fn causal_softmax(p: &mut [f32], t: usize, scale: f32) {
+        for (i, row) in p.chunks_exact_mut(t).enumerate() {
+            let (seen, future) = row.split_at_mut(i + 1);
+            let max = seen.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+            seen.iter_mut().for_each(|v| *v = fastmath::exp((*v - max) * scale));
+            let inv = 1.0 / sum8_zip(seen, seen, |a, _| a);
+            seen.iter_mut().for_each(|v| *v *= inv);
+            future.iter_mut().for_each(|v| *v = 0.0);
         }
     }
 }
 
 simd_fn! {
-    /// Head h's gradients (3, T, D): dq, dk, dv, from one batch element's qkv (T, 3C)
-    /// and dy (T, C).
-    fn backward_head(qkv: &[f32], dy: &[f32], h: usize, dims: Dims, scale: f32, out: &mut [f32]) {
-        let Dims { t, c, d, .. } = dims;
-        out.iter_mut().for_each(|v| *v = 0.0);
-        let (dq, rest) = out.split_at_mut(t * d);
-        let (dk, dv) = rest.split_at_mut(t * d);
-        let (mut p, mut dp) = (vec![0f32; t], vec![0f32; t]);
-        let (mut kt, mut vt) = (vec![0f32; d * t], vec![0f32; d * t]);
-        transpose_head(qkv, 1, h, dims, &mut kt);
-        transpose_head(qkv, 2, h, dims, &mut vt);
-        for i in 0..t {
-            probs_row(qkv, &kt, i, h, dims, scale, &mut p);
-            let dyi = &dy[i * c + h * d..][..d];
-            // dp_ij = dy_i·v_j, summed along j as probs_row does
-            let dpi = &mut dp[..=i];
-            dpi.iter_mut().for_each(|v| *v = 0.0);
-            for (e, &g) in dyi.iter().enumerate() {
-                dpi.iter_mut().zip(&vt[e * t..][..=i]).for_each(|(o, &v)| *o += g * v);
-            }
-            let dot = sum8_zip(&p[..=i], dpi, |a, b| a * b);
-            // dv_j += p_ij·dy_i
-            for (j, &pj) in p[..=i].iter().enumerate() {
-                let dvj = &mut dv[j * d..][..d];
-                dvj.iter_mut().zip(dyi).for_each(|(o, &g)| *o += pj * g);
-            }
-            // ds_ij = p_ij·(dp_ij − Σ p·dp)·scale; dq_i += ds_ij·k_j; dk_j += ds_ij·q_i
-            let q = &qkv[i * 3 * c + h * d..][..d];
-            let dqi = &mut dq[i * d..][..d];
-            for j in 0..=i {
-                let ds = p[j] * (dp[j] - dot) * scale;
-                let k = &qkv[j * 3 * c + c + h * d..][..d];
-                dqi.iter_mut().zip(k).for_each(|(o, &k)| *o += ds * k);
-                let dkj = &mut dk[j * d..][..d];
-                dkj.iter_mut().zip(q).for_each(|(o, &q)| *o += ds * q);
-            }
+    /// ds = p ⊙ (dp − Σ_j p·dp)·scale by rows, in place of dp.
+    fn softmax_backward(p: &[f32], dp: &mut [f32], t: usize, scale: f32) {
+        for (pr, dr) in p.chunks_exact(t).zip(dp.chunks_exact_mut(t)) {
+            let dot = sum8_zip(pr, dr, |a, b| a * b);
+            dr.iter_mut().zip(pr).for_each(|(d, &p)| *d = p * (*d - dot) * scale);
         }
     }
+}
+
+/// P (T, T) of head h: causal softmax(Q·Kᵀ·scale).
+fn probs(qkv: &[f32], h: usize, dims: Dims, scale: f32, p: &mut [f32]) {
+    let Dims { t, d, .. } = dims;
+    let (q, kt) = (head(qkv, 0, h, dims), head_t(qkv, 1, h, dims));
+    gemm_into(p, t, t, d, q, kt, false);
+    causal_softmax(p, t, scale);
+}
+
+/// Head h's output y_h (T, D) = P·V for one batch element's qkv (T, 3C).
+fn forward_head(qkv: &[f32], h: usize, dims: Dims, scale: f32, y: &mut [f32]) {
+    let Dims { t, d, .. } = dims;
+    let mut p = uninit(t * t);
+    probs(qkv, h, dims, scale, &mut p);
+    gemm_into(y, t, d, t, View::rows(&p, t), head(qkv, 2, h, dims), false);
+}
+
+/// Head h's gradients (3, T, D): dQ, dK, dV, from one batch element's qkv (T, 3C) and
+/// dy (T, C).
+fn backward_head(qkv: &[f32], dy: &[f32], h: usize, dims: Dims, scale: f32, out: &mut [f32]) {
+    let Dims { t, c, d, .. } = dims;
+    let mut p = uninit(t * t);
+    probs(qkv, h, dims, scale, &mut p);
+    let dy_h = View::strided(&dy[h * d..], c, 1); // (T, D)
+                                                  // dP = dY·Vᵀ, then dS = P ⊙ (dP − rowsum(P ⊙ dP))·scale
+    let mut ds = uninit(t * t);
+    gemm_into(&mut ds, t, t, d, dy_h, head_t(qkv, 2, h, dims), false);
+    softmax_backward(&p, &mut ds, t, scale);
+    let (dq, rest) = out.split_at_mut(t * d);
+    let (dk, dv) = rest.split_at_mut(t * d);
+    gemm_into(
+        dq,
+        t,
+        d,
+        t,
+        View::rows(&ds, t),
+        head(qkv, 1, h, dims),
+        false,
+    ); // dS·K
+    gemm_into(
+        dk,
+        t,
+        d,
+        t,
+        View::transposed(&ds, t),
+        head(qkv, 0, h, dims),
+        false,
+    ); // dSᵀ·Q
+    gemm_into(dv, t, d, t, View::transposed(&p, t), dy_h, false); // Pᵀ·dY
 }
 
 /// Runs `f(batch element, head, out)` for every (b, h) in parallel, each into its own

@@ -10,68 +10,7 @@
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 
 use super::fused::{f32_slice, uninit};
-
-/// A row-major (rows, cols) matrix or the transpose of one, as gemm's strides.
-#[derive(Clone, Copy)]
-struct View {
-    ptr: *const f32,
-    rs: isize,
-    cs: isize,
-}
-
-impl View {
-    fn rows(data: &[f32], cols: usize) -> Self {
-        Self {
-            ptr: data.as_ptr(),
-            rs: cols as isize,
-            cs: 1,
-        }
-    }
-
-    /// The transpose of a row-major matrix with `cols` columns.
-    fn transposed(data: &[f32], cols: usize) -> Self {
-        Self {
-            ptr: data.as_ptr(),
-            rs: 1,
-            cs: cols as isize,
-        }
-    }
-}
-
-/// dst (m, n), row-major, = [dst +] lhs (m, k) · rhs (k, n).
-fn gemm_into(dst: &mut [f32], m: usize, n: usize, k: usize, lhs: View, rhs: View, add: bool) {
-    assert!(dst.len() >= m * n);
-    let parallelism = if m * n * k >= 1 << 15 && rayon::current_num_threads() > 1 {
-        gemm::Parallelism::Rayon(0)
-    } else {
-        gemm::Parallelism::None
-    };
-    // SAFETY: dst holds m·n floats; lhs and rhs point into slices that the callers
-    // sized to (m, k) and (k, n) under these strides.
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            dst.as_mut_ptr(),
-            1,
-            n as isize,
-            add,
-            lhs.ptr,
-            lhs.cs,
-            lhs.rs,
-            rhs.ptr,
-            rhs.cs,
-            rhs.rs,
-            if add { 1.0 } else { 0.0 },
-            1.0,
-            false,
-            false,
-            false,
-            parallelism,
-        )
-    }
-}
+use super::matmul::{gemm_into, View};
 
 #[derive(Clone, Copy)]
 struct LinearOp {

@@ -14,6 +14,7 @@ pub mod kv_cache;
 pub mod layer_norm;
 pub mod linear;
 pub mod mask;
+mod matmul;
 pub mod packing;
 pub mod residual;
 
