@@ -461,7 +461,7 @@ fn mlm_plus_nsp_pretraining_runs_on_documents() {
         .lines()
         .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
         .filter_map(|v| v["accuracy"].as_f64())
-        .last()
+        .next_back()
         .expect("NSP accuracy at evals");
     assert!((0.0..=1.0).contains(&acc));
     let cfg: serde_json::Value =

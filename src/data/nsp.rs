@@ -70,7 +70,7 @@ pub fn draw_pairs(
             docs.len()
         )));
     }
-    let mut rng = StdRng::seed_from_u64(seed ^ 0x6e73_70);
+    let mut rng = StdRng::seed_from_u64(seed ^ 0x006e_7370);
     let mut pairs = Vec::new();
     for (d, doc) in docs.iter().enumerate() {
         for i in 0..doc.len().saturating_sub(1) {
@@ -162,7 +162,7 @@ impl NspBatches {
     pub fn batch(&mut self, n: usize, device: &Device) -> Result<NspBatch> {
         let picks = self.order.batch(n, self.batch_size);
         let mut rng = StdRng::seed_from_u64(
-            self.seed ^ 0x6e73_706d ^ (n as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15),
+            self.seed ^ 0x006e_73706d ^ (n as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15),
         );
         let (mut seqs, mut types, mut labels) = (vec![], vec![], vec![]);
         let mut chosen = 0;

@@ -8,6 +8,10 @@
 //! contracts `a * b + c` on its own, so the AVX2 and the baseline builds of a kernel give
 //! bit-identical results: a run does not depend on which CPU it landed on.
 
+// The polynomial coefficients are written as published (Cephes, Eigen), some with
+// more digits than an f32 holds.
+#![allow(clippy::excessive_precision)]
+
 /// e^x to within 2 ulp (Cephes' `expf`: a range reduction by ln 2 and a degree-6
 /// polynomial). Inputs are clamped to [-87, 88], so results below ~1.6e-38 are not
 /// flushed to 0 and results never reach +inf; NaN stays NaN.

@@ -51,14 +51,11 @@ fn rows_mut(out: &mut [f32], n: usize, f: impl Fn(usize, &mut [f32]) + Sync) {
     }
 }
 
-/// An output buffer of `n` floats that the kernel overwrites entirely: skips the
-/// zeroing pass that `vec![0.0; n]` makes (a measurable memset per op).
+/// An output buffer of `n` floats for a kernel to fill. Zeroed, because handing out
+/// uninitialised memory as `&mut [f32]` is undefined behaviour; mimalloc serves
+/// recycled blocks, so the cost is one memset per op.
 pub(super) fn uninit(n: usize) -> Vec<f32> {
-    let mut v = Vec::with_capacity(n);
-    // SAFETY: f32 has no invalid bit patterns, and every caller writes all n elements
-    // before the buffer is read.
-    unsafe { v.set_len(n) };
-    v
+    vec![0f32; n]
 }
 
 // ---------------------------------------------------------------- GELU

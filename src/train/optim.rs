@@ -38,6 +38,23 @@ fn slice<'a>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [f32]> {
     }
 }
 
+/// Σ g², read in place for CPU f32 gradients: the composed version is four small
+/// ops per parameter, ~200 pool hand-offs a step for the default preset.
+fn sum_of_squares(g: &Tensor) -> Result<f64> {
+    if g.dtype() == DType::F32 {
+        let (storage, layout) = g.storage_and_layout();
+        if let candle_core::Storage::Cpu(cpu) = &*storage {
+            if let Ok(x) = slice(cpu, layout) {
+                return Ok(x.iter().map(|&v| v as f64 * v as f64).sum());
+            }
+        }
+    }
+    Ok(g.to_dtype(DType::F32)?
+        .sqr()?
+        .sum_all()?
+        .to_scalar::<f32>()? as f64)
+}
+
 /// m ← β1·m + (1−β1)·g·s, v ← β2·v + (1−β2)·(g·s)², in place on the packed moments.
 struct MomentsUpdate {
     beta1: f32,
@@ -154,11 +171,7 @@ impl AdamW {
         let mut sq = 0f64;
         for p in &self.params {
             if let Some(g) = grads.get(&p.var) {
-                sq += g
-                    .to_dtype(DType::F32)?
-                    .sqr()?
-                    .sum_all()?
-                    .to_scalar::<f32>()? as f64;
+                sq += sum_of_squares(g)?;
             }
         }
         Ok(sq.sqrt())
