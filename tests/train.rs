@@ -130,6 +130,31 @@ fn resuming_repeats_the_uninterrupted_run_exactly() {
     assert_eq!(full, split, "identical loss at every step");
 }
 
+/// Dropout masks are seeded: with dropout on, a run repeats itself and a resumed run
+/// repeats the uninterrupted one; another seed draws other masks.
+#[test]
+fn dropout_is_seeded_and_resumes_exactly() {
+    let s = Setup::new();
+    let run = |out: &str, extra: &[&str]| {
+        let mut args = vec!["--dropout", "0.2", "--lr-decay-iters", "20"];
+        args.extend_from_slice(extra);
+        let (code, _, e) = s.train(out, &args);
+        assert_eq!(code, 0, "{e}");
+        losses(&s.p(out))
+    };
+    let a = run("a", &["--max-iters", "20"]);
+    let b = run("b", &["--max-iters", "20"]);
+    assert_eq!(a, b, "same seed, same masks");
+    run("split", &["--max-iters", "10"]);
+    assert_eq!(run("split", &["--max-iters", "20", "--resume"]), a);
+    let other = run("other", &["--max-iters", "20", "--seed", "7"]);
+    assert_ne!(other, a);
+    // Dropout is on: the same run without it gives other losses.
+    let (code, _, e) = s.train("none", &["--max-iters", "20", "--lr-decay-iters", "20"]);
+    assert_eq!(code, 0, "{e}");
+    assert_ne!(losses(&s.p("none"))[5..], a[5..]);
+}
+
 #[test]
 fn a_crash_mid_save_leaves_the_last_complete_checkpoint() {
     let s = Setup::new();
@@ -492,4 +517,111 @@ fn mlm_plus_nsp_pretraining_runs_on_documents() {
     ]);
     assert_ne!(code, 0);
     assert!(e.contains("one.txt") && e.contains("two documents"), "{e}");
+}
+
+/// A loss that turns NaN stops the run with a message naming the last good checkpoint,
+/// exits non-zero, and leaves that checkpoint and the saved model as they were.
+#[test]
+fn a_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint() {
+    let s = Setup::new();
+    let (code, _, e) = s.train("nan", &["--max-iters", "4", "--save-every", "2"]);
+    assert_eq!(code, 0, "{e}");
+    let model = s.p("nan/model.safetensors");
+    let before = std::fs::read(&model).unwrap();
+    // Resumed with an absurd learning rate, the first update blows the weights up.
+    let (code, _, e) = s.train(
+        "nan",
+        &[
+            "--resume",
+            "--max-iters",
+            "10",
+            "--save-every",
+            "2",
+            "--learning-rate",
+            "1e30",
+        ],
+    );
+    assert_ne!(code, 0);
+    assert!(
+        e.contains("the loss became") && e.contains("checkpoint-000004"),
+        "{e}"
+    );
+    assert!(!e.contains("panicked"), "{e}");
+    assert!(!s.p("nan/checkpoint-000006").exists());
+    assert_eq!(std::fs::read(&model).unwrap(), before);
+    let v = wick_json(&[
+        "score",
+        "--model",
+        s.p("nan/checkpoint-000004").to_str().unwrap(),
+        "--text",
+        "To be",
+        "--json",
+    ]);
+    assert!(v["mean_nll"].as_f64().unwrap().is_finite());
+}
+
+/// Ctrl-C (SIGINT) mid-run saves a checkpoint, exits with 130, and `--resume` goes on
+/// from it.
+#[cfg(unix)]
+#[test]
+fn ctrl_c_saves_a_checkpoint_that_resume_continues() {
+    let s = Setup::new();
+    let out = s.p("int");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_wick"))
+        .args([
+            "train",
+            "--model",
+            s.p("tiny.json").to_str().unwrap(),
+            "--tokenizer",
+            "char",
+            "--data",
+            s.p("corpus.txt").to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+            "--batch-size",
+            "4",
+            "--block-size",
+            "16",
+            "--max-iters",
+            "1000000",
+            "--log-every",
+            "1",
+            "--eval-every",
+            "1000000",
+            "--save-every",
+            "1000000",
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Wait until steps are being logged, so the handler is installed and training runs.
+    let metrics = out.join("metrics.jsonl");
+    let start = std::time::Instant::now();
+    while std::fs::read_to_string(&metrics).map_or(0, |m| m.lines().count()) < 3 {
+        assert!(start.elapsed().as_secs() < 60, "training never started");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let pid = child.id().to_string();
+    assert!(std::process::Command::new("kill")
+        .args(["-INT", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let done = child.wait_with_output().unwrap();
+    let e = String::from_utf8_lossy(&done.stderr);
+    assert_eq!(done.status.code(), Some(130), "{e}");
+    assert!(e.contains("interrupted: saved"), "{e}");
+    let steps = std::fs::read_dir(&out)
+        .unwrap()
+        .filter_map(|d| d.ok()?.file_name().into_string().ok())
+        .filter_map(|n| n.strip_prefix("checkpoint-")?.parse::<usize>().ok())
+        .max()
+        .expect("a checkpoint saved on interrupt");
+    assert!(steps >= 3);
+    let target = (steps + 2).to_string();
+    let (code, _, e) = s.train("int", &["--resume", "--max-iters", &target]);
+    assert_eq!(code, 0, "{e}");
+    let l = losses(&out);
+    assert_eq!(l.last().unwrap().0 as usize, steps + 2);
 }

@@ -31,12 +31,35 @@ pub use residual::{residual, NormPlacement};
 
 use candle_core::{Result, Tensor};
 
-/// Dropout that is the identity in eval mode. `candle_nn::ops::dropout` is built from
-/// differentiable ops (a random mask multiply), so gradients flow through it.
+/// The masks dropout draws, seeded by the trainer at every step ([`seed_dropout`]) so a
+/// run, and a resumed run, repeats exactly; candle's CPU `rand` cannot be seeded.
+static DROPOUT_RNG: std::sync::Mutex<Option<rand::rngs::StdRng>> = std::sync::Mutex::new(None);
+
+/// Seeds the masks of every dropout call that follows, in call order. The trainer calls
+/// it with (run seed, step) before each step's forward pass.
+pub fn seed_dropout(seed: u64) {
+    use rand::SeedableRng;
+    *DROPOUT_RNG.lock().unwrap_or_else(|e| e.into_inner()) =
+        Some(rand::rngs::StdRng::seed_from_u64(seed));
+}
+
+/// Inverted dropout, the identity in eval mode: x · mask / (1 − p) with mask ~
+/// Bernoulli(1 − p). The mask is a constant, so gradients flow through the multiply.
 pub fn dropout(x: &Tensor, p: f64, train: bool) -> Result<Tensor> {
-    if train && p > 0.0 {
-        candle_nn::ops::dropout(x, p as f32)
-    } else {
-        Ok(x.clone())
+    if !(train && p > 0.0) {
+        return Ok(x.clone());
     }
+    let mut rng = DROPOUT_RNG.lock().unwrap_or_else(|e| e.into_inner());
+    let Some(rng) = rng.as_mut() else {
+        return candle_nn::ops::dropout(x, p as f32); // unseeded: candle's own
+    };
+    use rand::Rng;
+    let keep = 1.0 / (1.0 - p) as f32;
+    let mask: Vec<f32> = (0..x.elem_count())
+        .map(|_| if rng.random::<f64>() < p { 0.0 } else { keep })
+        .collect();
+    let mask = Tensor::from_vec(mask, x.shape(), &candle_core::Device::Cpu)?
+        .to_device(x.device())?
+        .to_dtype(x.dtype())?;
+    x * mask
 }

@@ -535,7 +535,10 @@ pub fn train(req: TrainRequest) -> Result<TrainSummary> {
         let mut grads = None;
         let mut loss_sum = 0f64;
         for micro in 0..cfg.grad_accum {
-            let loss = task.train_loss(step * cfg.grad_accum + micro, &device)?;
+            let n = step * cfg.grad_accum + micro;
+            // Dropout masks from (seed, micro-batch): a resumed run draws the same ones.
+            crate::nn::seed_dropout(cfg.seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ n as u64);
+            let loss = task.train_loss(n, &device)?;
             let l = loss.to_scalar::<f32>()? as f64;
             if !l.is_finite() {
                 pb.finish_and_clear();
