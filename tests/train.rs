@@ -567,7 +567,7 @@ fn a_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint() {
 fn ctrl_c_saves_a_checkpoint_that_resume_continues() {
     let s = Setup::new();
     let out = s.p("int");
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_wick"))
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_wick"))
         .args([
             "train",
             "--model",
