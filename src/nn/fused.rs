@@ -54,7 +54,7 @@ fn rows_mut(out: &mut [f32], n: usize, f: impl Fn(usize, &mut [f32]) + Sync) {
 /// An output buffer of `n` floats for a kernel to fill. Zeroed, because handing out
 /// uninitialised memory as `&mut [f32]` is undefined behaviour; mimalloc serves
 /// recycled blocks, so the cost is one memset per op.
-pub(super) fn uninit(n: usize) -> Vec<f32> {
+pub(super) fn zeroed(n: usize) -> Vec<f32> {
     vec![0f32; n]
 }
 
@@ -147,7 +147,7 @@ impl CustomOp1 for Gelu {
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
         let x = f32_slice(s, l, "gelu")?;
-        let mut y = uninit(x.len());
+        let mut y = zeroed(x.len());
         rows_mut(&mut y, 4096, |i, r| gelu_row(self.exact, &x[i * 4096..], r));
         Ok((CpuStorage::F32(y), l.shape().clone()))
     }
@@ -181,7 +181,7 @@ impl CustomOp2 for GeluGrad {
             f32_slice(s1, l1, "gelu grad")?,
             f32_slice(s2, l2, "gelu grad")?,
         );
-        let mut out = uninit(x.len());
+        let mut out = zeroed(x.len());
         rows_mut(&mut out, 4096, |i, r| {
             let o = i * 4096;
             gelu_grad_row(self.gelu.exact, &x[o..], &g[o..], r)
@@ -276,7 +276,7 @@ impl CustomOp3 for LayerNormOp {
             f32_slice(s3, l3, "layer norm")?,
         );
         let c = w.len();
-        let mut y = uninit(x.len());
+        let mut y = zeroed(x.len());
         rows_mut(&mut y, c, |i, r| {
             layer_norm_row(&x[i * c..(i + 1) * c], w, b, self.eps, r)
         });
@@ -370,7 +370,7 @@ impl CustomOp1 for Softmax {
             1
         };
         let past = tk.saturating_sub(tq);
-        let mut y = uninit(x.len());
+        let mut y = zeroed(x.len());
         rows_mut(&mut y, tk, |i, r| {
             let visible = if self.causal {
                 (i % tq + past + 1).min(tk)
@@ -462,7 +462,7 @@ impl CustomOp2 for SoftmaxGrad {
             f32_slice(s2, l2, "softmax grad")?,
         );
         let tk = l1.dims()[l1.dims().len() - 1];
-        let mut out = uninit(y.len());
+        let mut out = zeroed(y.len());
         rows_mut(&mut out, tk, |i, r| {
             let span = i * tk..(i + 1) * tk;
             softmax_grad_row(&y[span.clone()], &g[span], self.scale, r);
@@ -618,7 +618,7 @@ impl CustomOp3 for CrossEntropyGrad {
         let t = u32_slice(s2, l2, "ce grad")?;
         let g = f32_slice(s3, l3, "ce grad")?;
         let v = l1.dims()[1];
-        let mut out = uninit(x.len());
+        let mut out = zeroed(x.len());
         rows_mut(&mut out, v, |i, r| {
             if t[i] == IGNORE {
                 r.iter_mut().for_each(|a| *a = 0.0);

@@ -15,8 +15,8 @@ use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
 use super::fastmath::{self, simd_fn};
-use super::fused::{f32_slice, sum8_zip, uninit};
-use super::matmul::{gemm_into, View};
+use super::fused::{f32_slice, sum8_zip, zeroed};
+use super::matmul::{gemm_rows, View};
 
 #[derive(Clone, Copy)]
 struct CausalAttention {
@@ -68,54 +68,71 @@ simd_fn! {
     }
 }
 
+// Products with a causal (lower-triangular) T×T matrix, split at h = T/2 so that the
+// block above the diagonal that is all zeros, a quarter of the square, is skipped.
+
+/// dst (T, T) = A (T, k) · B (k, T) where only j ≤ i is wanted; the skipped block of
+/// dst (rows < h, columns ≥ h) is left as it was (zeros).
+fn causal_product(dst: &mut [f32], t: usize, k: usize, a: View, b: View) {
+    let h = t / 2;
+    gemm_rows(dst, t, h, h, k, a, b, false);
+    gemm_rows(&mut dst[h * t..], t, t - h, t, k, a.at(h, 0), b, false);
+}
+
+/// dst (T, n) = L (T, T) · R (T, n) for a lower-triangular L.
+fn lower_times(dst: &mut [f32], t: usize, n: usize, l: View, r: View) {
+    let h = t / 2;
+    gemm_rows(dst, n, h, n, h, l, r, false);
+    gemm_rows(&mut dst[h * n..], n, t - h, n, t, l.at(h, 0), r, false);
+}
+
+/// dst (T, n) = U (T, T) · R (T, n) for an upper-triangular U (a lower one transposed).
+fn upper_times(dst: &mut [f32], t: usize, n: usize, u: View, r: View) {
+    let h = t / 2;
+    gemm_rows(dst, n, h, n, t, u, r, false);
+    gemm_rows(
+        &mut dst[h * n..],
+        n,
+        t - h,
+        n,
+        t - h,
+        u.at(h, h),
+        r.at(h, 0),
+        false,
+    );
+}
+
 /// P (T, T) of head h: causal softmax(Q·Kᵀ·scale).
 fn probs(qkv: &[f32], h: usize, dims: Dims, scale: f32, p: &mut [f32]) {
     let Dims { t, d, .. } = dims;
-    let (q, kt) = (head(qkv, 0, h, dims), head_t(qkv, 1, h, dims));
-    gemm_into(p, t, t, d, q, kt, false);
+    causal_product(p, t, d, head(qkv, 0, h, dims), head_t(qkv, 1, h, dims));
     causal_softmax(p, t, scale);
 }
 
 /// Head h's output y_h (T, D) = P·V for one batch element's qkv (T, 3C).
 fn forward_head(qkv: &[f32], h: usize, dims: Dims, scale: f32, y: &mut [f32]) {
     let Dims { t, d, .. } = dims;
-    let mut p = uninit(t * t);
+    let mut p = zeroed(t * t);
     probs(qkv, h, dims, scale, &mut p);
-    gemm_into(y, t, d, t, View::rows(&p, t), head(qkv, 2, h, dims), false);
+    lower_times(y, t, d, View::rows(&p, t), head(qkv, 2, h, dims));
 }
 
 /// Head h's gradients (3, T, D): dQ, dK, dV, from one batch element's qkv (T, 3C) and
 /// dy (T, C).
 fn backward_head(qkv: &[f32], dy: &[f32], h: usize, dims: Dims, scale: f32, out: &mut [f32]) {
     let Dims { t, c, d, .. } = dims;
-    let mut p = uninit(t * t);
+    let mut p = zeroed(t * t);
     probs(qkv, h, dims, scale, &mut p);
     let dy_h = View::strided(&dy[h * d..], c, 1); // (T, D)
-                                                  // dP = dY·Vᵀ, then dS = P ⊙ (dP − rowsum(P ⊙ dP))·scale
-    let mut ds = uninit(t * t);
-    gemm_into(&mut ds, t, t, d, dy_h, head_t(qkv, 2, h, dims), false);
+                                                  // dP = dY·Vᵀ (j ≤ i), then dS = P ⊙ (dP − rowsum(P ⊙ dP))·scale
+    let mut ds = zeroed(t * t);
+    causal_product(&mut ds, t, d, dy_h, head_t(qkv, 2, h, dims));
     softmax_backward(&p, &mut ds, t, scale);
     let (dq, rest) = out.split_at_mut(t * d);
     let (dk, dv) = rest.split_at_mut(t * d);
-    gemm_into(
-        dq,
-        t,
-        d,
-        t,
-        View::rows(&ds, t),
-        head(qkv, 1, h, dims),
-        false,
-    ); // dS·K
-    gemm_into(
-        dk,
-        t,
-        d,
-        t,
-        View::transposed(&ds, t),
-        head(qkv, 0, h, dims),
-        false,
-    ); // dSᵀ·Q
-    gemm_into(dv, t, d, t, View::transposed(&p, t), dy_h, false); // Pᵀ·dY
+    lower_times(dq, t, d, View::rows(&ds, t), head(qkv, 1, h, dims)); // dS·K
+    upper_times(dk, t, d, View::transposed(&ds, t), head(qkv, 0, h, dims)); // dSᵀ·Q
+    upper_times(dv, t, d, View::transposed(&p, t), dy_h); // Pᵀ·dY
 }
 
 /// Runs `f(batch element, head, out)` for every (b, h) in parallel, each into its own
@@ -129,7 +146,7 @@ fn per_head(
     (0..b * heads)
         .into_par_iter()
         .map(|n| {
-            let mut out = uninit(len);
+            let mut out = zeroed(len);
             f(n / heads, n % heads, &mut out);
             out
         })
@@ -163,7 +180,7 @@ impl CustomOp1 for CausalAttention {
             forward_head(&qkv[n * t * 3 * c..][..t * 3 * c], h, dims, self.scale, yh)
         });
         // (B, H, T, D) -> (B, T, C)
-        let mut y = uninit(b * t * c);
+        let mut y = zeroed(b * t * c);
         for (m, yh) in outs.iter().enumerate() {
             let (n, h) = (m / dims.heads, m % dims.heads);
             for i in 0..t {
@@ -205,7 +222,7 @@ impl candle_core::CustomOp2 for CausalAttentionGrad {
             backward_head(qb, &dy[n * t * c..][..t * c], h, dims, self.0.scale, g)
         });
         // (B, H, 3, T, D) -> (B, T, 3C)
-        let mut dqkv = uninit(b * t * 3 * c);
+        let mut dqkv = zeroed(b * t * 3 * c);
         for (m, g) in outs.iter().enumerate() {
             let (n, h) = (m / dims.heads, m % dims.heads);
             for part in 0..3 {

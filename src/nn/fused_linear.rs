@@ -9,7 +9,7 @@
 
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 
-use super::fused::{f32_slice, uninit};
+use super::fused::{f32_slice, zeroed};
 use super::matmul::{gemm_into, View};
 
 #[derive(Clone, Copy)]
@@ -62,7 +62,7 @@ impl CustomOp3 for LinearOp {
             )
         }
         let n = x.len() / inp;
-        let mut y = uninit(n * out);
+        let mut y = zeroed(n * out);
         y.chunks_exact_mut(out).for_each(|r| r.copy_from_slice(b));
         gemm_into(
             &mut y,
@@ -117,7 +117,7 @@ impl CustomOp3 for LinearGrad {
         let dy = f32_slice(s3, l3, "linear grad")?;
         let (inp, out) = self.0.sizes(l2)?;
         let n = x.len() / inp;
-        let mut all = uninit(n * inp + inp * out + out);
+        let mut all = zeroed(n * inp + inp * out + out);
         let (dx, rest) = all.split_at_mut(n * inp);
         let (dw, db) = rest.split_at_mut(inp * out);
         // dx (n, in) = dy (n, out) · Wᵀ (out, in)

@@ -12,6 +12,18 @@ pub struct View {
 }
 
 impl View {
+    /// The same matrix from element (row, col) on: a block of it.
+    pub fn at(&self, row: usize, col: usize) -> View {
+        let offset = row * self.rs as usize + col * self.cs as usize;
+        assert!(offset <= self.len, "view offset outside its slice");
+        Self {
+            // SAFETY: offset ≤ len keeps the pointer inside (or one past) the slice.
+            ptr: unsafe { self.ptr.add(offset) },
+            len: self.len - offset,
+            ..*self
+        }
+    }
+
     /// Whether a (rows, cols) matrix under these strides stays inside the slice.
     fn fits(&self, rows: usize, cols: usize) -> bool {
         rows == 0
@@ -51,7 +63,22 @@ impl View {
 
 /// dst (m, n), row-major, = [dst +] lhs (m, k) · rhs (k, n).
 pub fn gemm_into(dst: &mut [f32], m: usize, n: usize, k: usize, lhs: View, rhs: View, add: bool) {
-    assert!(dst.len() >= m * n);
+    gemm_rows(dst, n, m, n, k, lhs, rhs, add)
+}
+
+/// As [`gemm_into`], into a dst whose rows are `dst_rs` apart (a block of a wider matrix).
+#[allow(clippy::too_many_arguments)] // the BLAS shape: dst, sizes, operands
+pub fn gemm_rows(
+    dst: &mut [f32],
+    dst_rs: usize,
+    m: usize,
+    n: usize,
+    k: usize,
+    lhs: View,
+    rhs: View,
+    add: bool,
+) {
+    assert!(n <= dst_rs && (m == 0 || (m - 1) * dst_rs + n <= dst.len()));
     assert!(
         lhs.fits(m, k) && rhs.fits(k, n),
         "gemm operand outside its slice"
@@ -61,7 +88,7 @@ pub fn gemm_into(dst: &mut [f32], m: usize, n: usize, k: usize, lhs: View, rhs: 
     } else {
         gemm::Parallelism::None
     };
-    // SAFETY: dst holds m·n floats, and every element of lhs (m, k) and rhs (k, n)
+    // SAFETY: dst holds the (m, n) block under its row stride, and every element of lhs (m, k) and rhs (k, n)
     // under their strides lies inside the slice each was made from (checked above).
     unsafe {
         gemm::gemm(
@@ -70,7 +97,7 @@ pub fn gemm_into(dst: &mut [f32], m: usize, n: usize, k: usize, lhs: View, rhs: 
             k,
             dst.as_mut_ptr(),
             1,
-            n as isize,
+            dst_rs as isize,
             add,
             lhs.ptr,
             lhs.cs,
