@@ -379,19 +379,16 @@ fn classification_fine_tuning_learns_a_separable_set() {
     }
 }
 
-/// Masked-LM training of a BERT: the loss on masked positions falls.
-#[test]
-fn masked_lm_training_lowers_the_loss() {
-    let s = Setup::new();
-    let out = s.p("mlm");
-    let (code, _, e) = wick(&[
+/// Trains the tiny BERT fixture for 60 steps with `objective` on `data`.
+fn train_tiny_bert(objective: &str, data: &Path, out: &Path) -> (i32, String, String) {
+    wick(&[
         "train",
         "--model",
         fixture("tiny-bert-mlm").to_str().unwrap(),
         "--objective",
-        "mlm",
+        objective,
         "--data",
-        s.p("corpus.txt").to_str().unwrap(),
+        data.to_str().unwrap(),
         "--out",
         out.to_str().unwrap(),
         "--max-iters",
@@ -410,12 +407,26 @@ fn masked_lm_training_lowers_the_loss() {
         "2",
         "--eval-every",
         "30",
-    ]);
-    assert_eq!(code, 0, "{e}");
-    let l = losses(&out);
+    ])
+}
+
+/// The mean of the last five logged losses is under 80% of the first five's.
+#[track_caller]
+fn assert_loss_falls_by_a_fifth(out: &Path) {
+    let l = losses(out);
     let first: f64 = l[..5].iter().map(|x| x.1).sum::<f64>() / 5.0;
     let last: f64 = l[l.len() - 5..].iter().map(|x| x.1).sum::<f64>() / 5.0;
     assert!(last < first * 0.8, "{first} -> {last}");
+}
+
+/// Masked-LM training of a BERT: the loss on masked positions falls.
+#[test]
+fn masked_lm_training_lowers_the_loss() {
+    let s = Setup::new();
+    let out = s.p("mlm");
+    let (code, _, e) = train_tiny_bert("mlm", &s.p("corpus.txt"), &out);
+    assert_eq!(code, 0, "{e}");
+    assert_loss_falls_by_a_fifth(&out);
     let cfg: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(out.join("config.json")).unwrap()).unwrap();
     assert_eq!(cfg["architectures"][0], "BertForMaskedLM");
@@ -450,37 +461,10 @@ fn mlm_plus_nsp_pretraining_runs_on_documents() {
     }
     std::fs::write(s.p("docs.txt"), &corpus).unwrap();
     let out = s.p("nsp");
-    let (code, o, e) = wick(&[
-        "train",
-        "--model",
-        fixture("tiny-bert-mlm").to_str().unwrap(),
-        "--objective",
-        "mlm+nsp",
-        "--data",
-        s.p("docs.txt").to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-        "--max-iters",
-        "60",
-        "--batch-size",
-        "8",
-        "--block-size",
-        "16",
-        "--learning-rate",
-        "0.003",
-        "--warmup-iters",
-        "2",
-        "--log-every",
-        "1",
-        "--eval-every",
-        "30",
-    ]);
+    let (code, o, e) = train_tiny_bert("mlm+nsp", &s.p("docs.txt"), &out);
     assert_eq!(code, 0, "{e}");
     assert!(o.contains("18 documents, 126 sentence pairs"), "{o}");
-    let l = losses(&out);
-    let first: f64 = l[..5].iter().map(|x| x.1).sum::<f64>() / 5.0;
-    let last: f64 = l[l.len() - 5..].iter().map(|x| x.1).sum::<f64>() / 5.0;
-    assert!(last < first * 0.8, "{first} -> {last}");
+    assert_loss_falls_by_a_fifth(&out);
     let metrics = std::fs::read_to_string(out.join("metrics.jsonl")).unwrap();
     let acc = metrics
         .lines()
@@ -502,19 +486,7 @@ fn mlm_plus_nsp_pretraining_runs_on_documents() {
 
     // One document cannot give NotNext pairs: a clear error naming the file.
     std::fs::write(s.p("one.txt"), "a b c\nd e f\n").unwrap();
-    let (code, _, e) = wick(&[
-        "train",
-        "--model",
-        fixture("tiny-bert-mlm").to_str().unwrap(),
-        "--objective",
-        "mlm+nsp",
-        "--data",
-        s.p("one.txt").to_str().unwrap(),
-        "--out",
-        s.p("nsp-bad").to_str().unwrap(),
-        "--block-size",
-        "16",
-    ]);
+    let (code, _, e) = train_tiny_bert("mlm+nsp", &s.p("one.txt"), &s.p("nsp-bad"));
     assert_ne!(code, 0);
     assert!(e.contains("one.txt") && e.contains("two documents"), "{e}");
 }
