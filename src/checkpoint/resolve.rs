@@ -10,6 +10,7 @@ use crate::error::{Result, WickError};
 /// Files a checkpoint may have beside config.json and its weights.
 const OPTIONAL_FILES: &[&str] = &[
     "tokenizer.json",
+    crate::tokenizer::SOURCE_TOKENIZER,
     "tokenizer_config.json",
     "vocab.json",
     "merges.txt",

@@ -134,7 +134,7 @@ fn eval_translator(args: &Args, p: &Pretrained, model: &crate::models::Seq2Seq) 
         .iter()
         .map(|(s, t)| {
             Ok(EncodedPair {
-                src: encode_side(tok, s, c.eos_token_id, max)?,
+                src: encode_side(tok.source_side(), s, c.eos_token_id, max)?,
                 tgt: encode_side(tok, t, c.eos_token_id, max)?,
             })
         })

@@ -91,6 +91,9 @@ pub struct Args {
     /// Masked LM: mask whole words (all WordPiece pieces of a word together).
     #[arg(long)]
     whole_word_mask: bool,
+    /// Seq2seq from scratch: separate source and target BPE vocabularies (default: joint).
+    #[arg(long)]
+    separate_vocab: bool,
     /// cpu, cuda[:N] or metal.
     #[arg(long, default_value = "cpu")]
     device: String,
@@ -134,6 +137,10 @@ pub fn run(a: Args) -> Result<()> {
     put(
         "whole_word_mask",
         a.whole_word_mask.then_some(Value::Bool(true)),
+    );
+    put(
+        "separate_vocab",
+        a.separate_vocab.then_some(Value::Bool(true)),
     );
     put(
         "eval_data",

@@ -1,7 +1,8 @@
 //! The original Transformer ("Attention Is All You Need"): an encoder of post-LN
 //! self-attention layers and a decoder of post-LN layers with masked self-attention,
 //! cross-attention over the encoder output and a feed-forward network. Sinusoidal
-//! positions; one embedding shared by source, target and the output projection.
+//! positions; one embedding shared by source, target and the output projection (or,
+//! with a separate source vocabulary, the source side's own).
 //! Tensor names follow BART/Marian (`shared`, `encoder.layers.N.self_attn.q_proj`, ...).
 
 use candle_core::{Result, Tensor};
@@ -18,6 +19,11 @@ use crate::nn::{
 #[serde(deny_unknown_fields)]
 pub struct Seq2SeqConfig {
     pub vocab_size: usize,
+    /// A source vocabulary of its own (a separate tokenizer): the encoder then embeds
+    /// with `encoder.embed_tokens` of this size, and `shared` serves the target side
+    /// and the output projection. Absent: one joint vocabulary for both sides.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub src_vocab_size: Option<usize>,
     pub d_model: usize,
     pub encoder_layers: usize,
     pub decoder_layers: usize,
@@ -232,6 +238,8 @@ impl DecoderLayer {
 #[derive(Debug, Clone)]
 pub struct Seq2Seq {
     shared: Embedding,
+    /// The source side's own embedding, when its vocabulary is separate.
+    src_embed: Option<Embedding>,
     positions: SinusoidalPositions,
     encoder: Vec<EncoderLayer>,
     decoder: Vec<DecoderLayer>,
@@ -249,6 +257,10 @@ impl Seq2Seq {
         }
         Ok(Self {
             shared: Embedding::load(cfg.vocab_size, cfg.d_model, vb.pp("shared"))?,
+            src_embed: cfg
+                .src_vocab_size
+                .map(|v| Embedding::load(v, cfg.d_model, vb.pp("encoder.embed_tokens")))
+                .transpose()?,
             positions: SinusoidalPositions::new(
                 cfg.max_position_embeddings,
                 cfg.d_model,
@@ -280,8 +292,8 @@ impl Seq2Seq {
         }
     }
 
-    /// Token embedding (scaled) plus sinusoidal position, then dropout.
-    fn embed(&self, ids: &Tensor, offset: usize, train: bool) -> Result<Tensor> {
+    /// Token embedding (scaled) from `table` plus sinusoidal position, then dropout.
+    fn embed(&self, table: &Embedding, ids: &Tensor, offset: usize, train: bool) -> Result<Tensor> {
         let (b, t) = ids.dims2()?;
         if offset + t > self.positions.max_len() {
             return Err(candle_core::Error::wrap(WickError::TooLong {
@@ -294,7 +306,7 @@ impl Seq2Seq {
         } else {
             1.0
         };
-        let tok = (self.shared.forward(ids)? * scale)?; // (B, T, C)
+        let tok = (table.forward(ids)? * scale)?; // (B, T, C)
         let pos = self
             .positions
             .forward(&crate::nn::position_ids(b, t, offset, ids.device())?)?;
@@ -304,7 +316,12 @@ impl Seq2Seq {
     /// src ids and mask: (B, S) -> memory (B, S, C).
     pub fn encode(&self, src: &Tensor, src_mask: Option<&Tensor>, train: bool) -> Result<Tensor> {
         let s = src.dim(1)?;
-        let mut x = self.embed(src, 0, train)?;
+        let mut x = self.embed(
+            self.src_embed.as_ref().unwrap_or(&self.shared),
+            src,
+            0,
+            train,
+        )?;
         let mask = Mask::new(s, s, false, src_mask, x.dtype(), x.device())?;
         for layer in &self.encoder {
             x = layer.forward(&x, &mask, train)?;
@@ -326,7 +343,7 @@ impl Seq2Seq {
         let t = tgt.dim(1)?;
         let s = memory.dim(1)?;
         let past = cache.as_ref().map_or(0, |c| c.len());
-        let mut x = self.embed(tgt, past, train)?;
+        let mut x = self.embed(&self.shared, tgt, past, train)?;
         let self_mask = Mask::new(t, past + t, true, tgt_mask, x.dtype(), x.device())?;
         let cross_mask = Mask::new(t, s, false, src_mask, x.dtype(), x.device())?;
         for (i, layer) in self.decoder.iter().enumerate() {

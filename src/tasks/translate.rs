@@ -32,7 +32,14 @@ pub fn translate(
     let c = model.config();
     let src: Vec<Vec<u32>> = sources
         .iter()
-        .map(|s| encode_side(tok, s, c.eos_token_id, c.max_position_embeddings))
+        .map(|s| {
+            encode_side(
+                tok.source_side(),
+                s,
+                c.eos_token_id,
+                c.max_position_embeddings,
+            )
+        })
         .collect::<Result<_>>()?;
     let (src, src_mask) = pad_batch(&src, c.pad_token_id, Padding::Right, device)?;
     let mut opts = opts.clone();

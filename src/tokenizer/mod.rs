@@ -25,6 +25,10 @@ pub struct Tokenizer {
     inner: tokenizers::Tokenizer,
     /// Where it was loaded from, for error messages.
     source: PathBuf,
+    /// A translation model's source-side tokenizer when the two sides have separate
+    /// vocabularies (`source_tokenizer.json` beside `tokenizer.json`); this one is then
+    /// the target side's.
+    source_side: Option<Box<Tokenizer>>,
 }
 
 impl std::fmt::Debug for Tokenizer {
@@ -47,20 +51,33 @@ fn tok_err(path: &Path, e: impl std::fmt::Display) -> WickError {
     }
 }
 
+/// A separate source-side tokenizer's file name in a checkpoint folder.
+pub const SOURCE_TOKENIZER: &str = "source_tokenizer.json";
+
 impl Tokenizer {
     pub fn new(mut inner: tokenizers::Tokenizer, source: PathBuf) -> Self {
         // Some checkpoints ship fixed padding/truncation (all-MiniLM pads every input to
         // 128): wick pads batches itself, to the longest text, and truncates on request.
         inner.with_padding(None);
         let _ = inner.with_truncation(None);
-        Self { inner, source }
+        Self {
+            inner,
+            source,
+            source_side: None,
+        }
     }
 
     /// Loads the tokenizer of a checkpoint folder.
     pub fn from_dir(dir: &Path) -> Result<Self> {
         let json = dir.join("tokenizer.json");
         if json.is_file() {
-            return Self::from_file(&json);
+            let tok = Self::from_file(&json)?;
+            let src = dir.join(SOURCE_TOKENIZER);
+            return Ok(if src.is_file() {
+                tok.with_source_side(Self::from_file(&src)?)
+            } else {
+                tok
+            });
         }
         let (vocab_json, merges) = (dir.join("vocab.json"), dir.join("merges.txt"));
         if vocab_json.is_file() && merges.is_file() {
@@ -243,10 +260,25 @@ impl Tokenizer {
         self.inner.id_to_token(id)
     }
 
-    /// Writes tokenizer.json.
+    /// Writes tokenizer.json at `path`, and a separate source side beside it as
+    /// `source_tokenizer.json`.
     pub fn save(&self, path: &Path) -> Result<()> {
+        if let Some(src) = &self.source_side {
+            src.save(&path.with_file_name(SOURCE_TOKENIZER))?;
+        }
         let json = self.inner.to_string(true).map_err(|e| tok_err(path, e))?;
         crate::checkpoint::atomic_write(path, json.as_bytes())
+    }
+
+    /// This tokenizer for targets, `src` for sources (separate vocabularies).
+    pub fn with_source_side(mut self, src: Tokenizer) -> Self {
+        self.source_side = Some(Box::new(src));
+        self
+    }
+
+    /// The tokenizer that encodes a translation's source: the separate one, or this.
+    pub fn source_side(&self) -> &Tokenizer {
+        self.source_side.as_deref().unwrap_or(self)
     }
 }
 

@@ -92,7 +92,11 @@ pub fn save_checkpoint(out: &Path, snap: &Snapshot, keep_last: usize) -> Result<
 /// Copies a checkpoint's model files (config, weights, tokenizer) into `dest`, each
 /// atomically, so `dest` is always a loadable model folder.
 pub fn publish(checkpoint: &Path, dest: &Path) -> Result<()> {
-    for f in ["model.safetensors", "tokenizer.json", "config.json"] {
+    // The source-side tokenizer first: config.json, written last, marks the folder whole.
+    let separate = crate::tokenizer::SOURCE_TOKENIZER;
+    let source_side = checkpoint.join(separate).is_file().then_some(separate);
+    let files = ["model.safetensors", "tokenizer.json", "config.json"];
+    for f in source_side.into_iter().chain(files) {
         let src = checkpoint.join(f);
         let bytes = std::fs::read(&src).map_err(|e| WickError::io(&src, e))?;
         atomic_write(&dest.join(f), &bytes)?;

@@ -80,6 +80,9 @@ pub struct TrainConfig {
     pub label_smoothing: f64,
     /// Seq2seq: probability of feeding the decoder its own prediction (0 = off).
     pub scheduled_sampling: f64,
+    /// Seq2seq from scratch: learn one BPE per side (source and target vocabularies
+    /// and embeddings of their own) instead of a joint one.
+    pub separate_vocab: bool,
 }
 
 impl Default for TrainConfig {
@@ -114,6 +117,7 @@ impl Default for TrainConfig {
             whole_word_mask: false,
             label_smoothing: 0.0,
             scheduled_sampling: 0.0,
+            separate_vocab: false,
             text_column: None,
             pair_column: None,
             label_column: "label".into(),
@@ -178,6 +182,9 @@ impl TrainConfig {
                 "--label-smoothing must be in [0, 1), got {}",
                 self.label_smoothing
             ));
+        }
+        if self.separate_vocab && self.objective != Objective::Seq2seq {
+            return bad("--separate-vocab applies to --objective seq2seq".into());
         }
         if !(0.0..=1.0).contains(&self.scheduled_sampling) {
             return bad(format!(

@@ -267,22 +267,37 @@ pub fn train(req: TrainRequest) -> Result<TrainSummary> {
             let tok = if kind == "char" {
                 Tokenizer::char_level(&crate::data::read_documents(&data)?.concat())?
             } else if kind == "bpe" {
-                // A joint subword vocabulary learned from both sides of the pairs.
+                // A subword vocabulary learned from the pairs: joint over both sides, or
+                // one per side with --separate-vocab.
                 let size = config
                     .get("vocab_size")
                     .and_then(Value::as_u64)
                     .filter(|&v| v > 0)
                     .unwrap_or(8000) as usize;
-                let texts: Vec<String> = crate::data::pairs::read_pairs(&data)?
-                    .into_iter()
-                    .flat_map(|(s, t)| [s, t])
-                    .collect();
-                let tok = Tokenizer::train_bpe(&texts, size)?;
-                println!(
-                    "tokenizer    trained a {}-token BPE on {}",
-                    tok.vocab_size(),
-                    data.display()
-                );
+                let pairs = crate::data::pairs::read_pairs(&data)?;
+                let side = |f: fn(&(String, String)) -> &String| -> Vec<String> {
+                    pairs.iter().map(|p| f(p).clone()).collect()
+                };
+                let tok = if cfg.separate_vocab {
+                    let src = Tokenizer::train_bpe(&side(|p| &p.0), size)?;
+                    Tokenizer::train_bpe(&side(|p| &p.1), size)?.with_source_side(src)
+                } else {
+                    let texts: Vec<String> = pairs.into_iter().flat_map(|(s, t)| [s, t]).collect();
+                    Tokenizer::train_bpe(&texts, size)?
+                };
+                match cfg.separate_vocab {
+                    true => println!(
+                        "tokenizer    trained a {}-token source BPE and a {}-token target BPE on {}",
+                        tok.source_side().vocab_size(),
+                        tok.vocab_size(),
+                        data.display()
+                    ),
+                    false => println!(
+                        "tokenizer    trained a {}-token BPE on {}",
+                        tok.vocab_size(),
+                        data.display()
+                    ),
+                }
                 tok
             } else if Path::new(&kind).is_dir() {
                 Tokenizer::from_dir(Path::new(&kind))?
@@ -293,6 +308,10 @@ pub fn train(req: TrainRequest) -> Result<TrainSummary> {
             if let Some(obj) = config.as_object_mut() {
                 if obj.get("vocab_size").and_then(|v| v.as_u64()).unwrap_or(0) == 0 {
                     obj.insert("vocab_size".into(), tok.vocab_size().into());
+                }
+                if cfg.separate_vocab {
+                    let src = tok.source_side().vocab_size();
+                    obj.insert("src_vocab_size".into(), src.into());
                 }
             }
             (tok, config, None)
@@ -361,6 +380,20 @@ pub fn train(req: TrainRequest) -> Result<TrainSummary> {
             )))
         }
     };
+    if let ModelConfig::Seq2Seq(c) = &model_config {
+        if cfg.separate_vocab && c.src_vocab_size.is_none() {
+            return Err(WickError::Unsupported(
+                "--separate-vocab applies when wick learns the BPE (a preset with \"tokenizer\": \"bpe\"); this model has one joint vocabulary".into(),
+            ));
+        }
+        let src = tokenizer.source_side().vocab_size();
+        if src > c.src_vocab_size.unwrap_or(c.vocab_size) {
+            return Err(WickError::Unsupported(format!(
+                "the source tokenizer has {src} tokens but the model's source vocabulary is {}",
+                c.src_vocab_size.unwrap_or(c.vocab_size)
+            )));
+        }
+    }
     if tokenizer.vocab_size() > model_config.vocab_size() {
         return Err(WickError::Unsupported(format!(
             "the tokenizer has {} tokens but the model's vocab_size is {}",
@@ -929,7 +962,7 @@ fn build_task<'m>(
                     .map(|(s, t)| {
                         Ok(crate::data::pairs::EncodedPair {
                             src: crate::data::pairs::encode_side(
-                                tokenizer,
+                                tokenizer.source_side(),
                                 s,
                                 c.eos_token_id,
                                 cfg.block_size,
