@@ -112,6 +112,12 @@ fn separate_vocabularies_learn_and_translate_too() {
     let st = safetensors::SafeTensors::deserialize(&st).unwrap();
     let emb = st.tensor("encoder.embed_tokens.weight").unwrap();
     assert_eq!(emb.shape(), &[src.as_object().unwrap().len(), 32]);
+    let info = wick_json(&["info", "--model", out.to_str().unwrap(), "--json"]);
+    let side = &info["tokenizer"]["source_side"];
+    assert_eq!(
+        side["vocab_size"].as_u64().unwrap() as usize,
+        src.as_object().unwrap().len()
+    );
     assert_translates_the_pairs(dir.path(), &out);
     // The flag belongs to seq2seq.
     wick_fails(

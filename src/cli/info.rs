@@ -33,10 +33,14 @@ pub fn run(args: Args) -> Result<()> {
             .map(|q| format!("{q} (linear layers), f32"))
             .or_else(|| s.stored_dtype().map(|d| format!("{d:?}").to_lowercase()))
     });
-    let tokenizer = p
-        .tokenizer
-        .as_ref()
-        .map(|t| json!({"source": t.source(), "vocab_size": t.vocab_size()}));
+    let tokenizer = p.tokenizer.as_ref().map(|t| {
+        let src = t.source_side();
+        let mut v = json!({"source": t.source(), "vocab_size": t.vocab_size()});
+        if !std::ptr::eq(src, t) {
+            v["source_side"] = json!({"source": src.source(), "vocab_size": src.vocab_size()});
+        }
+        v
+    });
     let unused = p.weights.unused();
     let value = json!({
         "path": p.dir,
@@ -74,6 +78,16 @@ pub fn run(args: Args) -> Result<()> {
             ),
             None => "tokenizer     none".into(),
         };
+        if let Some(t) = &p.tokenizer {
+            let side = t.source_side();
+            if !std::ptr::eq(side, t) {
+                s += &format!(
+                    "\nsource side   {} (vocab {})",
+                    side.source().display(),
+                    side.vocab_size()
+                );
+            }
+        }
         if !unused.is_empty() {
             s += &format!(
                 "\nunused        {} checkpoint tensors: {}",
