@@ -390,17 +390,24 @@ impl CustomOp1 for Softmax {
     }
 }
 
+/// softmax(scale · r[..visible]) in place, zeros after: the one softmax kernel, which
+/// the softmax op, the cross-entropy gradient and fused attention all run.
+#[inline(always)]
+pub(super) fn softmax_in_place(r: &mut [f32], scale: f32, visible: usize) {
+    let (seen, future) = r.split_at_mut(visible);
+    let max = seen.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+    seen.iter_mut()
+        .for_each(|v| *v = fastmath::exp((*v - max) * scale));
+    let inv = 1.0 / sum8(seen);
+    seen.iter_mut().for_each(|v| *v *= inv);
+    future.iter_mut().for_each(|v| *v = 0.0);
+}
+
 simd_fn! {
     /// y = softmax(scale · x[..visible]), zeros after.
     fn softmax_row(x: &[f32], scale: f32, visible: usize, y: &mut [f32]) {
-        let (xv, yv) = (&x[..visible], &mut y[..visible]);
-        let max = xv.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
-        yv.iter_mut()
-            .zip(xv)
-            .for_each(|(o, &v)| *o = fastmath::exp((v - max) * scale));
-        let inv = 1.0 / sum8(yv);
-        yv.iter_mut().for_each(|v| *v *= inv);
-        y[visible..].iter_mut().for_each(|v| *v = 0.0);
+        y.copy_from_slice(x);
+        softmax_in_place(y, scale, visible);
     }
 }
 
@@ -431,12 +438,19 @@ pub(super) fn sum8_zip(a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f32) -> f32
     s
 }
 
+/// d ← scale · y ⊙ (d − Σ d·y): a softmax row's backward, in place of its gradient.
+#[inline(always)]
+pub(super) fn softmax_grad_in_place(y: &[f32], d: &mut [f32], scale: f32) {
+    let dot = sum8_zip(y, d, |a, b| a * b);
+    for (o, &y) in d.iter_mut().zip(y) {
+        *o = scale * y * (*o - dot);
+    }
+}
+
 simd_fn! {
     fn softmax_grad_row(y: &[f32], g: &[f32], scale: f32, out: &mut [f32]) {
-        let dot = sum8_zip(y, g, |a, b| a * b);
-        for ((o, &y), &g) in out.iter_mut().zip(y).zip(g) {
-            *o = scale * y * (g - dot);
-        }
+        out.copy_from_slice(g);
+        softmax_grad_in_place(y, out, scale);
     }
 }
 
@@ -621,8 +635,7 @@ impl CustomOp3 for CrossEntropyGrad {
         let mut out = zeroed(x.len());
         rows_mut(&mut out, v, |i, r| {
             if t[i] == IGNORE {
-                r.iter_mut().for_each(|a| *a = 0.0);
-                return;
+                return; // no gradient: the row stays zero
             }
             // softmax(x_i) · g_i − onehot(t_i) · g_i
             softmax_row(&x[i * v..(i + 1) * v], 1.0, v, r);

@@ -14,8 +14,8 @@
 use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::fastmath::{self, simd_fn};
-use super::fused::{f32_slice, sum8_zip, zeroed};
+use super::fastmath::simd_fn;
+use super::fused::{f32_slice, softmax_grad_in_place, softmax_in_place, zeroed};
 use super::matmul::{gemm_rows, View};
 
 #[derive(Clone, Copy)]
@@ -48,12 +48,7 @@ simd_fn! {
     /// p (T, T) = causal softmax of s·scale by rows, in place; zeros above the diagonal.
     fn causal_softmax(p: &mut [f32], t: usize, scale: f32) {
         for (i, row) in p.chunks_exact_mut(t).enumerate() {
-            let (seen, future) = row.split_at_mut(i + 1);
-            let max = seen.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
-            seen.iter_mut().for_each(|v| *v = fastmath::exp((*v - max) * scale));
-            let inv = 1.0 / sum8_zip(seen, seen, |a, _| a);
-            seen.iter_mut().for_each(|v| *v *= inv);
-            future.iter_mut().for_each(|v| *v = 0.0);
+            softmax_in_place(row, scale, i + 1);
         }
     }
 }
@@ -62,8 +57,7 @@ simd_fn! {
     /// ds = p ⊙ (dp − Σ_j p·dp)·scale by rows, in place of dp.
     fn softmax_backward(p: &[f32], dp: &mut [f32], t: usize, scale: f32) {
         for (pr, dr) in p.chunks_exact(t).zip(dp.chunks_exact_mut(t)) {
-            let dot = sum8_zip(pr, dr, |a, b| a * b);
-            dr.iter_mut().zip(pr).for_each(|(d, &p)| *d = p * (*d - dot) * scale);
+            softmax_grad_in_place(pr, dr, scale);
         }
     }
 }
