@@ -1,5 +1,6 @@
 //! Where a training step of the default preset (shakespeare-char: 4 layers, n_embd 128,
-//! batch 12 x block 64) spends its time: forward, backward, optimizer. The end-to-end
+//! batch 12 x block 64) spends its time: forward and backward (the batch as shards side
+//! by side, as `wick train` runs it; `WICK_BENCH_SHARDS=1` runs it whole), optimizer. The end-to-end
 //! figure (tokens/s, peak RSS) comes from `just bench-train`, which runs `wick train`.
 
 use std::time::Instant;
@@ -12,6 +13,7 @@ use wick::checkpoint::WeightSource;
 use wick::models::{Model, ModelConfig};
 use wick::train::loss::lm_loss;
 use wick::train::optim::{AdamW, AdamWConfig};
+use wick::train::shards::loss_and_grads;
 use wick::train::Preset;
 
 fn main() -> anyhow::Result<()> {
@@ -39,6 +41,11 @@ fn main() -> anyhow::Result<()> {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(30);
+    let whole = std::env::var("WICK_BENCH_SHARDS").is_ok_and(|s| s == "1");
+    if !whole {
+        wick::runtime::candle_ops_on_caller();
+    }
+    let vars = w.vars();
     let (mut f, mut bw, mut o) = (0f64, 0f64, 0f64);
     for i in 0..steps + 3 {
         let x = Tensor::from_vec(
@@ -56,10 +63,15 @@ fn main() -> anyhow::Result<()> {
             &Device::Cpu,
         )?;
         let s0 = Instant::now();
-        let loss = lm_loss(&m.forward(&x, None, None, true)?, &y)?;
-        let _ = loss.to_scalar::<f32>()?;
-        let s1 = Instant::now();
-        let grads = loss.backward()?;
+        let (s1, grads) = if whole {
+            let loss = lm_loss(&m.forward(&x, None, None, true)?, &y)?;
+            let _ = loss.to_scalar::<f32>()?;
+            (Instant::now(), loss.backward()?)
+        } else {
+            // Forward and backward run inside each shard: timed together.
+            let (_, grads) = loss_and_grads(&m, &x, &y, 1.0, i as u64, &vars)?;
+            (s0, grads)
+        };
         let s2 = Instant::now();
         let norm = opt.grad_norm(&grads)?;
         opt.step(&grads, 1e-3, if norm > 1.0 { 1.0 / norm } else { 1.0 })?;
@@ -72,9 +84,18 @@ fn main() -> anyhow::Result<()> {
     }
     let n = steps as f64;
     let total = (f + bw + o) / n;
-    println!("shakespeare-char step (batch {b} x block {t}), mean of {steps}:");
-    println!("  forward   {:7.1} ms", f / n * 1e3);
-    println!("  backward  {:7.1} ms", bw / n * 1e3);
+    let how = if whole {
+        "whole"
+    } else {
+        "as shards side by side"
+    };
+    println!("shakespeare-char step (batch {b} x block {t}, {how}), mean of {steps}:");
+    if whole {
+        println!("  forward   {:7.1} ms", f / n * 1e3);
+        println!("  backward  {:7.1} ms", bw / n * 1e3);
+    } else {
+        println!("  forward + backward {:7.1} ms", bw / n * 1e3);
+    }
     println!("  optimizer {:7.1} ms", o / n * 1e3);
     println!(
         "  total     {:7.1} ms  ({:.0} tokens/s)",

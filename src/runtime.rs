@@ -9,6 +9,8 @@
 //!
 //! Threads: candle's CPU worker spins 25,000 times before parking; on two cores that
 //! spinning starves the matmul threads between the many small ops of a training step.
+//! Sharded training keeps candle's ops on their caller altogether
+//! ([`candle_ops_on_caller`]).
 
 /// mimalloc's `mi_option_purge_delay` (mimalloc.h, v2): how long freed memory is kept
 /// before being returned to the OS; -1 keeps it.
@@ -24,4 +26,17 @@ pub fn init() {
         // Read when candle's pool starts, on the first CPU op.
         std::env::set_var("CANDLE_BARRIER_POOL_SPIN_LIMIT", "2000");
     }
+}
+
+/// Runs candle's own CPU ops (adds, copies, the gradient sums of its backward) on the
+/// thread that calls them, for training that runs the shards of a batch side by side:
+/// candle's CPU pool serves one caller at a time, so shards would queue on it, and its
+/// worker would make three busy threads on two cores. Respects `CANDLE_NUM_THREADS`
+/// when set; takes effect only before candle's first CPU op. Returns whether candle's
+/// ops now run on their caller.
+pub fn candle_ops_on_caller() -> bool {
+    if std::env::var_os("CANDLE_NUM_THREADS").is_none() {
+        std::env::set_var("CANDLE_NUM_THREADS", "1");
+    }
+    candle_core::utils::barrier_pool().n_workers() == 0
 }

@@ -44,7 +44,7 @@ fn u32_slice<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [u32]>
 
 /// Runs `f(row_in.., row_out)` over rows of length `n`, in parallel when large.
 fn rows_mut(out: &mut [f32], n: usize, f: impl Fn(usize, &mut [f32]) + Sync) {
-    if out.len() >= PAR_MIN {
+    if out.len() >= PAR_MIN && super::parallel::may_split() {
         out.par_chunks_mut(n).enumerate().for_each(|(i, r)| f(i, r));
     } else {
         out.chunks_mut(n).enumerate().for_each(|(i, r)| f(i, r));

@@ -137,14 +137,16 @@ fn per_head(
     len: usize,
     f: impl Fn(usize, usize, &mut [f32]) + Sync,
 ) -> Vec<Vec<f32>> {
-    (0..b * heads)
-        .into_par_iter()
-        .map(|n| {
-            let mut out = zeroed(len);
-            f(n / heads, n % heads, &mut out);
-            out
-        })
-        .collect()
+    let one = |n: usize| {
+        let mut out = zeroed(len);
+        f(n / heads, n % heads, &mut out);
+        out
+    };
+    if super::parallel::may_split() {
+        (0..b * heads).into_par_iter().map(one).collect()
+    } else {
+        (0..b * heads).map(one).collect()
+    }
 }
 
 impl CausalAttention {

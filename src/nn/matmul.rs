@@ -83,7 +83,7 @@ pub fn gemm_rows(
         lhs.fits(m, k) && rhs.fits(k, n),
         "gemm operand outside its slice"
     );
-    let parallelism = if m * n * k >= 1 << 15 && rayon::current_num_threads() > 1 {
+    let parallelism = if m * n * k >= 1 << 15 && super::parallel::may_split() {
         gemm::Parallelism::Rayon(0)
     } else {
         gemm::Parallelism::None

@@ -16,6 +16,7 @@ pub mod linear;
 pub mod mask;
 mod matmul;
 pub mod packing;
+pub mod parallel;
 pub mod residual;
 
 pub use activation::Activation;
@@ -31,16 +32,20 @@ pub use residual::{residual, NormPlacement};
 
 use candle_core::{Result, Tensor};
 
-/// The masks dropout draws, seeded by the trainer at every step ([`seed_dropout`]) so a
-/// run, and a resumed run, repeats exactly; candle's CPU `rand` cannot be seeded.
-static DROPOUT_RNG: std::sync::Mutex<Option<rand::rngs::StdRng>> = std::sync::Mutex::new(None);
+thread_local! {
+    /// The masks dropout draws on this thread, seeded by the trainer before each
+    /// forward pass ([`seed_dropout`]) so a run, and a resumed run, repeats exactly;
+    /// candle's CPU `rand` cannot be seeded. Per thread, because the shards of a batch
+    /// run side by side, each with its own seed.
+    static DROPOUT_RNG: std::cell::RefCell<Option<rand::rngs::StdRng>> =
+        const { std::cell::RefCell::new(None) };
+}
 
-/// Seeds the masks of every dropout call that follows, in call order. The trainer calls
-/// it with (run seed, step) before each step's forward pass.
+/// Seeds the masks of every dropout call that follows on this thread, in call order.
+/// The trainer calls it with (run seed, micro-batch, shard) before each forward pass.
 pub fn seed_dropout(seed: u64) {
     use rand::SeedableRng;
-    *DROPOUT_RNG.lock().unwrap_or_else(|e| e.into_inner()) =
-        Some(rand::rngs::StdRng::seed_from_u64(seed));
+    DROPOUT_RNG.with(|r| *r.borrow_mut() = Some(rand::rngs::StdRng::seed_from_u64(seed)));
 }
 
 /// Inverted dropout, the identity in eval mode: x · mask / (1 − p) with mask ~
@@ -49,15 +54,18 @@ pub fn dropout(x: &Tensor, p: f64, train: bool) -> Result<Tensor> {
     if !(train && p > 0.0) {
         return Ok(x.clone());
     }
-    let mut rng = DROPOUT_RNG.lock().unwrap_or_else(|e| e.into_inner());
-    let Some(rng) = rng.as_mut() else {
-        return candle_nn::ops::dropout(x, p as f32); // unseeded: candle's own
-    };
     use rand::Rng;
     let keep = 1.0 / (1.0 - p) as f32;
-    let mask: Vec<f32> = (0..x.elem_count())
-        .map(|_| if rng.random::<f64>() < p { 0.0 } else { keep })
-        .collect();
+    let mask: Option<Vec<f32>> = DROPOUT_RNG.with(|r| {
+        r.borrow_mut().as_mut().map(|rng| {
+            (0..x.elem_count())
+                .map(|_| if rng.random::<f64>() < p { 0.0 } else { keep })
+                .collect()
+        })
+    });
+    let Some(mask) = mask else {
+        return candle_nn::ops::dropout(x, p as f32); // unseeded: candle's own
+    };
     let mask = Tensor::from_vec(mask, x.shape(), &candle_core::Device::Cpu)?
         .to_device(x.device())?
         .to_dtype(x.dtype())?;

@@ -7,7 +7,7 @@ use candle_core::Device;
 
 use candle_core::D;
 
-use super::loss::{cross_entropy, lm_loss};
+use super::loss::cross_entropy;
 use crate::data::labeled::ClassifyBatches;
 use crate::data::{LmBatches, TokenBuffer};
 use crate::error::Result;
@@ -36,7 +36,7 @@ pub fn lm_loss_over(
             .unzip();
         let x = candle_core::Tensor::cat(&xs, 0)?;
         let y = candle_core::Tensor::cat(&ys, 0)?;
-        let loss = lm_loss(&model.forward(&x, None, None, false)?, &y)?.to_scalar::<f32>()? as f64;
+        let loss = super::shards::mean_loss(model, &x, &y)?;
         total += loss * b as f64;
         count += b;
         i += b;

@@ -8,6 +8,7 @@ pub mod loss;
 pub mod metrics;
 pub mod optim;
 pub mod schedule;
+pub mod shards;
 pub mod task;
 pub mod trainer;
 

@@ -6,6 +6,7 @@ use std::collections::HashMap;
 
 use candle_core::backprop::GradStore;
 use candle_core::{CpuStorage, DType, IndexOp, InplaceOp2, Layout, Result, Tensor, Var};
+use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -167,14 +168,15 @@ impl AdamW {
     }
 
     /// Global L2 norm of the gradients.
+    /// Parameters are read in parallel and their sums added in a fixed order, so the
+    /// norm does not depend on the thread count.
     pub fn grad_norm(&self, grads: &GradStore) -> Result<f64> {
-        let mut sq = 0f64;
-        for p in &self.params {
-            if let Some(g) = grads.get(&p.var) {
-                sq += sum_of_squares(g)?;
-            }
-        }
-        Ok(sq.sqrt())
+        let sums = self
+            .params
+            .par_iter()
+            .map(|p| grads.get(&p.var).map_or(Ok(0.0), sum_of_squares))
+            .collect::<Result<Vec<f64>>>()?;
+        Ok(sums.iter().sum::<f64>().sqrt())
     }
 
     /// One decoupled-weight-decay Adam update with learning rate `lr`, gradients scaled
@@ -189,8 +191,11 @@ impl AdamW {
         } = self.cfg;
         let bc1 = 1.0 - beta1.powi(self.t as i32);
         let bc2 = 1.0 - beta2.powi(self.t as i32);
-        for p in &mut self.params {
-            let Some(g) = grads.get(&p.var) else { continue };
+        // Parameters update independently: in parallel, each one whole on one thread.
+        self.params.par_iter_mut().try_for_each(|p| -> Result<()> {
+            let Some(g) = grads.get(&p.var) else {
+                return Ok(());
+            };
             // Gradients can carry their own autograd history: detach so the moments
             // never keep earlier steps' graphs alive.
             let g = g.detach();
@@ -226,8 +231,8 @@ impl AdamW {
                 p.var.set(&new_w)?;
                 p.mv = Tensor::stack(&[m, v], 0)?;
             }
-        }
-        Ok(())
+            Ok(())
+        })
     }
 
     /// Moments as named tensors (`exp_avg.NAME`, `exp_avg_sq.NAME`) for saving.

@@ -6,9 +6,11 @@ use std::sync::Arc;
 
 use rand::{rngs::StdRng, Rng, SeedableRng};
 
-use candle_core::{Device, Tensor};
+use candle_core::backprop::GradStore;
+use candle_core::{Device, Tensor, Var};
 
 use super::loss::{cross_entropy, lm_loss, masked_lm_loss, smoothed_loss};
+use super::shards;
 use crate::data::labeled::ClassifyBatches;
 use crate::data::mlm::MlmBatches;
 use crate::data::nsp::{NspBatch, NspBatches};
@@ -66,6 +68,27 @@ pub struct Eval {
 }
 
 impl Task<'_> {
+    /// Loss of training micro-batch `n` and the gradients of `vars`, the loss scaled by
+    /// `weight` (1 / grad_accum) before the backward pass; dropout seeded from `seed`.
+    /// A causal LM's batch runs as shards side by side ([`super::shards`]); other
+    /// objectives weigh positions unevenly (masked tokens, padding) and run whole.
+    pub fn train_grads(
+        &mut self,
+        n: usize,
+        weight: f64,
+        seed: u64,
+        vars: &[(String, Var)],
+        device: &Device,
+    ) -> Result<(f64, GradStore)> {
+        if let Task::Clm { model, train, .. } = self {
+            let (x, y) = train.batch(n, device)?;
+            return shards::loss_and_grads(model, &x, &y, weight, seed, vars);
+        }
+        crate::nn::seed_dropout(seed);
+        let loss = self.train_loss(n, device)?;
+        shards::backward(&loss, weight)
+    }
+
     /// Loss of training micro-batch `n`, dropout on.
     pub fn train_loss(&mut self, n: usize, device: &Device) -> Result<Tensor> {
         Ok(match self {
@@ -134,8 +157,7 @@ impl Task<'_> {
                 let mut total = 0f64;
                 for i in 0..iters {
                     let (x, y) = val.batch(i, device)?;
-                    total += lm_loss(&model.forward(&x, None, None, false)?, &y)?
-                        .to_scalar::<f32>()? as f64;
+                    total += shards::mean_loss(model, &x, &y)?;
                 }
                 Ok(Some(Eval {
                     loss: total / iters as f64,

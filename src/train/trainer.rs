@@ -6,8 +6,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
-use candle_core::backprop::GradStore;
-use candle_core::{DType, Device, Var};
+use candle_core::{DType, Device};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::{Map, Value};
 
@@ -16,6 +15,7 @@ use super::config::{merge, Objective, Preset, TrainConfig};
 use super::metrics::{Metrics, Record};
 use super::optim::{AdamW, AdamWConfig};
 use super::schedule::LrSchedule;
+use super::shards::{accumulate, shard_count};
 use super::task::Task;
 use crate::checkpoint::{resolve, InitPolicy, TensorStore, WeightSource};
 use crate::data::labeled::{label_set, read_examples, ClassifyBatches, Example};
@@ -167,28 +167,6 @@ fn check_out_dir(out: &Path, resume: bool) -> Result<()> {
     Ok(())
 }
 
-fn accumulate(
-    into: &mut Option<GradStore>,
-    grads: GradStore,
-    vars: &[(String, Var)],
-) -> Result<()> {
-    match into {
-        None => *into = Some(grads),
-        Some(acc) => {
-            for (_, v) in vars {
-                if let Some(g) = grads.get(v) {
-                    let sum = match acc.get(v) {
-                        Some(a) => (a + g)?,
-                        None => g.clone(),
-                    };
-                    acc.insert(v, sum);
-                }
-            }
-        }
-    }
-    Ok(())
-}
-
 pub fn train(req: TrainRequest) -> Result<TrainSummary> {
     let device = req.device.clone();
     // 1. Where the model, settings, data and output come from.
@@ -241,6 +219,10 @@ pub fn train(req: TrainRequest) -> Result<TrainSummary> {
         ),
     };
     cfg.validate()?;
+    if cfg.objective == Objective::Clm && device.is_cpu() {
+        // Before any tensor work: the batch runs as shards side by side (Task::train_grads).
+        crate::runtime::candle_ops_on_caller();
+    }
     let data = data.ok_or_else(|| {
         WickError::Unsupported("no training data: pass --data FILE_OR_DIR".into())
     })?;
@@ -493,10 +475,19 @@ pub fn train(req: TrainRequest) -> Result<TrainSummary> {
         cfg.max_iters,
         cfg.max_iters as f64 / data_line.1
     );
+    let shards = match task {
+        Task::Clm { .. } => shard_count(cfg.batch_size, &device),
+        _ => 1,
+    };
     println!(
-        "device       {}, {} threads",
+        "device       {}, {} threads{}",
         crate::device::describe(&device),
-        candle_core::utils::get_num_threads()
+        candle_core::utils::get_num_threads(),
+        if shards > 1 {
+            format!(", each batch as {shards} shards side by side")
+        } else {
+            String::new()
+        }
     );
     println!("out          {}", out.display());
     println!("config       {}", serde_json::to_string(&cfg).unwrap());
@@ -570,9 +561,9 @@ pub fn train(req: TrainRequest) -> Result<TrainSummary> {
         for micro in 0..cfg.grad_accum {
             let n = step * cfg.grad_accum + micro;
             // Dropout masks from (seed, micro-batch): a resumed run draws the same ones.
-            crate::nn::seed_dropout(cfg.seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ n as u64);
-            let loss = task.train_loss(n, &device)?;
-            let l = loss.to_scalar::<f32>()? as f64;
+            let seed = cfg.seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ n as u64;
+            let (l, micro_grads) =
+                task.train_grads(n, 1.0 / cfg.grad_accum as f64, seed, &vars, &device)?;
             if !l.is_finite() {
                 pb.finish_and_clear();
                 let last = checkpoints::latest(&out)
@@ -583,11 +574,7 @@ pub fn train(req: TrainRequest) -> Result<TrainSummary> {
                 )));
             }
             loss_sum += l;
-            accumulate(
-                &mut grads,
-                loss.affine(1.0 / cfg.grad_accum as f64, 0.0)?.backward()?,
-                &vars,
-            )?;
+            accumulate(&mut grads, micro_grads, &vars)?;
         }
         let grads = grads.expect("at least one micro-batch");
         let norm = opt.grad_norm(&grads)?;

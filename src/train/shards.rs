@@ -1,0 +1,203 @@
+//! Data parallelism on one CPU: a causal LM's batch split by rows into shards that run
+//! side by side, one per thread, every op of a shard kept on its thread
+//! ([`crate::nn::parallel`]).
+//!
+//! Why: at the default preset's sizes a single op is too small to split well across
+//! threads (each hand-off costs about what it saves), while whole shards keep every
+//! core busy from the first op to the last. Every position of a causal LM's batch is a
+//! target, so the mean of the shards' mean losses is the batch's mean loss, and their
+//! gradients, each scaled by 1 / shards, sum to its gradient. The sums follow the shard
+//! count, which follows the thread count: the same machine repeats a run exactly.
+
+use candle_core::backprop::GradStore;
+use candle_core::{Device, Tensor, Var};
+use rayon::prelude::*;
+
+use super::loss::lm_loss;
+use crate::error::Result;
+use crate::models::Gpt2;
+
+/// How many shards a batch of `batch` rows runs as: one per thread of the pool, as many
+/// as divide the batch evenly; one on a GPU, which parallelises inside each op.
+pub fn shard_count(batch: usize, device: &Device) -> usize {
+    if !device.is_cpu() {
+        return 1;
+    }
+    let threads = rayon::current_num_threads().clamp(1, batch.max(1));
+    (1..=threads)
+        .rev()
+        .find(|s| batch.is_multiple_of(*s))
+        .unwrap_or(1)
+}
+
+/// `f(shard, x rows, y rows)` for every shard of (x, y), side by side; results in
+/// shard order.
+fn over_shards<R: Send>(
+    x: &Tensor,
+    y: &Tensor,
+    f: impl Fn(usize, &Tensor, &Tensor) -> Result<R> + Sync,
+) -> Result<Vec<R>> {
+    let shards = shard_count(x.dim(0)?, x.device());
+    if shards == 1 {
+        return Ok(vec![f(0, x, y)?]);
+    }
+    let rows = x.dim(0)? / shards;
+    (0..shards)
+        .into_par_iter()
+        .map(|s| {
+            crate::nn::parallel::serial(|| {
+                f(
+                    s,
+                    &x.narrow(0, s * rows, rows)?,
+                    &y.narrow(0, s * rows, rows)?,
+                )
+            })
+        })
+        .collect()
+}
+
+/// Mean next-token loss of inputs x (B, T) against targets y (B, T), dropout off.
+pub fn mean_loss(model: &Gpt2, x: &Tensor, y: &Tensor) -> Result<f64> {
+    let losses = over_shards(x, y, |_, x, y| {
+        Ok(lm_loss(&model.forward(x, None, None, false)?, y)?.to_scalar::<f32>()? as f64)
+    })?;
+    Ok(losses.iter().sum::<f64>() / losses.len() as f64)
+}
+
+/// Mean next-token loss of (x, y) with dropout on (seeded from `seed`, shard by shard),
+/// and the gradients of `vars` for that loss scaled by `weight`.
+pub fn loss_and_grads(
+    model: &Gpt2,
+    x: &Tensor,
+    y: &Tensor,
+    weight: f64,
+    seed: u64,
+    vars: &[(String, Var)],
+) -> Result<(f64, GradStore)> {
+    let shards = shard_count(x.dim(0)?, x.device());
+    let per_shard = over_shards(x, y, |s, x, y| {
+        crate::nn::seed_dropout(seed ^ (s as u64).wrapping_mul(0xd1b5_4a32_d192_ed03));
+        let loss = lm_loss(&model.forward(x, None, None, true)?, y)?;
+        backward(&loss, weight / shards as f64)
+    })?;
+    let (mut loss, mut grads) = (0f64, None);
+    for (l, g) in per_shard {
+        loss += l / shards as f64;
+        accumulate(&mut grads, g, vars)?;
+    }
+    Ok((loss, grads.expect("at least one shard")))
+}
+
+/// The loss's value and the gradients of `loss · weight`.
+pub fn backward(loss: &Tensor, weight: f64) -> Result<(f64, GradStore)> {
+    let value = loss.to_scalar::<f32>()? as f64;
+    Ok((value, loss.affine(weight, 0.0)?.backward()?))
+}
+
+/// Adds the gradients of `vars` in `grads` into `into`, for shards and micro-batches
+/// alike (the first store is kept whole).
+pub fn accumulate(
+    into: &mut Option<GradStore>,
+    grads: GradStore,
+    vars: &[(String, Var)],
+) -> Result<()> {
+    match into {
+        None => *into = Some(grads),
+        Some(acc) => {
+            for (_, v) in vars {
+                if let Some(g) = grads.get(v) {
+                    let sum = match acc.get(v) {
+                        Some(a) => (a + g)?,
+                        None => g.clone(),
+                    };
+                    acc.insert(v, sum);
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::checkpoint::WeightSource;
+    use crate::models::{Model, ModelConfig};
+    use candle_core::DType;
+
+    /// A tiny GPT-2 in f32 with its variables, and a batch of 4 rows.
+    fn tiny() -> (Gpt2, Vec<(String, Var)>, Tensor, Tensor) {
+        let cfg = serde_json::json!({"model_type": "gpt2", "vocab_size": 11, "n_positions": 8,
+            "n_embd": 8, "n_layer": 2, "n_head": 2, "resid_pdrop": 0.0, "embd_pdrop": 0.0,
+            "attn_pdrop": 0.0});
+        let cfg = ModelConfig::from_value(&cfg, std::path::Path::new("<test>")).unwrap();
+        let w = WeightSource::from_scratch().with_seed(3);
+        let Model::Gpt2(m) =
+            Model::build(&cfg, None, w.var_builder(DType::F32, &Device::Cpu)).unwrap()
+        else {
+            unreachable!()
+        };
+        let ids = |k: u32| (0..32u32).map(|i| (i * k + 1) % 11).collect::<Vec<_>>();
+        let x = Tensor::from_vec(ids(7), (4, 8), &Device::Cpu).unwrap();
+        let y = Tensor::from_vec(ids(5), (4, 8), &Device::Cpu).unwrap();
+        (m, w.vars(), x, y)
+    }
+
+    #[test]
+    fn shards_give_the_whole_batch_loss_and_gradients() {
+        let (m, vars, x, y) = tiny();
+        let run = |threads: usize| {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap();
+            pool.install(|| {
+                assert_eq!(shard_count(4, &Device::Cpu), threads);
+                let eval = mean_loss(&m, &x, &y).unwrap();
+                let (loss, grads) = loss_and_grads(&m, &x, &y, 0.5, 0, &vars).unwrap();
+                (eval, loss, grads)
+            })
+        };
+        let (eval1, loss1, whole) = run(1);
+        let (eval2, loss2, sharded) = run(2);
+        assert!((loss1 - loss2).abs() < 1e-6, "{loss1} vs {loss2}");
+        assert!((eval1 - eval2).abs() < 1e-6, "{eval1} vs {eval2}");
+        assert!((loss1 - eval1).abs() < 1e-6, "no dropout in this config");
+        for (name, v) in &vars {
+            let a = whole
+                .get(v)
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap();
+            let b = sharded
+                .get(v)
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap();
+            let scale = a.iter().fold(1e-3f32, |s, v| s.max(v.abs()));
+            for (p, q) in a.iter().zip(&b) {
+                assert!((p - q).abs() < 1e-5 * scale, "{name}: {p} vs {q}");
+            }
+        }
+    }
+
+    #[test]
+    fn shards_divide_the_batch_and_follow_the_threads() {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(4)
+            .build()
+            .unwrap();
+        pool.install(|| {
+            let cpu = Device::Cpu;
+            assert_eq!(shard_count(12, &cpu), 4);
+            assert_eq!(shard_count(6, &cpu), 3);
+            assert_eq!(shard_count(7, &cpu), 1);
+            assert_eq!(shard_count(2, &cpu), 2);
+            assert_eq!(shard_count(1, &cpu), 1);
+        });
+    }
+}
