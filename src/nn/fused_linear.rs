@@ -7,10 +7,10 @@
 //! GEMMs (the `gemm` crate, which candle's CPU matmul calls too) write into the bias rows
 //! or straight into fresh buffers, and the backward computes dx, dW and db in one pass.
 
-use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
 
 use super::fused::{f32_slice, zeroed};
-use super::matmul::{gemm_into, View};
+use super::matmul::{gemm_into, gemv_in_out, gemv_out_in, View};
 
 #[derive(Clone, Copy)]
 struct LinearOp {
@@ -33,6 +33,57 @@ impl LinearOp {
             View::transposed(w, inp)
         }
     }
+
+    /// y = x·W [+ b]: one GEMM onto the bias rows, or for a single row (decoding one
+    /// token) a GEMV that streams W.
+    fn forward(
+        &self,
+        x: (&[f32], &Layout),
+        w: (&[f32], &Layout),
+        b: Option<&[f32]>,
+    ) -> Result<(CpuStorage, Shape)> {
+        let ((x, lx), (w, lw)) = (x, w);
+        let (inp, out) = self.sizes(lw)?;
+        let dims = lx.dims();
+        if dims.last() != Some(&inp) || b.is_some_and(|b| b.len() != out) {
+            candle_core::bail!(
+                "linear: input {dims:?}, weight {:?}, bias {:?}",
+                lw.dims(),
+                b.map(<[f32]>::len)
+            )
+        }
+        let n = x.len() / inp;
+        let mut y = zeroed(n * out);
+        if let Some(b) = b {
+            y.chunks_exact_mut(out).for_each(|r| r.copy_from_slice(b));
+        }
+        match (n, self.in_out) {
+            (1, true) => gemv_in_out(x, w, &mut y),
+            (1, false) => gemv_out_in(x, w, &mut y),
+            _ => gemm_into(
+                &mut y,
+                n,
+                out,
+                inp,
+                View::rows(x, inp),
+                self.w_view(w, inp, out),
+                true,
+            ),
+        }
+        let mut out_dims = dims.to_vec();
+        *out_dims.last_mut().unwrap() = out;
+        Ok((CpuStorage::F32(y), Shape::from(out_dims)))
+    }
+
+    /// dx, dW and db from [`LinearGrad`]'s packed output.
+    fn grads(&self, x: &Tensor, w: &Tensor, grad: &Tensor) -> Result<[Tensor; 3]> {
+        let all = x.apply_op3_no_bwd(w, &grad.contiguous()?, &LinearGrad(*self))?;
+        let (nx, nw) = (x.elem_count(), w.elem_count());
+        let dx = all.narrow(0, 0, nx)?.reshape(x.shape())?;
+        let dw = all.narrow(0, nx, nw)?.reshape(w.shape())?;
+        let db = all.narrow(0, nx + nw, all.elem_count() - nx - nw)?;
+        Ok([dx, dw, db])
+    }
 }
 
 impl CustomOp3 for LinearOp {
@@ -52,30 +103,7 @@ impl CustomOp3 for LinearOp {
         let x = f32_slice(s1, l1, "linear")?;
         let w = f32_slice(s2, l2, "linear weight")?;
         let b = f32_slice(s3, l3, "linear bias")?;
-        let (inp, out) = self.sizes(l2)?;
-        let dims = l1.dims();
-        if dims.last() != Some(&inp) || b.len() != out {
-            candle_core::bail!(
-                "linear: input {dims:?}, weight {:?}, bias {}",
-                l2.dims(),
-                b.len()
-            )
-        }
-        let n = x.len() / inp;
-        let mut y = zeroed(n * out);
-        y.chunks_exact_mut(out).for_each(|r| r.copy_from_slice(b));
-        gemm_into(
-            &mut y,
-            n,
-            out,
-            inp,
-            View::rows(x, inp),
-            self.w_view(w, inp, out),
-            true,
-        );
-        let mut out_dims = dims.to_vec();
-        *out_dims.last_mut().unwrap() = out;
-        Ok((CpuStorage::F32(y), Shape::from(out_dims)))
+        self.forward((x, l1), (w, l2), Some(b))
     }
 
     fn bwd(
@@ -86,12 +114,38 @@ impl CustomOp3 for LinearOp {
         _res: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let all = x.apply_op3_no_bwd(w, &grad.contiguous()?, &LinearGrad(*self))?;
-        let (nx, nw) = (x.elem_count(), w.elem_count());
-        let dx = all.narrow(0, 0, nx)?.reshape(x.shape())?;
-        let dw = all.narrow(0, nx, nw)?.reshape(w.shape())?;
-        let db = all.narrow(0, nx + nw, b.elem_count())?.reshape(b.shape())?;
-        Ok((Some(dx), Some(dw), Some(db)))
+        let [dx, dw, db] = self.grads(x, w, grad)?;
+        Ok((Some(dx), Some(dw), Some(db.reshape(b.shape())?)))
+    }
+}
+
+/// The same layer without a bias (an LM head).
+impl CustomOp2 for LinearOp {
+    fn name(&self) -> &'static str {
+        "wick-linear-no-bias"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let x = f32_slice(s1, l1, "linear")?;
+        let w = f32_slice(s2, l2, "linear weight")?;
+        self.forward((x, l1), (w, l2), None)
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let [dx, dw, _] = self.grads(x, w, grad)?;
+        Ok((Some(dx), Some(dw)))
     }
 }
 
@@ -145,9 +199,14 @@ impl CustomOp3 for LinearGrad {
 }
 
 /// x (..., in) · W + b -> (..., out), W stored (in, out) when `in_out`, else (out, in).
-pub fn linear(x: &Tensor, w: &Tensor, b: &Tensor, in_out: bool) -> Result<Tensor> {
-    x.contiguous()?
-        .apply_op3(&w.contiguous()?, &b.contiguous()?, LinearOp { in_out })
+pub fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>, in_out: bool) -> Result<Tensor> {
+    let op = LinearOp { in_out };
+    match b {
+        Some(b) => x
+            .contiguous()?
+            .apply_op3(&w.contiguous()?, &b.contiguous()?, op),
+        None => x.contiguous()?.apply_op2(&w.contiguous()?, op),
+    }
 }
 
 #[cfg(test)]
@@ -161,33 +220,62 @@ mod tests {
         Var::from_tensor(&Tensor::from_vec(v, shape, &Device::Cpu)?)
     }
 
+    /// Largest |a − b| relative to the largest |b|.
+    fn rel_diff(a: &Tensor, b: &Tensor) -> Result<f32> {
+        let d = (a - b)?.abs()?.max_all()?.to_scalar::<f32>()?;
+        Ok(d / b.abs()?.max_all()?.to_scalar::<f32>()?.max(1e-6))
+    }
+
+    /// Every path: the GEMM (several rows) and the GEMV (one row: decoding, sized so the
+    /// rows split across threads and leave a tail), both weight layouts, with and
+    /// without a bias; forward and all gradients against matmul + broadcast add.
     #[test]
-    fn matches_matmul_and_its_gradients_in_both_layouts() -> Result<()> {
-        for in_out in [true, false] {
-            let x = ramp(&[2, 3, 5], 7)?;
-            let w = ramp(if in_out { &[5, 4] } else { &[4, 5] }, 5)?;
-            let b = ramp(&[4], 3)?;
-            let fused = linear(x.as_tensor(), w.as_tensor(), b.as_tensor(), in_out)?;
-            let wm = if in_out {
-                w.as_tensor().clone()
-            } else {
-                w.as_tensor().t()?
-            };
-            let plain = x
-                .as_tensor()
-                .broadcast_matmul(&wm)?
-                .broadcast_add(b.as_tensor())?;
-            assert_eq!(fused.dims(), &[2, 3, 4]);
-            let d = (&fused - &plain)?.abs()?.max_all()?.to_scalar::<f32>()?;
-            assert!(d < 1e-5, "forward differs by {d}");
-            let weights = ramp(&[2, 3, 4], 11)?;
-            let gf = (fused * weights.as_tensor())?.sum_all()?.backward()?;
-            let gp = (plain * weights.as_tensor())?.sum_all()?.backward()?;
-            for v in [&x, &w, &b] {
-                let (a, p) = (gf.get(v).unwrap(), gp.get(v).unwrap());
-                assert_eq!(a.dims(), v.dims());
-                let d = (a - p)?.abs()?.max_all()?.to_scalar::<f32>()?;
-                assert!(d < 1e-4, "gradient differs by {d} (in_out {in_out})");
+    fn matches_matmul_and_its_gradients_in_every_path() -> Result<()> {
+        for (x_shape, inp, out) in [(vec![2, 3, 5], 5, 4), (vec![1, 1, 301], 301, 262)] {
+            for in_out in [true, false] {
+                for with_bias in [true, false] {
+                    let x = ramp(&x_shape, 7)?;
+                    let w_shape = if in_out { [inp, out] } else { [out, inp] };
+                    let w = ramp(&w_shape, 5)?;
+                    let b = ramp(&[out], 3)?;
+                    let bias = with_bias.then(|| b.as_tensor());
+                    let fused = linear(x.as_tensor(), w.as_tensor(), bias, in_out)?;
+                    let wm = if in_out {
+                        w.as_tensor().clone()
+                    } else {
+                        w.as_tensor().t()?
+                    };
+                    let mut plain = x.as_tensor().broadcast_matmul(&wm)?;
+                    if with_bias {
+                        plain = plain.broadcast_add(b.as_tensor())?;
+                    }
+                    let mut dims = x_shape.clone();
+                    *dims.last_mut().unwrap() = out;
+                    assert_eq!(fused.dims(), &dims[..]);
+                    let d = rel_diff(&fused, &plain)?;
+                    assert!(
+                        d < 1e-5,
+                        "forward differs by {d} ({x_shape:?}, in_out {in_out})"
+                    );
+                    let weights = ramp(&dims, 11)?;
+                    let gf = (fused * weights.as_tensor())?.sum_all()?.backward()?;
+                    let gp = (plain * weights.as_tensor())?.sum_all()?.backward()?;
+                    let vars = if with_bias {
+                        vec![&x, &w, &b]
+                    } else {
+                        vec![&x, &w]
+                    };
+                    for v in vars {
+                        let (a, p) = (gf.get(v).unwrap(), gp.get(v).unwrap());
+                        assert_eq!(a.dims(), v.dims());
+                        let d = rel_diff(a, p)?;
+                        assert!(
+                            d < 1e-5,
+                            "gradient differs by {d} ({x_shape:?}, in_out {in_out})"
+                        );
+                    }
+                    assert_eq!(gf.get(&b).is_some(), with_bias);
+                }
             }
         }
         Ok(())

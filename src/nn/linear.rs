@@ -125,12 +125,13 @@ impl Linear {
 impl candle_nn::Module for Linear {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         // x: (..., in) -> (N, in) so one GEMM covers every leading dimension.
-        if let (Weight::Dense(w), Some(b)) = (&self.weight, &self.bias) {
-            let f32s = [x, w, b]
+        if let Weight::Dense(w) = &self.weight {
+            let f32s = [Some(x), Some(w), self.bias.as_ref()]
                 .iter()
+                .flatten()
                 .all(|t| t.dtype() == candle_core::DType::F32);
             if f32s && super::fused::enabled(x.device()) {
-                return super::fused_linear::linear(x, w, b, self.in_out);
+                return super::fused_linear::linear(x, w, self.bias.as_ref(), self.in_out);
             }
         }
         let dims = x.dims().to_vec();
