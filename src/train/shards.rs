@@ -164,20 +164,10 @@ mod tests {
         assert!((eval1 - eval2).abs() < 1e-6, "{eval1} vs {eval2}");
         assert!((loss1 - eval1).abs() < 1e-6, "no dropout in this config");
         for (name, v) in &vars {
-            let a = whole
-                .get(v)
-                .unwrap()
-                .flatten_all()
-                .unwrap()
-                .to_vec1::<f32>()
-                .unwrap();
-            let b = sharded
-                .get(v)
-                .unwrap()
-                .flatten_all()
-                .unwrap()
-                .to_vec1::<f32>()
-                .unwrap();
+            let values = |g: &GradStore| -> Vec<f32> {
+                g.get(v).unwrap().flatten_all().unwrap().to_vec1().unwrap()
+            };
+            let (a, b) = (values(&whole), values(&sharded));
             let scale = a.iter().fold(1e-3f32, |s, v| s.max(v.abs()));
             for (p, q) in a.iter().zip(&b) {
                 assert!((p - q).abs() < 1e-5 * scale, "{name}: {p} vs {q}");
