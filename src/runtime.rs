@@ -32,11 +32,10 @@ pub fn init() {
 /// thread that calls them, for training that runs the shards of a batch side by side:
 /// candle's CPU pool serves one caller at a time, so shards would queue on it, and its
 /// worker would make three busy threads on two cores. Respects `CANDLE_NUM_THREADS`
-/// when set; takes effect only before candle's first CPU op. Returns whether candle's
-/// ops now run on their caller.
-pub fn candle_ops_on_caller() -> bool {
+/// when set. Candle reads it when its pool starts, on its first CPU op, so this is
+/// called before any tensor work, while the process has no other threads of its own.
+pub fn candle_ops_on_caller() {
     if std::env::var_os("CANDLE_NUM_THREADS").is_none() {
         std::env::set_var("CANDLE_NUM_THREADS", "1");
     }
-    candle_core::utils::barrier_pool().n_workers() == 0
 }
