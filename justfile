@@ -46,6 +46,7 @@ compare-nanogpt:
     cargo build --release
     rm -rf runs/bench-nanogpt-compare
     /usr/bin/time -v target/release/wick train --out runs/bench-nanogpt-compare 2>&1 | grep -E "step|trained|val loss|Maximum resident|Elapsed"
+    python3 -c "import json; print('wick training loop (s):', [json.loads(l) for l in open('runs/bench-nanogpt-compare/metrics.jsonl')][-1]['elapsed_s'])"
     /usr/bin/time -v python3 benches/peers/nanogpt_shakespeare_char.py 2>&1 | grep -E "step|nanoGPT|Maximum resident|Elapsed"
 
 # Regenerate the parity fixtures (needs torch + transformers + sentence-transformers).
