@@ -50,6 +50,23 @@ pub fn masked_lm_loss(logits: &Tensor, labels: &Tensor) -> Result<Tensor> {
     }
 }
 
+/// Hidden states (B, T, C) and labels (B, T) cut to the positions that carry a label:
+/// (N, C) and (N,); None when no position does. For the masked-LM head, which then
+/// projects onto the vocabulary only the ~15% of positions the loss reads.
+pub fn labelled_positions(hidden: &Tensor, labels: &Tensor) -> Result<Option<(Tensor, Tensor)>> {
+    let c = hidden.dim(D::Minus1)?;
+    let labels = labels.flatten_all()?;
+    let keep = labelled_rows(&labels)?;
+    if keep.is_empty() {
+        return Ok(None);
+    }
+    let idx = Tensor::new(keep, hidden.device())?;
+    Ok(Some((
+        hidden.reshape(((), c))?.index_select(&idx, 0)?,
+        labels.index_select(&idx, 0)?,
+    )))
+}
+
 /// Token cross-entropy with label smoothing ε (the paper's ε_ls = 0.1): the target gets
 /// 1 − ε of the probability mass and ε is spread uniformly over the vocabulary, i.e.
 /// (1 − ε)·NLL + ε·mean over the vocabulary of −log p. Positions labelled [`IGNORE`]

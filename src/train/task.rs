@@ -9,7 +9,7 @@ use rand::{rngs::StdRng, Rng, SeedableRng};
 use candle_core::backprop::GradStore;
 use candle_core::{Device, Tensor, Var};
 
-use super::loss::{cross_entropy, lm_loss, masked_lm_loss, smoothed_loss};
+use super::loss::{cross_entropy, labelled_positions, lm_loss, masked_lm_loss, smoothed_loss};
 use super::shards;
 use crate::data::labeled::ClassifyBatches;
 use crate::data::mlm::MlmBatches;
@@ -98,10 +98,7 @@ impl Task<'_> {
             }
             Task::Mlm { model, train, .. } => {
                 let (x, y) = train.batch(n, device)?;
-                masked_lm_loss(
-                    &model.mlm_logits(&model.forward(&x, None, None, true)?)?,
-                    &y,
-                )?
+                mlm_loss(model, &model.forward(&x, None, None, true)?, &y)?
             }
             Task::MlmNsp { model, train, .. } => {
                 let (mlm, nsp, _) = mlm_nsp_losses(model, &train.batch(n, device)?, true)?;
@@ -173,8 +170,8 @@ impl Task<'_> {
                 let mut total = 0f64;
                 for i in 0..iters {
                     let (x, y) = val.batch(i, device)?;
-                    let logits = model.mlm_logits(&model.forward(&x, None, None, false)?)?;
-                    total += masked_lm_loss(&logits, &y)?.to_scalar::<f32>()? as f64;
+                    let h = model.forward(&x, None, None, false)?;
+                    total += mlm_loss(model, &h, &y)?.to_scalar::<f32>()? as f64;
                 }
                 Ok(Some(Eval {
                     loss: total / iters as f64,
@@ -255,11 +252,21 @@ impl Task<'_> {
     }
 }
 
+/// Masked-LM loss of hidden states (B, T, H) against labels (B, T): the head (a
+/// transform and a projection onto the whole vocabulary, most of a small BERT's
+/// training step) runs only where a token was masked, not at every position.
+fn mlm_loss(model: &Bert, h: &Tensor, labels: &Tensor) -> Result<Tensor> {
+    Ok(match labelled_positions(h, labels)? {
+        Some((h, labels)) => cross_entropy(&model.mlm_logits(&h)?, &labels)?,
+        None => masked_lm_loss(&model.mlm_logits(h)?, labels)?, // nothing masked: 0
+    })
+}
+
 /// The masked-LM and next-sentence losses of a batch (BertForPreTraining's total loss is
 /// their sum), and how many next-sentence labels the model got right.
 fn mlm_nsp_losses(model: &Bert, b: &NspBatch, train: bool) -> Result<(Tensor, Tensor, usize)> {
     let h = model.forward(&b.ids, Some(&b.token_types), Some(&b.mask), train)?;
-    let mlm = masked_lm_loss(&model.mlm_logits(&h)?, &b.mlm_labels)?;
+    let mlm = mlm_loss(model, &h, &b.mlm_labels)?;
     let nsp_logits = model.nsp_logits(&h)?; // (B, 2)
     let nsp = cross_entropy(&nsp_logits, &b.nsp_labels)?;
     let pred = nsp_logits
@@ -311,4 +318,58 @@ fn scheduled_inputs(
         b.tgt_in.dims2()?,
         b.tgt_in.device(),
     )?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::checkpoint::WeightSource;
+    use crate::models::{BertHeads, Model, ModelConfig};
+    use crate::nn::fused::IGNORE;
+    use candle_core::DType;
+
+    #[test]
+    fn mlm_loss_on_masked_positions_equals_the_full_head() {
+        let cfg = serde_json::json!({"model_type": "bert", "vocab_size": 13, "hidden_size": 8,
+            "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 16,
+            "max_position_embeddings": 8});
+        let cfg = ModelConfig::from_value(&cfg, std::path::Path::new("<test>")).unwrap();
+        let w = WeightSource::from_scratch().with_seed(5);
+        let heads = BertHeads {
+            pooler: false,
+            mlm: true,
+            classifier: false,
+            nsp: false,
+        };
+        let vb = w.var_builder(DType::F32, &Device::Cpu);
+        let Model::Bert(m) = Model::build(&cfg, Some(heads), vb).unwrap() else {
+            unreachable!()
+        };
+        let dev = Device::Cpu;
+        let x = Tensor::new(&[[2u32, 5, 4, 9, 3], [2, 7, 4, 3, 1]], &dev).unwrap();
+        let i = IGNORE;
+        for labels in [[[i, 6, i, 12, i], [11, i, i, i, 1]], [[i; 5], [i; 5]]] {
+            let y = Tensor::new(&labels, &dev).unwrap();
+            let h = m.forward(&x, None, None, false).unwrap();
+            let cut = mlm_loss(&m, &h, &y).unwrap();
+            let full = masked_lm_loss(&m.mlm_logits(&h).unwrap(), &y).unwrap();
+            let (a, b) = (
+                cut.to_scalar::<f32>().unwrap(),
+                full.to_scalar::<f32>().unwrap(),
+            );
+            assert!((a - b).abs() < 1e-6, "{a} vs {b}");
+            let (ga, gb) = (cut.backward().unwrap(), full.backward().unwrap());
+            for (name, v) in w.vars() {
+                let values = |g: &GradStore| -> Vec<f32> {
+                    g.get(&v)
+                        .map_or(vec![], |t| t.flatten_all().unwrap().to_vec1().unwrap())
+                };
+                let (p, q) = (values(&ga), values(&gb));
+                assert_eq!(p.len(), q.len(), "{name}");
+                for (p, q) in p.iter().zip(&q) {
+                    assert!((p - q).abs() < 1e-5, "{name}: {p} vs {q}");
+                }
+            }
+        }
+    }
 }
