@@ -292,18 +292,18 @@ fn generation_slides_past_the_context_when_asked() {
         "--json",
     ]);
     assert_eq!(v["token_ids"].as_array().unwrap().len(), 80);
-    wick_fails(
-        &[
-            "generate",
-            "--model",
-            &fx("tiny-gpt2"),
-            "--prompt",
-            "To be",
-            "--max-new-tokens",
-            "80",
-        ],
-        &["exceeds the model's context"],
-    );
+    let refused = [
+        "generate",
+        "--model",
+        &fx("tiny-gpt2"),
+        "--prompt",
+        "To be",
+        "--max-new-tokens",
+        "80",
+    ];
+    wick_fails(&refused, &["exceeds the model's context"]);
+    // Not even the prompt is echoed before the refusal.
+    assert_eq!(wick(&refused).1, "");
 }
 
 /// A hub id resolves offline from hf-hub's cache layout under HF_HOME.

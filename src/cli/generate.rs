@@ -156,13 +156,17 @@ pub fn run(args: Args) -> Result<()> {
     let mut streams: Vec<TextStream> = (0..rows)
         .map(|_| TextStream::new(tok, &args.stop))
         .collect();
-    if stream {
-        print!("{}", prompts[0]);
-        let _ = std::io::stdout().flush();
-    }
     let start = Instant::now();
     let mut first_token: Option<Duration> = None;
+    // The prompt is echoed with the first token, once generation has accepted it: a
+    // prompt refused (too long for the context) prints nothing but the error.
+    let echo = |first_token: &Option<Duration>| {
+        if stream && first_token.is_none() {
+            print!("{}", prompts[0]);
+        }
+    };
     let generations = generate(model, &prompt_ids, &opts, &device, |row, id| {
+        echo(&first_token);
         first_token.get_or_insert_with(|| start.elapsed());
         let (delta, flow) = streams[row].push(id)?;
         if stream && !delta.is_empty() {
@@ -173,6 +177,7 @@ pub fn run(args: Args) -> Result<()> {
     })
     .context("generating from --prompt")?;
     let elapsed = start.elapsed();
+    echo(&first_token); // no token came (0 new tokens)
 
     // Final texts: streamed rows already know theirs; beams are decoded now.
     let mut results = vec![];
