@@ -169,6 +169,9 @@ simd_fn! {
 pub fn gemv_in_out(x: &[f32], w: &[f32], y: &mut [f32]) {
     let (inp, out) = (x.len(), y.len());
     assert_eq!(w.len(), inp * out, "gemv: weight is not (in, out)");
+    if inp == 0 || out == 0 {
+        return;
+    }
     let parts = if super::parallel::may_split() && inp * out >= 1 << 16 {
         rayon::current_num_threads().min(inp)
     } else {
@@ -197,6 +200,9 @@ pub fn gemv_in_out(x: &[f32], w: &[f32], y: &mut [f32]) {
 pub fn gemv_out_in(x: &[f32], w: &[f32], y: &mut [f32]) {
     let inp = x.len();
     assert_eq!(w.len(), inp * y.len(), "gemv: weight is not (out, in)");
+    if inp == 0 || y.is_empty() {
+        return;
+    }
     let chunk = if super::parallel::may_split() && w.len() >= 1 << 16 {
         256
     } else {
