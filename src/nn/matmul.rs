@@ -6,6 +6,7 @@
 use rayon::prelude::*;
 
 use super::fastmath::simd_fn;
+use super::fused::sum8_zip;
 
 /// A row-major (rows, cols) matrix or the transpose of one, as gemm's strides.
 #[derive(Clone, Copy)]
@@ -148,18 +149,7 @@ simd_fn! {
     /// y[j] = x · w[j, ..] for each row of w (x.len() wide), eight-lane sums.
     fn rows_dot(x: &[f32], w: &[f32], y: &mut [f32]) {
         for (v, row) in y.iter_mut().zip(w.chunks_exact(x.len())) {
-            let mut acc = [0f32; 8];
-            let mut chunks = row.chunks_exact(8).zip(x.chunks_exact(8));
-            for (r, xc) in &mut chunks {
-                for k in 0..8 {
-                    acc[k] += r[k] * xc[k];
-                }
-            }
-            let tail: f32 = row.chunks_exact(8).remainder().iter()
-                .zip(x.chunks_exact(8).remainder())
-                .map(|(a, b)| a * b)
-                .sum();
-            *v = acc.iter().sum::<f32>() + tail;
+            *v = sum8_zip(row, x, |a, b| a * b);
         }
     }
 }
@@ -206,7 +196,7 @@ pub fn gemv_out_in(x: &[f32], w: &[f32], y: &mut [f32]) {
     let chunk = if super::parallel::may_split() && w.len() >= 1 << 16 {
         256
     } else {
-        y.len().max(1)
+        y.len()
     };
     y.par_chunks_mut(chunk).enumerate().for_each(|(c, yc)| {
         let mut dots = vec![0f32; yc.len()];
