@@ -21,7 +21,8 @@ fn median(mut xs: Vec<f64>) -> f64 {
 }
 
 fn main() -> anyhow::Result<()> {
-    wick::runtime::init();
+    wick::runtime::init().expect("runtime settings");
+    eprintln!("cpu: {}", wick::runtime::cpu_features());
     let cfg_path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("models/gpt2-124m.json");
     let cfg = ModelConfig::from_file(&cfg_path)?;
     let weights = WeightSource::new(None, wick::checkpoint::InitPolicy::All, false);

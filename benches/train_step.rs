@@ -17,7 +17,8 @@ use wick::train::shards::loss_and_grads;
 use wick::train::Preset;
 
 fn main() -> anyhow::Result<()> {
-    wick::runtime::init();
+    wick::runtime::init().expect("runtime settings");
+    eprintln!("cpu: {}", wick::runtime::cpu_features());
     let preset = Preset::find("shakespeare-char").unwrap()?;
     let mut cfg = preset.model.clone();
     cfg["vocab_size"] = 65.into();

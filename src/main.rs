@@ -3,7 +3,10 @@
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() {
-    wick::runtime::init();
+    if let Err(e) = wick::runtime::init() {
+        eprintln!("error: {e}");
+        std::process::exit(1);
+    }
     if let Err(e) = wick::cli::run() {
         eprintln!("error: {e:#}");
         std::process::exit(1);

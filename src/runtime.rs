@@ -16,16 +16,34 @@
 /// before being returned to the OS; -1 keeps it.
 const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
 
-/// Call first thing in `main`, before any tensor work: tells mimalloc never to return
-/// freed memory to the OS (a no-op when mimalloc is not the global allocator), and
-/// shortens candle's worker spin unless `CANDLE_BARRIER_POOL_SPIN_LIMIT` is set.
-pub fn init() {
+/// Call first thing in `main`, before any tensor work: checks `WICK_SIMD`, tells
+/// mimalloc never to return freed memory to the OS (a no-op when mimalloc is not the
+/// global allocator), and shortens candle's worker spin unless
+/// `CANDLE_BARRIER_POOL_SPIN_LIMIT` is set.
+pub fn init() -> Result<(), String> {
+    crate::nn::fastmath::requested()?;
     // SAFETY: sets a process-wide option; mimalloc documents it as callable at any time.
     unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, -1) };
     if std::env::var_os("CANDLE_BARRIER_POOL_SPIN_LIMIT").is_none() {
         // Read when candle's pool starts, on the first CPU op.
         std::env::set_var("CANDLE_BARRIER_POOL_SPIN_LIMIT", "2000");
     }
+    Ok(())
+}
+
+/// The CPU features the kernels use, for the summaries: wick's row kernels at
+/// [`crate::nn::fastmath::level`], and the instruction set gemm picks for matrix
+/// products (its own run-time choice, AVX-512 when the CPU has avx512f).
+pub fn cpu_features() -> String {
+    use crate::nn::fastmath::{level, Simd};
+    let gemm = if Simd::Avx512.supported() {
+        "avx512f"
+    } else if Simd::Avx2.supported() {
+        "fma"
+    } else {
+        "scalar"
+    };
+    format!("row kernels {}, gemm {gemm}", level().name())
 }
 
 /// Runs candle's own CPU ops (adds, copies, the gradient sums of its backward) on the

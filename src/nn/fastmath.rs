@@ -1,12 +1,15 @@
 //! Branch-free f32 `exp` and `tanh` for the fused kernels, and [`simd_fn!`], which
-//! compiles a row kernel a second time for AVX2+FMA and picks it at run time.
+//! compiles a row kernel for three instruction sets (baseline x86-64, AVX2+FMA,
+//! AVX-512) and picks one at run time ([`level`]).
 //!
 //! Why: libm's `expf`/`tanhf` are calls the compiler cannot vectorise, and a training
 //! step of the default preset spent about a sixth of its time in GELU and softmax
 //! exponentials. These versions are plain arithmetic and bit casts, so a loop over a row
-//! becomes 8-wide AVX2 code. No fused multiply-add is written out, and Rust never
-//! contracts `a * b + c` on its own, so the AVX2 and the baseline builds of a kernel give
-//! bit-identical results: a run does not depend on which CPU it landed on.
+//! becomes 8-wide AVX2 or 16-wide AVX-512 code. No fused multiply-add is written out,
+//! Rust never contracts `a * b + c` on its own, and every reduction fixes its order in
+//! the source (eight-lane sums), so all three builds of a kernel give bit-identical
+//! results: a run does not depend on which CPU it landed on, and one binary runs on any
+//! x86-64.
 
 // The polynomial coefficients are written as published (Cephes, Eigen), some with
 // more digits than an f32 holds.
@@ -75,9 +78,113 @@ pub fn tanh(x: f32) -> f32 {
     x * p / q
 }
 
-/// Defines `fn $name(args)` whose body is compiled twice: for the baseline target and,
-/// on x86-64, with AVX2+FMA enabled, chosen once per call by CPU feature detection.
-/// The body must be plain loops over slices (the point is autovectorisation).
+/// The instruction sets [`simd_fn!`] kernels are compiled for, in ascending order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Simd {
+    Baseline = 0,
+    Avx2 = 1,
+    Avx512 = 2,
+}
+
+impl Simd {
+    pub const ALL: [Simd; 3] = [Simd::Baseline, Simd::Avx2, Simd::Avx512];
+
+    /// The name `WICK_SIMD` takes, and the summary prints.
+    pub fn name(self) -> &'static str {
+        match self {
+            Simd::Baseline => "baseline",
+            Simd::Avx2 => "avx2",
+            Simd::Avx512 => "avx512",
+        }
+    }
+
+    /// Whether this CPU runs kernels built for `self`.
+    pub fn supported(self) -> bool {
+        #[cfg(target_arch = "x86_64")]
+        {
+            use std::arch::is_x86_feature_detected as has;
+            match self {
+                Simd::Baseline => true,
+                Simd::Avx2 => has!("avx2") && has!("fma"),
+                Simd::Avx512 => Simd::Avx2.supported() && has!("avx512f"),
+            }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            self == Simd::Baseline
+        }
+    }
+
+    /// The best level this CPU runs.
+    pub fn best() -> Simd {
+        *Simd::ALL.iter().rev().find(|l| l.supported()).unwrap()
+    }
+
+    fn from_u8(v: u8) -> Simd {
+        Simd::ALL[v as usize]
+    }
+}
+
+/// `WICK_SIMD` (baseline, avx2, avx512) caps the level; a level above what the CPU has
+/// falls back to the best it has. An unknown name is an error (checked by
+/// [`crate::runtime::init`] at start).
+pub fn requested() -> Result<Option<Simd>, String> {
+    match std::env::var("WICK_SIMD") {
+        Err(_) => Ok(None),
+        Ok(v) if v.is_empty() => Ok(None),
+        Ok(v) => Simd::ALL
+            .into_iter()
+            .find(|l| l.name() == v)
+            .map(Some)
+            .ok_or_else(|| format!("WICK_SIMD={v}: expected baseline, avx2 or avx512")),
+    }
+}
+
+const UNSET: u8 = u8::MAX;
+static LEVEL: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(UNSET);
+
+/// The level the row kernels run at: the CPU's best, capped by `WICK_SIMD`; read once.
+#[inline]
+pub fn level() -> Simd {
+    use std::sync::atomic::Ordering::Relaxed;
+    match LEVEL.load(Relaxed) {
+        UNSET => {
+            let best = Simd::best();
+            let chosen = requested().ok().flatten().map_or(best, |r| r.min(best));
+            LEVEL.store(chosen as u8, Relaxed);
+            chosen
+        }
+        v => Simd::from_u8(v),
+    }
+}
+
+/// Runs `f` with every kernel at `level` (a test of one level against another). The
+/// level is process-wide, so callers are serialised; other tests running meanwhile see
+/// a level that gives the same bits.
+#[cfg(test)]
+pub(crate) fn with_level<R>(l: Simd, f: impl FnOnce() -> R) -> R {
+    use std::sync::atomic::Ordering::Relaxed;
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _guard = LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let before = level();
+    assert!(l.supported(), "{l:?} is not supported here");
+    LEVEL.store(l as u8, Relaxed);
+    let out = f();
+    LEVEL.store(before as u8, Relaxed);
+    out
+}
+
+/// Runs `f(level)` at every level this CPU supports, baseline first.
+#[cfg(test)]
+pub(crate) fn each_level(mut f: impl FnMut(Simd)) {
+    for l in Simd::ALL.into_iter().filter(|l| l.supported()) {
+        with_level(l, || f(l));
+    }
+}
+
+/// Defines `fn $name(args)` whose body is compiled for each [`Simd`] level on x86-64
+/// and runs at [`level`]. The body must be plain loops over slices (the point is
+/// autovectorisation).
 macro_rules! simd_fn {
     ($(#[$meta:meta])* $vis:vis fn $name:ident($($arg:ident: $ty:ty),* $(,)?) $body:block) => {
         $(#[$meta])*
@@ -86,15 +193,19 @@ macro_rules! simd_fn {
             fn body($($arg: $ty),*) $body
             #[cfg(target_arch = "x86_64")]
             {
+                #[target_feature(enable = "avx512f,avx512vl,avx512bw,avx512dq,avx2,fma")]
+                unsafe fn avx512($($arg: $ty),*) {
+                    body($($arg),*)
+                }
                 #[target_feature(enable = "avx2,fma")]
                 unsafe fn avx2($($arg: $ty),*) {
                     body($($arg),*)
                 }
-                if std::arch::is_x86_feature_detected!("avx2")
-                    && std::arch::is_x86_feature_detected!("fma")
-                {
-                    // SAFETY: the CPU has the features `avx2` was compiled for.
-                    return unsafe { avx2($($arg),*) };
+                match $crate::nn::fastmath::level() {
+                    // SAFETY: `level` returns only what the CPU supports.
+                    $crate::nn::fastmath::Simd::Avx512 => return unsafe { avx512($($arg),*) },
+                    $crate::nn::fastmath::Simd::Avx2 => return unsafe { avx2($($arg),*) },
+                    $crate::nn::fastmath::Simd::Baseline => {}
                 }
             }
             body($($arg),*)
@@ -153,12 +264,27 @@ mod tests {
     }
 
     #[test]
-    fn dispatched_kernel_equals_scalar_bitwise() {
+    fn every_level_equals_scalar_bitwise() {
         let x: Vec<f32> = (0..1000).map(|i| (i as f32 - 500.0) * 0.173).collect();
-        let mut y = vec![0f32; x.len()];
-        double_exp(&x, &mut y);
-        for (a, b) in x.iter().zip(&y) {
-            assert_eq!((2.0 * exp(*a)).to_bits(), b.to_bits());
+        let mut levels = vec![];
+        each_level(|l| {
+            assert_eq!(level(), l);
+            let mut y = vec![0f32; x.len()];
+            double_exp(&x, &mut y);
+            for (a, b) in x.iter().zip(&y) {
+                assert_eq!((2.0 * exp(*a)).to_bits(), b.to_bits(), "{l:?}");
+            }
+            levels.push(l);
+        });
+        assert_eq!(levels[0], Simd::Baseline);
+        assert_eq!(*levels.last().unwrap(), Simd::best());
+    }
+
+    #[test]
+    fn simd_names_parse_back() {
+        for l in Simd::ALL {
+            assert_eq!(Simd::ALL.iter().find(|m| m.name() == l.name()), Some(&l));
         }
+        assert!(Simd::Baseline.supported());
     }
 }

@@ -782,6 +782,74 @@ mod tests {
         Ok(())
     }
 
+    /// Every fused op, forward and backward, gives the same bits at every SIMD level
+    /// this CPU has as at the baseline build.
+    #[test]
+    fn every_simd_level_gives_the_baseline_bits() -> Result<()> {
+        let bits = |t: &Tensor| -> Vec<u32> {
+            let v = t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            v.into_iter().map(f32::to_bits).collect()
+        };
+        let run = || -> Result<Vec<Vec<u32>>> {
+            let mut out = vec![];
+            let a = x(&[5, 37], 21);
+            let coef = x(&[5, 37], 22).as_tensor().clone();
+            let (w, b) = (x(&[37], 23), x(&[37], 24));
+            let padding = Tensor::new(&[[1u32, 1, 1, 1, 1, 1, 0, 0, 0]], &Device::Cpu)?;
+            let bias = super::super::attention_bias(
+                9,
+                9,
+                false,
+                Some(&padding),
+                DType::F32,
+                &Device::Cpu,
+            )?
+            .unwrap();
+            let s = x(&[1, 2, 9, 9], 25);
+            let scoef = x(&[1, 2, 9, 9], 26).as_tensor().clone();
+            let ys = [
+                gelu_tanh(a.as_tensor())?,
+                gelu_erf(a.as_tensor())?,
+                layer_norm(a.as_tensor(), w.as_tensor(), b.as_tensor(), 1e-5)?,
+                bias_add(a.as_tensor(), b.as_tensor())?,
+            ];
+            for y in ys {
+                let g = (&y * &coef)?.sum_all()?.backward()?;
+                out.push(bits(&y));
+                for v in [&a, &w, &b] {
+                    out.extend(g.get(v).map(bits));
+                }
+            }
+            for (causal, scores) in [
+                (true, s.as_tensor().clone()),
+                (false, s.as_tensor().broadcast_add(&bias)?),
+            ] {
+                let y = softmax_scaled(&scores, 0.3, causal)?;
+                let g = (&y * &scoef)?.sum_all()?.backward()?;
+                out.push(bits(&y));
+                out.push(bits(g.get(&s).unwrap()));
+            }
+            let t = Tensor::new(&[3u32, 0, IGNORE, 36, 5], &Device::Cpu)?;
+            let ce = cross_entropy_rows(a.as_tensor(), &t)?;
+            let g = ce.sum_all()?.backward()?;
+            out.push(bits(&ce));
+            out.push(bits(g.get(&a).unwrap()));
+            Ok(out)
+        };
+        let mut baseline = None;
+        let mut failure = None;
+        fastmath::each_level(|l| {
+            let got = run().unwrap();
+            match &baseline {
+                None => baseline = Some(got),
+                Some(want) if *want != got => failure = Some(l),
+                Some(_) => {}
+            }
+        });
+        assert_eq!(failure, None, "a SIMD level differs from the baseline");
+        Ok(())
+    }
+
     #[test]
     fn bias_add_matches_composed() -> Result<()> {
         let (y, b) = (x(&[7, 5], 10), x(&[5], 11));

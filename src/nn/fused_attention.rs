@@ -265,7 +265,12 @@ mod tests {
     }
 
     #[test]
-    fn matches_composed_attention_and_its_gradient() -> Result<()> {
+    fn matches_composed_attention_and_its_gradient_at_every_simd_level() -> Result<()> {
+        crate::nn::fastmath::each_level(|_| check().unwrap());
+        Ok(())
+    }
+
+    fn check() -> Result<()> {
         let dev = Device::Cpu;
         let (b, t, heads, d) = (2, 7, 3, 5);
         let n = b * t * 3 * heads * d;

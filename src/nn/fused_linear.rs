@@ -230,7 +230,12 @@ mod tests {
     /// rows split across threads and leave a tail), both weight layouts, with and
     /// without a bias; forward and all gradients against matmul + broadcast add.
     #[test]
-    fn matches_matmul_and_its_gradients_in_every_path() -> Result<()> {
+    fn matches_matmul_and_its_gradients_in_every_path_at_every_simd_level() -> Result<()> {
+        crate::nn::fastmath::each_level(|_| check().unwrap());
+        Ok(())
+    }
+
+    fn check() -> Result<()> {
         for (x_shape, inp, out) in [(vec![2, 3, 5], 5, 4), (vec![1, 1, 301], 301, 262)] {
             for in_out in [true, false] {
                 for with_bias in [true, false] {

@@ -480,9 +480,10 @@ pub fn train(req: TrainRequest) -> Result<TrainSummary> {
         _ => 1,
     };
     println!(
-        "device       {}, {} threads{}",
+        "device       {}, {} threads, {}{}",
         crate::device::describe(&device),
         candle_core::utils::get_num_threads(),
+        crate::runtime::cpu_features(),
         if shards > 1 {
             format!(", each batch as {shards} shards side by side")
         } else {
