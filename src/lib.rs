@@ -12,6 +12,7 @@ pub mod data;
 pub mod device;
 pub mod error;
 pub mod generation;
+pub mod labels;
 pub mod models;
 pub mod nn;
 pub mod runtime;

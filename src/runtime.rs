@@ -21,7 +21,7 @@ const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
 /// global allocator), and shortens candle's worker spin unless
 /// `CANDLE_BARRIER_POOL_SPIN_LIMIT` is set.
 pub fn init() -> Result<(), String> {
-    crate::nn::fastmath::requested()?;
+    crate::nn::kernels::simd::requested()?;
     // SAFETY: sets a process-wide option; mimalloc documents it as callable at any time.
     unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, -1) };
     if std::env::var_os("CANDLE_BARRIER_POOL_SPIN_LIMIT").is_none() {
@@ -32,10 +32,10 @@ pub fn init() -> Result<(), String> {
 }
 
 /// The CPU features the kernels use, for the summaries: wick's row kernels at
-/// [`crate::nn::fastmath::level`], and the instruction set gemm picks for matrix
+/// [`crate::nn::kernels::simd::level`], and the instruction set gemm picks for matrix
 /// products (its own run-time choice, AVX-512 when the CPU has avx512f).
 pub fn cpu_features() -> String {
-    use crate::nn::fastmath::{level, Simd};
+    use crate::nn::kernels::simd::{level, Simd};
     let gemm = if Simd::Avx512.supported() {
         "avx512f"
     } else if Simd::Avx2.supported() {

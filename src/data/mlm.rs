@@ -14,7 +14,7 @@ use rand::{rngs::StdRng, Rng, SeedableRng};
 
 use super::{LmBatches, TokenBuffer};
 use crate::error::{Result, WickError};
-use crate::nn::fused::IGNORE;
+use crate::labels::IGNORE;
 use crate::tokenizer::Tokenizer;
 
 /// The masking rule, shared by masked-LM and MLM+NSP batches.

@@ -20,7 +20,7 @@ use rand::{rngs::StdRng, Rng, SeedableRng};
 use super::mlm::{special_id, Masker};
 use super::order::EpochOrder;
 use crate::error::{Result, WickError};
-use crate::nn::fused::IGNORE;
+use crate::labels::IGNORE;
 use crate::tasks::{pad_batch, Padding};
 use crate::tokenizer::Tokenizer;
 

@@ -7,7 +7,7 @@ use std::path::Path;
 use candle_core::{Device, Tensor};
 
 use crate::error::{Result, WickError};
-use crate::nn::fused::IGNORE;
+use crate::labels::IGNORE;
 use crate::tokenizer::Tokenizer;
 
 /// Reads the pairs of a TSV file; a line without a tab is an error naming it.

@@ -17,16 +17,10 @@ pub enum Activation {
 }
 
 impl Activation {
-    /// candle's `gelu` is the tanh approximation and `gelu_erf` the exact form; both
-    /// have a backward pass, but as chains of small ops: on the CPU the fused kernels
-    /// (one pass forward, one backward) serve f32.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let fused = x.dtype() == candle_core::DType::F32 && super::fused::enabled(x.device());
         match self {
-            Activation::Gelu if fused => super::fused::gelu_erf(x),
-            Activation::Gelu => x.gelu_erf(),
-            Activation::GeluNew if fused => super::fused::gelu_tanh(x),
-            Activation::GeluNew => x.gelu(),
+            Activation::Gelu => super::kernels::gelu_erf(x),
+            Activation::GeluNew => super::kernels::gelu_tanh(x),
             Activation::Relu => x.relu(),
         }
     }

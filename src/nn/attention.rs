@@ -2,11 +2,11 @@
 //! from the same sequence) and cross-attention (queries from the decoder, keys and
 //! values from the encoder output), with an additive mask bias and an optional KV cache.
 
-use candle_core::{DType, Result, Tensor, D};
+use candle_core::{Result, Tensor, D};
 use candle_nn::Module;
 
-use super::mask::{attention_bias, Mask};
-use super::{dropout, fused, fused_attention, KvCache, Linear, Packing};
+use super::mask::Mask;
+use super::{dropout, kernels, KvCache, Linear, Packing};
 
 /// softmax(q·kᵀ·scale + mask)·v.
 /// q: (B, H, Tq, D), k and v: (B, H, Tk, D); a bias mask broadcasts to (B, H, Tq, Tk).
@@ -20,32 +20,7 @@ pub fn scaled_dot_product_attention(
     train: bool,
 ) -> Result<Tensor> {
     let qk = q.matmul(&k.t()?)?; // (B, H, Tq, Tk)
-    let fused = fused::enabled(qk.device()) && qk.dtype() == candle_core::DType::F32;
-    let probs = match (mask, fused) {
-        (Mask::Causal, true) => fused::softmax_scaled(&qk, scale, true)?,
-        (Mask::None, true) => fused::softmax_scaled(&qk, scale, false)?,
-        (Mask::Bias(b), true) => {
-            fused::softmax_scaled(&(qk * scale)?.broadcast_add(b)?, 1.0, false)?
-        }
-        // Composed path: ops::softmax is built from exp/sum/div and so has a backward
-        // (softmax_last_dim has not).
-        (mask, false) => {
-            let scores = (qk * scale)?;
-            let bias = match mask {
-                Mask::None => None,
-                Mask::Causal => {
-                    let (tq, tk) = (scores.dim(2)?, scores.dim(3)?);
-                    attention_bias(tq, tk, true, None, scores.dtype(), scores.device())?
-                }
-                Mask::Bias(b) => Some(b.clone()),
-            };
-            let scores = match bias {
-                Some(b) => scores.broadcast_add(&b)?,
-                None => scores,
-            };
-            candle_nn::ops::softmax(&scores, D::Minus1)?
-        }
-    };
+    let probs = kernels::softmax(&qk, scale, mask)?;
     let probs = dropout(&probs, dropout_p, train)?;
     probs.matmul(v) // (B, H, Tq, D)
 }
@@ -126,10 +101,9 @@ impl MultiHeadAttention {
         train: bool,
     ) -> Result<Tensor> {
         if let (QkvProjection::Fused(qkv), None, Mask::Causal) = (&self.qkv, &cache, mask) {
-            let no_dropout = self.dropout == 0.0 || !train;
-            if no_dropout && fused::enabled(x.device()) && x.dtype() == DType::F32 {
+            if self.dropout == 0.0 || !train {
                 let qkv = qkv.forward(x)?; // (B, T, 3C)
-                let y = fused_attention::causal_self_attention(&qkv, self.num_heads, self.scale)?;
+                let y = kernels::causal_self_attention(&qkv, self.num_heads, self.scale)?;
                 return self.out.forward(&y); // (B, T, C)
             }
         }

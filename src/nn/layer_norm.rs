@@ -1,7 +1,8 @@
-//! LayerNorm written from tensor ops so that it has a backward pass (candle-nn's fused
-//! `LayerNorm` has none: gradients upstream of it silently vanish).
+//! LayerNorm over the last dimension, from `{prefix}.weight` and `{prefix}.bias`; the
+//! op itself is [`super::kernels::layer_norm`] (with a backward pass, which candle-nn's
+//! fused `LayerNorm` lacks: gradients upstream of it would silently vanish).
 
-use candle_core::{DType, Result, Tensor, D};
+use candle_core::{Result, Tensor};
 use candle_nn::{Init, VarBuilder};
 
 #[derive(Debug, Clone)]
@@ -9,29 +10,11 @@ pub struct LayerNorm {
     weight: Tensor,
     bias: Tensor,
     eps: f64,
-    /// Use the fused kernel (see `nn::fused`) when the input allows it.
-    fused: bool,
 }
 
 impl LayerNorm {
     pub fn new(weight: Tensor, bias: Tensor, eps: f64) -> Self {
-        let fused = super::fused::enabled(weight.device());
-        Self {
-            weight,
-            bias,
-            eps,
-            fused,
-        }
-    }
-
-    /// Always the composed tensor-op formulation (the reference for the fused kernel).
-    pub fn composed(weight: Tensor, bias: Tensor, eps: f64) -> Self {
-        Self {
-            weight,
-            bias,
-            eps,
-            fused: false,
-        }
+        Self { weight, bias, eps }
     }
 
     /// Loads `{prefix}.weight` and `{prefix}.bias` (ones and zeros when initialising).
@@ -44,23 +27,7 @@ impl LayerNorm {
 
 impl candle_nn::Module for LayerNorm {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        // x: (..., C). Statistics in f32 for half-precision inputs.
-        let dtype = x.dtype();
-        if self.fused && dtype == DType::F32 && self.weight.dtype() == DType::F32 {
-            return super::fused::layer_norm(x, &self.weight, &self.bias, self.eps);
-        }
-        let x = match dtype {
-            DType::F16 | DType::BF16 => x.to_dtype(DType::F32)?,
-            _ => x.clone(),
-        };
-        let mean = x.mean_keepdim(D::Minus1)?; // (..., 1)
-        let centered = x.broadcast_sub(&mean)?; // (..., C)
-        let var = centered.sqr()?.mean_keepdim(D::Minus1)?; // (..., 1), biased like PyTorch
-        let normed = centered.broadcast_div(&(var + self.eps)?.sqrt()?)?;
-        normed
-            .to_dtype(dtype)?
-            .broadcast_mul(&self.weight)?
-            .broadcast_add(&self.bias)
+        super::kernels::layer_norm(x, &self.weight, &self.bias, self.eps) // (..., C)
     }
 }
 

@@ -124,37 +124,21 @@ impl Linear {
 
 impl candle_nn::Module for Linear {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        // x: (..., in) -> (N, in) so one GEMM covers every leading dimension.
-        if let Weight::Dense(w) = &self.weight {
-            let f32s = [Some(x), Some(w), self.bias.as_ref()]
-                .iter()
-                .flatten()
-                .all(|t| t.dtype() == candle_core::DType::F32);
-            if f32s && super::fused::enabled(x.device()) {
-                return super::fused_linear::linear(x, w, self.bias.as_ref(), self.in_out);
+        match &self.weight {
+            // x: (..., in) -> (..., out)
+            Weight::Dense(w) => super::kernels::linear(x, w, self.bias.as_ref(), self.in_out),
+            Weight::Quantized(q) => {
+                let mut dims = x.dims().to_vec();
+                let x2 = x.reshape(((), dims[dims.len() - 1]))?.contiguous()?; // (N, in)
+                let y = candle_core::Module::forward(q, &x2)?; // (N, out)
+                let y = match &self.bias {
+                    Some(b) => y.broadcast_add(b)?,
+                    None => y,
+                };
+                *dims.last_mut().unwrap() = y.dim(1)?;
+                y.reshape(dims)
             }
         }
-        let dims = x.dims().to_vec();
-        let in_dim = dims[dims.len() - 1];
-        let x2 = x.reshape(((), in_dim))?;
-        let y = match &self.weight {
-            Weight::Dense(w) if self.in_out => x2.matmul(w)?,
-            Weight::Dense(w) => x2.matmul(&w.t()?)?,
-            Weight::Quantized(q) => candle_core::Module::forward(q, &x2.contiguous()?)?,
-        }; // (N, out)
-        let y = match &self.bias {
-            Some(b)
-                if y.dtype() == candle_core::DType::F32 && super::fused::enabled(y.device()) =>
-            {
-                super::fused::bias_add(&y, b)?
-            }
-            Some(b) => y.broadcast_add(b)?,
-            None => y,
-        };
-        let mut out_dims = dims;
-        let last = out_dims.len() - 1;
-        out_dims[last] = y.dim(1)?;
-        y.reshape(out_dims)
     }
 }
 

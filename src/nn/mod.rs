@@ -1,22 +1,19 @@
 //! Building blocks of the transformer, one concept per file. Every block that training
-//! flows through is written from differentiable tensor ops: candle-nn 0.11's fused
-//! `LayerNorm`, `ops::layer_norm` and `ops::softmax_last_dim` have no backward pass.
+//! flows through is differentiable: the ops they call ([`kernels`]) are fused CPU
+//! kernels with hand-written backward passes, or tensor-op compositions (candle-nn
+//! 0.11's fused `LayerNorm`, `ops::layer_norm` and `ops::softmax_last_dim` have no
+//! backward pass).
 
 pub mod activation;
 pub mod attention;
 pub mod embedding;
-pub mod fastmath;
 pub mod feed_forward;
-pub mod fused;
-pub mod fused_attention;
-pub mod fused_linear;
+pub mod kernels;
 pub mod kv_cache;
 pub mod layer_norm;
 pub mod linear;
 pub mod mask;
-mod matmul;
 pub mod packing;
-pub mod parallel;
 pub mod residual;
 
 pub use activation::Activation;

@@ -1,17 +1,14 @@
-//! Losses. On the CPU cross-entropy is one fused kernel (log-softmax, pick, and its
-//! backward); elsewhere it is candle's log-softmax + NLL composition.
+//! Losses, on the per-row cross-entropy op ([`crate::nn::kernels::cross_entropy_rows`]:
+//! one fused kernel on the CPU, log-softmax + gather elsewhere).
 
 use candle_core::{DType, Result, Tensor, D};
 
-use crate::nn::fused::{self, IGNORE};
+use crate::labels::IGNORE;
+use crate::nn::kernels;
 
 /// Mean cross-entropy of logits (N, C) against targets (N,).
 pub fn cross_entropy(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
-    if fused::enabled(logits.device()) && logits.dtype() == DType::F32 {
-        fused::cross_entropy_rows(logits, targets)?.mean_all()
-    } else {
-        candle_nn::loss::cross_entropy(logits, &targets.to_dtype(DType::U32)?)
-    }
+    kernels::cross_entropy_rows(logits, &targets.to_dtype(DType::U32)?)?.mean_all()
 }
 
 /// Mean next-token cross-entropy of logits (B, T, V) against targets (B, T).
@@ -36,18 +33,9 @@ fn labelled_rows(labels: &Tensor) -> Result<Vec<u32>> {
 pub fn masked_lm_loss(logits: &Tensor, labels: &Tensor) -> Result<Tensor> {
     let v = logits.dim(D::Minus1)?;
     let (logits, labels) = (logits.reshape(((), v))?, labels.flatten_all()?);
-    let keep = labelled_rows(&labels)?;
-    let n = keep.len().max(1) as f64;
-    if fused::enabled(logits.device()) && logits.dtype() == DType::F32 {
-        // Ignored rows contribute zero loss and zero gradient.
-        fused::cross_entropy_rows(&logits, &labels)?.sum_all()? / n
-    } else {
-        let idx = Tensor::new(keep, logits.device())?;
-        candle_nn::loss::cross_entropy(
-            &logits.index_select(&idx, 0)?,
-            &labels.index_select(&idx, 0)?,
-        )
-    }
+    let n = labelled_rows(&labels)?.len().max(1) as f64;
+    // Ignored rows contribute zero loss and zero gradient.
+    kernels::cross_entropy_rows(&logits, &labels)?.sum_all()? / n
 }
 
 /// Hidden states (B, T, C) and labels (B, T) cut to the positions that carry a label:

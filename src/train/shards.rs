@@ -1,6 +1,6 @@
 //! Data parallelism on one CPU: a causal LM's batch split by rows into shards that run
 //! side by side, one per thread, every op of a shard kept on its thread
-//! ([`crate::nn::parallel`]).
+//! ([`crate::nn::kernels::parallel`]).
 //!
 //! Why: at the default preset's sizes a single op is too small to split well across
 //! threads (each hand-off costs about what it saves), while whole shards keep every
@@ -45,7 +45,7 @@ fn over_shards<R: Send>(
     (0..shards)
         .into_par_iter()
         .map(|s| {
-            crate::nn::parallel::serial(|| {
+            crate::nn::kernels::parallel::serial(|| {
                 f(
                     s,
                     &x.narrow(0, s * rows, rows)?,

@@ -324,8 +324,8 @@ fn scheduled_inputs(
 mod tests {
     use super::*;
     use crate::checkpoint::WeightSource;
+    use crate::labels::IGNORE;
     use crate::models::{BertHeads, Model, ModelConfig};
-    use crate::nn::fused::IGNORE;
     use candle_core::DType;
 
     #[test]

@@ -9,8 +9,8 @@
 
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
 
-use super::fused::{f32_slice, zeroed};
 use super::matmul::{gemm_into, gemv_in_out, gemv_out_in, View};
+use super::rows::{f32_slice, zeroed};
 
 #[derive(Clone, Copy)]
 struct LinearOp {
@@ -231,7 +231,7 @@ mod tests {
     /// without a bias; forward and all gradients against matmul + broadcast add.
     #[test]
     fn matches_matmul_and_its_gradients_in_every_path_at_every_simd_level() -> Result<()> {
-        crate::nn::fastmath::each_level(|_| check().unwrap());
+        crate::nn::kernels::simd::each_level(|_| check().unwrap());
         Ok(())
     }
 

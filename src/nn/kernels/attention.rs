@@ -14,9 +14,9 @@
 use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::fastmath::simd_fn;
-use super::fused::{f32_slice, softmax_grad_in_place, softmax_in_place, zeroed};
 use super::matmul::{gemm_rows, View};
+use super::rows::{f32_slice, softmax_grad_in_place, softmax_in_place, zeroed};
+use super::simd::simd_fn;
 
 #[derive(Clone, Copy)]
 struct CausalAttention {
@@ -244,29 +244,11 @@ pub fn causal_self_attention(qkv: &Tensor, heads: usize, scale: f64) -> Result<T
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::nn::attention::scaled_dot_product_attention;
-    use crate::nn::mask::Mask;
     use candle_core::{Device, Var};
-
-    /// The composed path: split heads, scaled_dot_product_attention (causal), merge.
-    fn composed(qkv: &Tensor, heads: usize, scale: f64) -> Result<Tensor> {
-        let (b, t, c3) = qkv.dims3()?;
-        let c = c3 / 3;
-        let split = |x: Tensor| -> Result<Tensor> {
-            x.reshape((b, t, heads, c / heads))?
-                .transpose(1, 2)?
-                .contiguous()
-        };
-        let q = split(qkv.narrow(2, 0, c)?)?;
-        let k = split(qkv.narrow(2, c, c)?)?;
-        let v = split(qkv.narrow(2, 2 * c, c)?)?;
-        let y = scaled_dot_product_attention(&q, &k, &v, &Mask::Causal, scale, 0.0, false)?;
-        y.transpose(1, 2)?.reshape((b, t, c))
-    }
 
     #[test]
     fn matches_composed_attention_and_its_gradient_at_every_simd_level() -> Result<()> {
-        crate::nn::fastmath::each_level(|_| check().unwrap());
+        crate::nn::kernels::simd::each_level(|_| check().unwrap());
         Ok(())
     }
 
@@ -280,7 +262,7 @@ mod tests {
         let qkv = Var::from_tensor(&Tensor::from_vec(vals, (b, t, 3 * heads * d), &dev)?)?;
         let scale = 1.0 / (d as f64).sqrt();
         let fused = causal_self_attention(qkv.as_tensor(), heads, scale)?;
-        let plain = composed(qkv.as_tensor(), heads, scale)?;
+        let plain = super::super::causal_self_attention_slow(qkv.as_tensor(), heads, scale)?;
         let diff = (&fused - &plain)?.abs()?.max_all()?.to_scalar::<f32>()?;
         assert!(diff < 1e-6, "forward differs by {diff}");
         // A loss that weighs every output differently, so each gradient path matters.

@@ -5,8 +5,8 @@
 
 use rayon::prelude::*;
 
-use super::fastmath::simd_fn;
-use super::fused::sum8_zip;
+use super::rows::sum8_zip;
+use super::simd::simd_fn;
 
 /// A row-major (rows, cols) matrix or the transpose of one, as gemm's strides.
 #[derive(Clone, Copy)]

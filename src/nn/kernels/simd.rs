@@ -201,11 +201,11 @@ macro_rules! simd_fn {
                 unsafe fn avx2($($arg: $ty),*) {
                     body($($arg),*)
                 }
-                match $crate::nn::fastmath::level() {
+                match $crate::nn::kernels::simd::level() {
                     // SAFETY: `level` returns only what the CPU supports.
-                    $crate::nn::fastmath::Simd::Avx512 => return unsafe { avx512($($arg),*) },
-                    $crate::nn::fastmath::Simd::Avx2 => return unsafe { avx2($($arg),*) },
-                    $crate::nn::fastmath::Simd::Baseline => {}
+                    $crate::nn::kernels::simd::Simd::Avx512 => return unsafe { avx512($($arg),*) },
+                    $crate::nn::kernels::simd::Simd::Avx2 => return unsafe { avx2($($arg),*) },
+                    $crate::nn::kernels::simd::Simd::Baseline => {}
                 }
             }
             body($($arg),*)

@@ -1,21 +1,15 @@
-//! Fused CPU kernels with hand-written backward passes, for training speed: GELU,
-//! LayerNorm, (causal) softmax and cross-entropy each run as one pass over memory instead
-//! of a chain of small candle ops that each allocate. They are used on the CPU unless
-//! `WICK_NO_FUSED=1` (the one switch); other devices, and that switch, take the composed
-//! differentiable tensor-op path. Tests hold both paths to each other and to finite
-//! differences.
+//! The row kernels: GELU, LayerNorm, (causal) softmax and cross-entropy, each one pass
+//! over memory with a hand-written backward, instead of a chain of small candle ops that
+//! each allocate. Reached through the ops in [`super`], which choose between these and
+//! the composed forms; tests hold the two to each other and to finite differences.
 
 use candle_core::{
-    CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Device, Layout, Result, Shape, Tensor,
+    CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor,
 };
 use rayon::prelude::*;
 
-use super::fastmath::{self, simd_fn};
-
-/// Whether the fused kernels serve tensors on `device`.
-pub fn enabled(device: &Device) -> bool {
-    device.is_cpu() && std::env::var_os("WICK_NO_FUSED").is_none_or(|v| v.is_empty() || v == "0")
-}
+use super::simd::{self, simd_fn};
+use crate::labels::IGNORE;
 
 /// Rows smaller than this go single-threaded: waking a pool costs more than it saves.
 const PAR_MIN: usize = 1 << 14;
@@ -73,7 +67,7 @@ fn normal_cdf(x: f32) -> (f32, f32) {
     let poly = t
         * (0.254_829_6
             + t * (-0.284_496_74 + t * (1.421_413_8 + t * (-1.453_152 + t * 1.061_405_4))));
-    let e = fastmath::exp(-a * a);
+    let e = simd::exp(-a * a);
     let half_erfc = 0.5 * poly * e; // (1 - erf(|x|/√2)) / 2
     let cdf = if x >= 0.0 { 1.0 - half_erfc } else { half_erfc };
     (cdf, e)
@@ -99,7 +93,7 @@ fn gelu_value<const EXACT: bool>(v: f32) -> f32 {
     if EXACT {
         v * normal_cdf(v).0
     } else {
-        0.5 * v * (1.0 + fastmath::tanh(SQRT_2_OVER_PI * (v + 0.044715 * v * v * v)))
+        0.5 * v * (1.0 + simd::tanh(SQRT_2_OVER_PI * (v + 0.044715 * v * v * v)))
     }
 }
 
@@ -110,7 +104,7 @@ fn gelu_derivative<const EXACT: bool>(v: f32) -> f32 {
         let (cdf, e) = normal_cdf(v); // Φ(x) + x·φ(x)
         cdf + v * INV_SQRT_2PI * e
     } else {
-        let t = fastmath::tanh(SQRT_2_OVER_PI * (v + 0.044715 * v * v * v));
+        let t = simd::tanh(SQRT_2_OVER_PI * (v + 0.044715 * v * v * v));
         let dinner = SQRT_2_OVER_PI * (1.0 + 3.0 * 0.044715 * v * v);
         0.5 * (1.0 + t) + 0.5 * v * (1.0 - t * t) * dinner
     }
@@ -397,7 +391,7 @@ pub(super) fn softmax_in_place(r: &mut [f32], scale: f32, visible: usize) {
     let (seen, future) = r.split_at_mut(visible);
     let max = seen.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
     seen.iter_mut()
-        .for_each(|v| *v = fastmath::exp((*v - max) * scale));
+        .for_each(|v| *v = simd::exp((*v - max) * scale));
     let inv = 1.0 / sum8(seen);
     seen.iter_mut().for_each(|v| *v *= inv);
     future.iter_mut().for_each(|v| *v = 0.0);
@@ -493,78 +487,7 @@ pub fn softmax_scaled(x: &Tensor, scale: f64, causal: bool) -> Result<Tensor> {
     })
 }
 
-// ---------------------------------------------------------------- bias add
-
-/// y + b over the last dimension. Its backward sums the gradient over rows in one
-/// cache-friendly pass; candle's broadcast-add backward is a strided reduction that took
-/// a sixth of a training step.
-struct BiasAdd;
-
-impl CustomOp2 for BiasAdd {
-    fn name(&self) -> &'static str {
-        "wick-bias-add"
-    }
-
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        let (y, b) = (
-            f32_slice(s1, l1, "bias add")?,
-            f32_slice(s2, l2, "bias add")?,
-        );
-        let c = b.len();
-        let mut out = y.to_vec();
-        rows_mut(&mut out, c, |_, r| {
-            r.iter_mut().zip(b).for_each(|(o, bv)| *o += bv)
-        });
-        Ok((CpuStorage::F32(out), l1.shape().clone()))
-    }
-
-    fn bwd(
-        &self,
-        _y: &Tensor,
-        b: &Tensor,
-        _res: &Tensor,
-        grad: &Tensor,
-    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        let c = b.dim(0)?;
-        let db = grad.contiguous()?.apply_op1_no_bwd(&ColumnSum { c })?;
-        Ok((Some(grad.clone()), Some(db)))
-    }
-}
-
-struct ColumnSum {
-    c: usize,
-}
-
-impl CustomOp1 for ColumnSum {
-    fn name(&self) -> &'static str {
-        "wick-column-sum"
-    }
-
-    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
-        let g = f32_slice(s, l, "column sum")?;
-        let mut out = vec![0f32; self.c];
-        for row in g.chunks_exact(self.c) {
-            out.iter_mut().zip(row).for_each(|(o, v)| *o += v);
-        }
-        Ok((CpuStorage::F32(out), Shape::from(self.c)))
-    }
-}
-
-/// y (N, C) + b (C) with a fused backward.
-pub fn bias_add(y: &Tensor, b: &Tensor) -> Result<Tensor> {
-    y.contiguous()?.apply_op2(&b.contiguous()?, BiasAdd)
-}
-
 // ---------------------------------------------------------------- cross-entropy
-
-/// Targets equal to this contribute no loss and no gradient.
-pub const IGNORE: u32 = u32::MAX;
 
 struct CrossEntropy;
 
@@ -592,7 +515,7 @@ impl CustomOp2 for CrossEntropy {
                 }
                 let r = &x[i * v..(i + 1) * v];
                 let max = r.iter().fold(f32::NEG_INFINITY, |m, &a| m.max(a));
-                let lse = r.iter().map(|&a| fastmath::exp(a - max)).sum::<f32>().ln() + max;
+                let lse = r.iter().map(|&a| simd::exp(a - max)).sum::<f32>().ln() + max;
                 lse - r[t[i] as usize]
             })
             .collect();
@@ -656,7 +579,7 @@ pub fn cross_entropy_rows(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use candle_core::{Var, D};
+    use candle_core::{Device, Var, D};
 
     fn close(a: &Tensor, b: &Tensor, tol: f32) {
         let d = (a - b)
@@ -717,10 +640,8 @@ mod tests {
         let (a, w, b) = (x(&[4, 3, 16], 3), x(&[16], 4), x(&[16], 5));
         let coef = x(&[4, 3, 16], 6).as_tensor().clone();
         let fused = layer_norm(a.as_tensor(), w.as_tensor(), b.as_tensor(), 1e-5)?;
-        let plain = candle_nn::Module::forward(
-            &super::super::LayerNorm::composed(w.as_tensor().clone(), b.as_tensor().clone(), 1e-5),
-            a.as_tensor(),
-        )?;
+        let plain =
+            super::super::layer_norm_slow(a.as_tensor(), w.as_tensor(), b.as_tensor(), 1e-5)?;
         close(&fused, &plain, 1e-5);
         let gf = (fused * &coef)?.sum_all()?.backward()?;
         let gp = (plain * &coef)?.sum_all()?.backward()?;
@@ -736,8 +657,8 @@ mod tests {
             let s = x(&[2, 3, tq, tk], 7);
             let coef = x(&[2, 3, tq, tk], 8).as_tensor().clone();
             let fused = softmax_scaled(s.as_tensor(), 0.5, true)?;
-            let bias = super::super::attention_bias(tq, tk, true, None, DType::F32, &Device::Cpu)?
-                .unwrap();
+            let bias =
+                crate::nn::attention_bias(tq, tk, true, None, DType::F32, &Device::Cpu)?.unwrap();
             let plain =
                 candle_nn::ops::softmax(&(s.as_tensor() * 0.5)?.broadcast_add(&bias)?, D::Minus1)?;
             close(&fused, &plain, 1e-6);
@@ -758,7 +679,7 @@ mod tests {
         let s = x(&[b, 1, tq, tk], 13);
         let padding = Tensor::new(&[[1u32, 1, 1, 1, 0, 0], [1, 1, 0, 0, 0, 0]], &Device::Cpu)?;
         let bias =
-            super::super::attention_bias(tq, tk, false, Some(&padding), DType::F32, &Device::Cpu)?
+            crate::nn::attention_bias(tq, tk, false, Some(&padding), DType::F32, &Device::Cpu)?
                 .unwrap();
         let scores = (s.as_tensor() * 0.5)?.broadcast_add(&bias)?;
         let fused = softmax_scaled(&scores, 1.0, false)?;
@@ -796,22 +717,15 @@ mod tests {
             let coef = x(&[5, 37], 22).as_tensor().clone();
             let (w, b) = (x(&[37], 23), x(&[37], 24));
             let padding = Tensor::new(&[[1u32, 1, 1, 1, 1, 1, 0, 0, 0]], &Device::Cpu)?;
-            let bias = super::super::attention_bias(
-                9,
-                9,
-                false,
-                Some(&padding),
-                DType::F32,
-                &Device::Cpu,
-            )?
-            .unwrap();
+            let bias =
+                crate::nn::attention_bias(9, 9, false, Some(&padding), DType::F32, &Device::Cpu)?
+                    .unwrap();
             let s = x(&[1, 2, 9, 9], 25);
             let scoef = x(&[1, 2, 9, 9], 26).as_tensor().clone();
             let ys = [
                 gelu_tanh(a.as_tensor())?,
                 gelu_erf(a.as_tensor())?,
                 layer_norm(a.as_tensor(), w.as_tensor(), b.as_tensor(), 1e-5)?,
-                bias_add(a.as_tensor(), b.as_tensor())?,
             ];
             for y in ys {
                 let g = (&y * &coef)?.sum_all()?.backward()?;
@@ -838,7 +752,7 @@ mod tests {
         };
         let mut baseline = None;
         let mut failure = None;
-        fastmath::each_level(|l| {
+        simd::each_level(|l| {
             let got = run().unwrap();
             match &baseline {
                 None => baseline = Some(got),
@@ -847,20 +761,6 @@ mod tests {
             }
         });
         assert_eq!(failure, None, "a SIMD level differs from the baseline");
-        Ok(())
-    }
-
-    #[test]
-    fn bias_add_matches_composed() -> Result<()> {
-        let (y, b) = (x(&[7, 5], 10), x(&[5], 11));
-        let coef = x(&[7, 5], 12).as_tensor().clone();
-        let fused = bias_add(y.as_tensor(), b.as_tensor())?;
-        let plain = y.as_tensor().broadcast_add(b.as_tensor())?;
-        close(&fused, &plain, 1e-7);
-        let gf = (fused * &coef)?.sum_all()?.backward()?;
-        let gp = (plain * &coef)?.sum_all()?.backward()?;
-        close(gf.get(&y).unwrap(), gp.get(&y).unwrap(), 1e-6);
-        close(gf.get(&b).unwrap(), gp.get(&b).unwrap(), 1e-5);
         Ok(())
     }
 
