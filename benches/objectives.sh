@@ -16,7 +16,8 @@ tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 
 head -c 200000 data/tinyshakespeare.txt >"$tmp/sh200k.txt"
-unzip -p "$shared/tatoeba-fra-eng-full/fra-eng.zip" fra.txt | head -20000 >"$tmp/fra20k.txt"
+unzip -p "$shared/tatoeba-fra-eng-full/fra-eng.zip" fra.txt >"$tmp/fra.txt"
+head -20000 "$tmp/fra.txt" >"$tmp/fra20k.txt"
 head -65 "$shared/sst2/dev.tsv" >"$tmp/dev64.tsv"
 quiet=(--eval-every 100000 --save-every 100000 --sample-tokens 0)
 minilm=(--model "$shared/all-minilm-l6-v2")

@@ -61,7 +61,7 @@ impl Pretrained {
         let text = std::fs::read_to_string(&path).map_err(|e| WickError::io(&path, e))?;
         #[derive(serde::Deserialize)]
         struct GenerationConfig {
-            #[serde(default, with = "crate::models::config::token_ids")]
+            #[serde(default, with = "crate::models::strict::token_ids")]
             eos_token_id: Vec<u32>,
         }
         let g: GenerationConfig = serde_json::from_str(&text).map_err(|e| WickError::Config {

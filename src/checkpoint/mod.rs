@@ -11,6 +11,6 @@ pub mod store;
 pub use load::{load, LoadOptions, Model, Pretrained};
 pub use quantize::{quantize_model, save_quantized, QuantFormat};
 pub use resolve::resolve;
-pub use save::{atomic_write, save_pretrained};
+pub use save::save_pretrained;
 pub use source::{InitPolicy, WeightSource};
 pub use store::TensorStore;

@@ -15,8 +15,9 @@ use candle_core::quantized::{gguf_file, GgmlDType, QTensor};
 use candle_core::Device;
 
 use super::store::{GGUF_ALIASES_KEY, GGUF_FORMAT_KEY, GGUF_TRANSPOSED_KEY};
-use super::{atomic_write, Pretrained, TensorStore, WeightSource};
+use super::{Pretrained, TensorStore, WeightSource};
 use crate::error::{Result, WickError};
+use crate::files::atomic_write;
 use crate::models::Model;
 use crate::nn::Linear;
 

@@ -3,40 +3,15 @@
 //! renamed over the target, so a crash leaves the old file or the new one, never half.
 
 use std::collections::HashMap;
-use std::io::Write;
 use std::path::Path;
 
 use candle_core::{DType, Tensor};
 use safetensors::tensor::TensorView;
 
 use crate::error::{Result, WickError};
+use crate::files::atomic_write;
 use crate::models::ModelConfig;
 use crate::tokenizer::Tokenizer;
-
-/// Writes `bytes` to `path` atomically.
-pub fn atomic_write(path: &Path, bytes: &[u8]) -> Result<()> {
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir).map_err(|e| WickError::io(dir, e))?;
-    let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(|e| WickError::io(dir, e))?;
-    tmp.write_all(bytes).map_err(|e| WickError::io(path, e))?;
-    // Temporary files are created private (0600); a checkpoint is an ordinary file.
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        tmp.as_file()
-            .set_permissions(std::fs::Permissions::from_mode(0o644))
-            .map_err(|e| WickError::io(path, e))?;
-    }
-    tmp.as_file()
-        .sync_all()
-        .map_err(|e| WickError::io(path, e))?;
-    tmp.persist(path)
-        .map_err(|e| WickError::io(path, e.error))?;
-    Ok(())
-}
 
 fn st_dtype(dtype: DType) -> Result<safetensors::Dtype> {
     Ok(match dtype {

@@ -4,7 +4,8 @@ use anyhow::{Context, Result};
 use serde_json::json;
 
 use super::{as_bert, emit, gather_texts, BatchArgs, ModelArgs};
-use crate::checkpoint::{atomic_write, LoadOptions};
+use crate::checkpoint::LoadOptions;
+use crate::files::atomic_write;
 use crate::tasks::embed::{embed, Pooling};
 
 #[derive(clap::Args, Debug)]

@@ -253,9 +253,8 @@ impl ClassifyBatches {
         let picks = self.order.batch(n, self.batch_size);
         let seqs: Vec<Vec<u32>> = picks.iter().map(|&i| self.ids[i].0.clone()).collect();
         let types: Vec<Vec<u32>> = picks.iter().map(|&i| self.ids[i].1.clone()).collect();
-        let (ids, mask) =
-            crate::tasks::pad_batch(&seqs, self.pad, crate::tasks::Padding::Right, device)?;
-        let (tt, _) = crate::tasks::pad_batch(&types, 0, crate::tasks::Padding::Right, device)?;
+        let (ids, mask) = super::pad_batch(&seqs, self.pad, super::Padding::Right, device)?;
+        let (tt, _) = super::pad_batch(&types, 0, super::Padding::Right, device)?;
         let y = Tensor::new(
             picks.iter().map(|&i| self.labels[i]).collect::<Vec<_>>(),
             device,

@@ -8,9 +8,11 @@ pub mod mlm;
 pub mod npy;
 pub mod nsp;
 pub mod order;
+pub mod padding;
 pub mod pairs;
 pub mod tokens;
 
 pub use corpus::read_documents;
 pub use lm::LmBatches;
+pub use padding::{pad_batch, Padding};
 pub use tokens::{tokenize_cached, TokenBuffer};

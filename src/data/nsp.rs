@@ -19,9 +19,9 @@ use rand::{rngs::StdRng, Rng, SeedableRng};
 
 use super::mlm::{special_id, Masker};
 use super::order::EpochOrder;
+use super::{pad_batch, Padding};
 use crate::error::{Result, WickError};
 use crate::labels::IGNORE;
-use crate::tasks::{pad_batch, Padding};
 use crate::tokenizer::Tokenizer;
 
 /// Label of a pair whose B follows A.

@@ -127,7 +127,7 @@ impl PairBatches {
             })
             .collect();
         let labels: Vec<Vec<u32>> = picks.iter().map(|&i| self.pairs[i].tgt.clone()).collect();
-        use crate::tasks::{pad_batch, Padding};
+        use super::{pad_batch, Padding};
         let (src, src_mask) = pad_batch(&src, self.pad, Padding::Right, device)?;
         let (tgt_in, tgt_mask) = pad_batch(&tgt_in, self.pad, Padding::Right, device)?;
         let (labels, _) = pad_batch(&labels, IGNORE, Padding::Right, device)?;

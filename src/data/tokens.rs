@@ -106,7 +106,7 @@ pub fn tokenize_cached(
         ids.iter().flat_map(|&t| (t as u16).to_le_bytes()).collect()
     };
     for c in &candidates {
-        if crate::checkpoint::atomic_write(c, &bytes).is_ok() {
+        if crate::files::atomic_write(c, &bytes).is_ok() {
             return Ok((TokenBuffer::Owned(ids), Some(c.clone())));
         }
     }

@@ -50,7 +50,7 @@ pub struct BertConfig {
     pub label2id: Option<BTreeMap<String, u32>>,
     #[serde(default)]
     pub bos_token_id: Option<u32>,
-    #[serde(default, with = "super::config::token_ids")]
+    #[serde(default, with = "super::strict::token_ids")]
     pub eos_token_id: Vec<u32>,
     /// The masked-LM decoder shares the word embeddings unless this is false.
     #[serde(default = "defaults::yes")]
@@ -89,7 +89,7 @@ mod defaults {
 
 impl BertConfig {
     pub fn from_json(obj: &Map<String, Value>, path: &Path) -> crate::error::Result<Self> {
-        let mut cfg: Self = super::config::parse_strict(obj, path, &[])?;
+        let mut cfg: Self = super::strict::parse_strict(obj, path, &[])?;
         if cfg.position_embedding_type != "absolute" {
             return Err(WickError::config(
                 path,

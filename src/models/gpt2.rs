@@ -38,7 +38,7 @@ pub struct Gpt2Config {
     pub attn_pdrop: f64,
     #[serde(default)]
     pub bos_token_id: Option<u32>,
-    #[serde(default, with = "super::config::token_ids")]
+    #[serde(default, with = "super::strict::token_ids")]
     pub eos_token_id: Vec<u32>,
     #[serde(default)]
     pub pad_token_id: Option<u32>,
@@ -86,7 +86,7 @@ const IGNORED: &[&str] = &[
 
 impl Gpt2Config {
     pub fn from_json(obj: &Map<String, Value>, path: &Path) -> crate::error::Result<Self> {
-        let cfg: Self = super::config::parse_strict(obj, path, IGNORED)?;
+        let cfg: Self = super::strict::parse_strict(obj, path, IGNORED)?;
         if cfg.add_cross_attention {
             return Err(WickError::config(
                 path,

@@ -4,6 +4,7 @@ pub mod bert;
 pub mod config;
 pub mod gpt2;
 pub mod seq2seq;
+pub(crate) mod strict;
 
 pub use bert::{Bert, BertConfig, BertHeads};
 pub use config::ModelConfig;

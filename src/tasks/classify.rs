@@ -6,7 +6,7 @@ use candle_core::{Device, D};
 use serde::Serialize;
 
 use super::embed::encode_all;
-use super::{pad_batch, Padding};
+use crate::data::{pad_batch, Padding};
 use crate::error::Result;
 use crate::models::Bert;
 use crate::tokenizer::Tokenizer;

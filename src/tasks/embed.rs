@@ -4,7 +4,7 @@
 use candle_core::{DType, Device, IndexOp, D};
 use serde::{Deserialize, Serialize};
 
-use super::{pad_batch, Padding};
+use crate::data::{pad_batch, Padding};
 use crate::error::Result;
 use crate::models::Bert;
 use crate::tokenizer::Tokenizer;

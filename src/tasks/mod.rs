@@ -9,4 +9,4 @@ pub mod fill_mask;
 pub mod score;
 pub mod translate;
 
-pub use batch::{map_batches, pad_batch, Padding};
+pub use batch::map_batches;

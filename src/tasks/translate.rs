@@ -5,8 +5,8 @@
 use candle_core::Device;
 use serde::Serialize;
 
-use super::{pad_batch, Padding};
 use crate::data::pairs::encode_side;
+use crate::data::{pad_batch, Padding};
 use crate::error::Result;
 use crate::generation::{beam_search, search, Flow, GenerateOptions, Seq2SeqDecoder};
 use crate::models::Seq2Seq;

@@ -267,7 +267,7 @@ impl Tokenizer {
             src.save(&path.with_file_name(SOURCE_TOKENIZER))?;
         }
         let json = self.inner.to_string(true).map_err(|e| tok_err(path, e))?;
-        crate::checkpoint::atomic_write(path, json.as_bytes())
+        crate::files::atomic_write(path, json.as_bytes())
     }
 
     /// This tokenizer for targets, `src` for sources (separate vocabularies).

@@ -10,8 +10,9 @@ use candle_core::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 
 use super::config::TrainConfig;
-use crate::checkpoint::{atomic_write, save, save_pretrained};
+use crate::checkpoint::{save, save_pretrained};
 use crate::error::{Result, WickError};
+use crate::files::atomic_write;
 use crate::models::ModelConfig;
 use crate::tokenizer::Tokenizer;
 

@@ -57,7 +57,7 @@ impl Metrics {
             .iter()
             .map(|r| serde_json::to_string(r).unwrap() + "\n")
             .collect();
-        crate::checkpoint::atomic_write(&self.path, text.as_bytes())
+        crate::files::atomic_write(&self.path, text.as_bytes())
     }
 
     pub fn push(&mut self, r: Record) -> Result<()> {

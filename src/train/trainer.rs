@@ -499,7 +499,7 @@ pub fn train(req: TrainRequest) -> Result<TrainSummary> {
         data: data.clone(),
         wick_version: env!("CARGO_PKG_VERSION").into(),
     };
-    crate::checkpoint::atomic_write(
+    crate::files::atomic_write(
         &out.join("train_config.json"),
         serde_json::to_string_pretty(&cfg).unwrap().as_bytes(),
     )?;
@@ -944,7 +944,7 @@ fn build_task<'m>(
                 .iter()
                 .map(|(s, t)| format!("{s}\t{t}\n"))
                 .collect();
-            crate::checkpoint::atomic_write(&out.join("heldout.tsv"), heldout.as_bytes())?;
+            crate::files::atomic_write(&out.join("heldout.tsv"), heldout.as_bytes())?;
             let encode = |ps: &[(String, String)]| -> Result<Vec<_>> {
                 ps.iter()
                     .map(|(s, t)| {
