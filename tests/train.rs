@@ -533,10 +533,17 @@ fn a_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint() {
 }
 
 /// Ctrl-C (SIGINT) mid-run saves a checkpoint, exits with 130, and `--resume` goes on
-/// from it.
+/// from it; so does SIGTERM (what kill, systemd, docker and job schedulers send).
 #[cfg(unix)]
 #[test]
 fn ctrl_c_saves_a_checkpoint_that_resume_continues() {
+    for signal in ["-INT", "-TERM"] {
+        interrupt_saves_and_resumes(signal);
+    }
+}
+
+#[cfg(unix)]
+fn interrupt_saves_and_resumes(signal: &str) {
     let s = Setup::new();
     let out = s.p("int");
     let child = std::process::Command::new(env!("CARGO_BIN_EXE_wick"))
@@ -576,14 +583,14 @@ fn ctrl_c_saves_a_checkpoint_that_resume_continues() {
     }
     let pid = child.id().to_string();
     assert!(std::process::Command::new("kill")
-        .args(["-INT", &pid])
+        .args([signal, &pid])
         .status()
         .unwrap()
         .success());
     let done = child.wait_with_output().unwrap();
     let e = String::from_utf8_lossy(&done.stderr);
-    assert_eq!(done.status.code(), Some(130), "{e}");
-    assert!(e.contains("interrupted: saved"), "{e}");
+    assert_eq!(done.status.code(), Some(130), "{signal}: {e}");
+    assert!(e.contains("interrupted: saved"), "{signal}: {e}");
     let steps = std::fs::read_dir(&out)
         .unwrap()
         .filter_map(|d| d.ok()?.file_name().into_string().ok())

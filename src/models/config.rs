@@ -82,6 +82,15 @@ impl ModelConfig {
     }
 
     /// The longest sequence the position embeddings cover.
+    /// The width of the residual stream (the Noam schedule scales by it).
+    pub fn hidden_size(&self) -> usize {
+        match self {
+            Self::Gpt2(c) => c.n_embd,
+            Self::Bert(c) => c.hidden_size,
+            Self::Seq2Seq(c) => c.d_model,
+        }
+    }
+
     pub fn max_positions(&self) -> usize {
         match self {
             Self::Gpt2(c) => c.n_positions,

@@ -6,10 +6,10 @@ pub mod config;
 pub mod evaluate;
 pub mod loss;
 pub mod metrics;
+pub mod objectives;
 pub mod optim;
 pub mod schedule;
 pub mod shards;
-pub mod task;
 pub mod trainer;
 
 pub use config::{Objective, Preset, TrainConfig};

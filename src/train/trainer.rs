@@ -3,30 +3,25 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::time::Instant;
 
-use candle_core::{DType, Device};
+use std::collections::HashMap;
+
+use candle_core::{DType, Device, Tensor, Var};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::{Map, Value};
 
 use super::checkpoints::{self, Snapshot, TrainerState};
 use super::config::{merge, Objective, Preset, TrainConfig};
 use super::metrics::{Metrics, Record};
+use super::objectives::{self, Built, Eval, Setup, Task};
 use super::optim::{AdamW, AdamWConfig};
 use super::schedule::LrSchedule;
-use super::shards::{accumulate, shard_count};
-use super::task::Task;
+use super::shards::accumulate;
 use crate::checkpoint::{resolve, InitPolicy, TensorStore, WeightSource};
-use crate::data::labeled::{label_set, read_examples, ClassifyBatches, Example};
-use crate::data::mlm::MlmBatches;
-use crate::data::nsp::{draw_pairs, split_sentences, NspBatches, IS_NEXT};
-use crate::data::{read_documents, tokenize_cached, LmBatches};
 use crate::error::{Result, WickError};
-use crate::models::BertHeads;
 use crate::models::{Model, ModelConfig};
 use crate::tokenizer::Tokenizer;
-use rand::{rngs::StdRng, seq::SliceRandom, SeedableRng};
 
 /// What `wick train` was asked to do, before anything is resolved.
 #[derive(Debug, Clone)]
@@ -170,66 +165,166 @@ fn check_out_dir(out: &Path, resume: bool) -> Result<()> {
 pub fn train(req: TrainRequest) -> Result<TrainSummary> {
     let device = req.device.clone();
     // 1. Where the model, settings, data and output come from.
-    let source = if req.resume {
-        None
-    } else {
-        Some(source_of(&req.model)?)
-    };
-    let out = match (&req.out, &source) {
-        (Some(o), _) => o.clone(),
-        (None, Some(Source::Scratch { name, .. })) => PathBuf::from("runs").join(name),
-        (None, _) => PathBuf::from("runs").join(
-            Path::new(&req.model)
-                .file_name()
-                .map(|s| s.to_string_lossy().into_owned())
-                .unwrap_or_else(|| "model".into()),
-        ),
-    };
-    check_out_dir(&out, req.resume)?;
-    std::fs::create_dir_all(&out).map_err(|e| WickError::io(&out, e))?;
-
-    let resume = if req.resume {
-        checkpoints::latest(&out)
-    } else {
-        None
-    };
-    let (cfg, data, state) = match (&resume, &source) {
-        (Some((_, dir)), _) => {
-            let (state, opt) = checkpoints::load_state(dir)?;
-            let cfg = merge(&state.train_config, &req.overrides, "command-line flags")?;
-            let data = req.data.clone().or_else(|| Some(state.data.clone()));
-            (cfg, data, Some((state, opt, dir.clone())))
-        }
-        (None, Some(Source::Scratch { train, data, .. })) => {
-            let base = merge(&TrainConfig::default(), train, &req.model)?;
-            (
-                merge(&base, &req.overrides, "command-line flags")?,
-                req.data.clone().or(data.clone()),
-                None,
-            )
-        }
-        (None, _) => (
-            merge(
-                &TrainConfig::default(),
-                &req.overrides,
-                "command-line flags",
-            )?,
-            req.data.clone(),
-            None,
-        ),
-    };
-    cfg.validate()?;
+    let Plan {
+        source,
+        out,
+        resume,
+        cfg,
+        data,
+        state,
+    } = plan(&req)?;
     if cfg.objective == Objective::Clm && device.is_cpu() {
-        // Before any tensor work: the batch runs as shards side by side (Task::train_grads).
+        // Before any tensor work: the batch runs as shards side by side (objectives/clm.rs).
         crate::runtime::candle_ops_on_caller();
     }
-    let data = data.ok_or_else(|| {
-        WickError::Unsupported("no training data: pass --data FILE_OR_DIR".into())
-    })?;
 
-    // 2. Tokenizer and model config.
-    let (tokenizer, mut model_json, weights_dir) = match (&resume, source) {
-        (Some((_, dir)), _) => {
+    // 2. Tokenizer and model config; the objective checks the model fits and names its
+    //    heads (classification reads its labels from the data first: they size the head).
+    let (tokenizer, mut model_json, weights_dir) =
+        tokenizer_and_config(&req, &cfg, &data, resume.as_ref(), source)?;
+    if let Some(p) = cfg.dropout {
+        set_dropout(&mut model_json, p);
+    }
+    let mut model_config = ModelConfig::from_value(&model_json, Path::new(&req.model))?;
+    let mut objective = objectives::objective(cfg.objective);
+    let heads = objective.prepare(&mut model_config, &cfg, &data)?;
+    check_fits(&model_config, &tokenizer, &cfg)?;
+
+    // 3. Weights and the optimizer, resumed when resuming.
+    let weights = weight_source(weights_dir.as_deref(), resume.is_some(), cfg.seed)?;
+    let model = Model::build(
+        &model_config,
+        heads,
+        weights.var_builder(DType::F32, &device),
+    )?;
+    let initialised = weights.initialised();
+    if !initialised.is_empty() && weights_dir.is_some() {
+        println!(
+            "initialised  {} tensors not in the checkpoint: {}",
+            initialised.len(),
+            initialised.join(", ")
+        );
+    }
+    let vars = weights.vars();
+    let mut opt = AdamW::new(
+        vars.clone(),
+        AdamWConfig {
+            beta1: cfg.beta1,
+            beta2: cfg.beta2,
+            eps: cfg.eps,
+            weight_decay: cfg.weight_decay,
+        },
+        cfg.decay_embeddings,
+    )?;
+    let (mut start_step, mut best_val) = (0, None);
+    if let (Some((st, opt_tensors)), Some(dir)) = (state, &resume) {
+        opt.load_state(opt_tensors, st.step as u64)?;
+        start_step = st.step;
+        best_val = st.best_val_loss;
+        eprintln!("resuming {} from step {start_step}", dir.display());
+    }
+
+    // 4. Data: the objective's batches, split into train and validation.
+    let Built {
+        mut task,
+        data_line,
+        steps_per_epoch,
+    } = objective.build(
+        &model,
+        &Setup {
+            cfg: &cfg,
+            data: &data,
+            tokenizer: &tokenizer,
+            config: &model_config,
+            out: &out,
+            device: &device,
+        },
+    )?;
+
+    // 5. The numbers up front, and the effective config stored with the run.
+    let run = Run {
+        cfg: &cfg,
+        out: &out,
+        data: &data,
+        model_config: &model_config,
+        tokenizer: &tokenizer,
+        weights: &weights,
+        device: &device,
+        progress: req.progress,
+    };
+    run.summary(&model, &opt, &data_line, steps_per_epoch, task.shards());
+    crate::files::atomic_write(
+        &out.join("train_config.json"),
+        serde_json::to_string_pretty(&cfg).unwrap().as_bytes(),
+    )?;
+
+    // 6. The loop, then 7. the whole validation split and a sample.
+    let looped = run.train_loop(task.as_mut(), &mut opt, &vars, start_step, best_val)?;
+    run.finish(task.as_mut(), looped)
+}
+
+/// The tokenizer a run from scratch names: learned from the data ("char", or "bpe" on
+/// translation pairs: joint over both sides, or one per side with `--separate-vocab`),
+/// or read from a tokenizer.json or folder.
+fn learn_tokenizer(
+    kind: &str,
+    config: &Value,
+    data: &Path,
+    cfg: &TrainConfig,
+) -> Result<Tokenizer> {
+    Ok(if kind == "char" {
+        Tokenizer::char_level(&crate::data::read_documents(data)?.concat())?
+    } else if kind == "bpe" {
+        // A subword vocabulary learned from the pairs: joint over both sides, or
+        // one per side with --separate-vocab.
+        let size = config
+            .get("vocab_size")
+            .and_then(Value::as_u64)
+            .filter(|&v| v > 0)
+            .unwrap_or(8000) as usize;
+        let pairs = crate::data::pairs::read_pairs(data)?;
+        let side = |f: fn(&(String, String)) -> &String| -> Vec<String> {
+            pairs.iter().map(|p| f(p).clone()).collect()
+        };
+        let tok = if cfg.separate_vocab {
+            let src = Tokenizer::train_bpe(&side(|p| &p.0), size)?;
+            Tokenizer::train_bpe(&side(|p| &p.1), size)?.with_source_side(src)
+        } else {
+            let texts: Vec<String> = pairs.into_iter().flat_map(|(s, t)| [s, t]).collect();
+            Tokenizer::train_bpe(&texts, size)?
+        };
+        match cfg.separate_vocab {
+            true => println!(
+                "tokenizer    trained a {}-token source BPE and a {}-token target BPE on {}",
+                tok.source_side().vocab_size(),
+                tok.vocab_size(),
+                data.display()
+            ),
+            false => println!(
+                "tokenizer    trained a {}-token BPE on {}",
+                tok.vocab_size(),
+                data.display()
+            ),
+        }
+        tok
+    } else if Path::new(kind).is_dir() {
+        Tokenizer::from_dir(Path::new(kind))?
+    } else {
+        Tokenizer::from_file(Path::new(kind))?
+    })
+}
+
+/// The tokenizer, the model's config.json (edited for a learned vocabulary) and the
+/// folder whose weights the run starts from (none from scratch).
+fn tokenizer_and_config(
+    req: &TrainRequest,
+    cfg: &TrainConfig,
+    data: &Path,
+    resume: Option<&PathBuf>,
+    source: Option<Source>,
+) -> Result<(Tokenizer, Value, Option<PathBuf>)> {
+    Ok(match (resume, source) {
+        (Some(dir), _) => {
             let c: Value = serde_json::from_str(
                 &std::fs::read_to_string(dir.join("config.json"))
                     .map_err(|e| WickError::io(dir, e))?,
@@ -246,46 +341,7 @@ pub fn train(req: TrainRequest) -> Result<TrainSummary> {
             let kind = req.tokenizer.clone().or(tokenizer).ok_or_else(|| {
                 WickError::Unsupported("training from a config needs a tokenizer: --tokenizer char or a tokenizer.json".into())
             })?;
-            let tok = if kind == "char" {
-                Tokenizer::char_level(&crate::data::read_documents(&data)?.concat())?
-            } else if kind == "bpe" {
-                // A subword vocabulary learned from the pairs: joint over both sides, or
-                // one per side with --separate-vocab.
-                let size = config
-                    .get("vocab_size")
-                    .and_then(Value::as_u64)
-                    .filter(|&v| v > 0)
-                    .unwrap_or(8000) as usize;
-                let pairs = crate::data::pairs::read_pairs(&data)?;
-                let side = |f: fn(&(String, String)) -> &String| -> Vec<String> {
-                    pairs.iter().map(|p| f(p).clone()).collect()
-                };
-                let tok = if cfg.separate_vocab {
-                    let src = Tokenizer::train_bpe(&side(|p| &p.0), size)?;
-                    Tokenizer::train_bpe(&side(|p| &p.1), size)?.with_source_side(src)
-                } else {
-                    let texts: Vec<String> = pairs.into_iter().flat_map(|(s, t)| [s, t]).collect();
-                    Tokenizer::train_bpe(&texts, size)?
-                };
-                match cfg.separate_vocab {
-                    true => println!(
-                        "tokenizer    trained a {}-token source BPE and a {}-token target BPE on {}",
-                        tok.source_side().vocab_size(),
-                        tok.vocab_size(),
-                        data.display()
-                    ),
-                    false => println!(
-                        "tokenizer    trained a {}-token BPE on {}",
-                        tok.vocab_size(),
-                        data.display()
-                    ),
-                }
-                tok
-            } else if Path::new(&kind).is_dir() {
-                Tokenizer::from_dir(Path::new(&kind))?
-            } else {
-                Tokenizer::from_file(Path::new(&kind))?
-            };
+            let tok = learn_tokenizer(&kind, &config, data, cfg)?;
             let mut config = config;
             if let Some(obj) = config.as_object_mut() {
                 if obj.get("vocab_size").and_then(|v| v.as_u64()).unwrap_or(0) == 0 {
@@ -311,57 +367,12 @@ pub fn train(req: TrainRequest) -> Result<TrainSummary> {
             (tok, c, Some(dir))
         }
         (None, None) => unreachable!("source is resolved when not resuming"),
-    };
-    if let Some(p) = cfg.dropout {
-        set_dropout(&mut model_json, p);
-    }
-    let mut model_config = ModelConfig::from_value(&model_json, Path::new(&req.model))?;
-    // Classification reads its examples first: their labels size the head.
-    let examples = match cfg.objective {
-        Objective::Classify => Some(read_examples(&data, &cfg.columns())?),
-        _ => None,
-    };
-    let heads = match (&mut model_config, cfg.objective) {
-        (ModelConfig::Bert(c), Objective::Classify) => {
-            let labels = label_set(examples.as_deref().unwrap_or_default(), &c.labels())?;
-            c.set_labels(&labels);
-            c.architecture = Some("BertForSequenceClassification".into());
-            Some(BertHeads {
-                pooler: true,
-                mlm: false,
-                classifier: true,
-                nsp: false,
-            })
-        }
-        (ModelConfig::Bert(c), Objective::Mlm) => {
-            c.architecture = Some("BertForMaskedLM".into());
-            Some(BertHeads {
-                pooler: false,
-                mlm: true,
-                classifier: false,
-                nsp: false,
-            })
-        }
-        (ModelConfig::Bert(c), Objective::MlmNsp) => {
-            c.architecture = Some("BertForPreTraining".into());
-            Some(BertHeads {
-                pooler: true,
-                mlm: true,
-                classifier: false,
-                nsp: true,
-            })
-        }
-        (ModelConfig::Gpt2(_), Objective::Clm) | (ModelConfig::Seq2Seq(_), Objective::Seq2seq) => {
-            None
-        }
-        (c, o) => {
-            return Err(WickError::Unsupported(format!(
-                "--objective {} does not fit a {} model (clm: gpt2; mlm, mlm+nsp, classify: bert; seq2seq: wick-seq2seq)",
-                serde_json::to_value(o).unwrap().as_str().unwrap_or("?"),
-                c.model_type()
-            )))
-        }
-    };
+    })
+}
+
+/// Refuses a tokenizer larger than the model's vocabulary and a block longer than its
+/// context, naming both sizes.
+fn check_fits(model_config: &ModelConfig, tokenizer: &Tokenizer, cfg: &TrainConfig) -> Result<()> {
     if let ModelConfig::Seq2Seq(c) = &model_config {
         if cfg.separate_vocab && c.src_vocab_size.is_none() {
             return Err(WickError::Unsupported(
@@ -390,12 +401,16 @@ pub fn train(req: TrainRequest) -> Result<TrainSummary> {
             model_config.max_positions()
         )));
     }
+    Ok(())
+}
 
-    // 3. Weights: fresh, from a checkpoint (fine-tuning), or from the run's checkpoint.
-    let weights = match &weights_dir {
-        None => WeightSource::from_scratch().with_seed(cfg.seed),
+/// Where the weights come from: fresh, a checkpoint being fine-tuned (a new task head
+/// starts fresh), or the run's own checkpoint when resuming.
+fn weight_source(weights_dir: Option<&Path>, resuming: bool, seed: u64) -> Result<WeightSource> {
+    Ok(match weights_dir {
+        None => WeightSource::from_scratch().with_seed(seed),
         Some(dir) => {
-            let init = if resume.is_some() {
+            let init = if resuming {
                 InitPolicy::Never
             } else {
                 // A new task head (and a pooler the checkpoint lacks) starts fresh.
@@ -405,158 +420,214 @@ pub fn train(req: TrainRequest) -> Result<TrainSummary> {
                         .to_vec(),
                 )
             };
-            WeightSource::new(Some(TensorStore::open_dir(dir)?), init, true).with_seed(cfg.seed)
+            WeightSource::new(Some(TensorStore::open_dir(dir)?), init, true).with_seed(seed)
         }
-    };
-    let model = Model::build(
-        &model_config,
-        heads,
-        weights.var_builder(DType::F32, &device),
-    )?;
-    let initialised = weights.initialised();
-    if !initialised.is_empty() && weights_dir.is_some() {
-        println!(
-            "initialised  {} tensors not in the checkpoint: {}",
-            initialised.len(),
-            initialised.join(", ")
-        );
-    }
-    let vars = weights.vars();
-    let mut opt = AdamW::new(
-        vars.clone(),
-        AdamWConfig {
-            beta1: cfg.beta1,
-            beta2: cfg.beta2,
-            eps: cfg.eps,
-            weight_decay: cfg.weight_decay,
-        },
-        cfg.decay_embeddings,
-    )?;
-    let mut start_step = 0;
-    let mut best_val = None;
-    if let Some((st, opt_tensors, dir)) = state {
-        opt.load_state(opt_tensors, st.step as u64)?;
-        start_step = st.step;
-        best_val = st.best_val_loss;
-        eprintln!("resuming {} from step {start_step}", dir.display());
-    }
+    })
+}
 
-    // 4. Data: tokenize once (cached), split train/val; or read labelled examples.
-    let (mut task, data_line) = build_task(
-        &model,
-        &cfg,
-        &data,
-        examples,
-        &tokenizer,
-        &model_config,
-        &out,
-    )?;
-    // 5. The numbers up front, and the effective config stored with the run.
-    let (decayed, not_decayed) = opt.group_sizes();
-    let params = weights.num_parameters();
-    println!(
-        "model        {} ({}), {:.2}M parameters ({decayed} decayed, {not_decayed} not)",
-        model.architecture(),
-        model_config.model_type(),
-        params as f64 / 1e6
-    );
-    println!(
-        "tokenizer    {} tokens ({})",
-        tokenizer.vocab_size(),
-        tokenizer.source().display()
-    );
-    println!("data         {}: {}", data.display(), data_line.0);
-    println!(
-        "per step     {} tokens (batch {} x block {} x accum {}); {} steps = {:.2} epochs",
-        cfg.tokens_per_step(),
-        cfg.batch_size,
-        cfg.block_size,
-        cfg.grad_accum,
-        cfg.max_iters,
-        cfg.max_iters as f64 / data_line.1
-    );
-    let shards = match task {
-        Task::Clm { .. } => shard_count(cfg.batch_size, &device),
-        _ => 1,
-    };
-    println!(
-        "device       {}, {} threads, {}{}",
-        crate::device::describe(&device),
-        candle_core::utils::get_num_threads(),
-        crate::runtime::cpu_features(),
-        if shards > 1 {
-            format!(", each batch as {shards} shards side by side")
-        } else {
-            String::new()
-        }
-    );
-    println!("out          {}", out.display());
-    println!("config       {}", serde_json::to_string(&cfg).unwrap());
-    let state_for = |step: usize, best: Option<f64>| TrainerState {
-        step,
-        best_val_loss: best,
-        train_config: cfg.clone(),
-        data: data.clone(),
-        wick_version: env!("CARGO_PKG_VERSION").into(),
-    };
-    crate::files::atomic_write(
-        &out.join("train_config.json"),
-        serde_json::to_string_pretty(&cfg).unwrap().as_bytes(),
-    )?;
+/// What phase 1 resolves: where the model, settings, data and output come from.
+struct Plan {
+    /// `None` when resuming: the run's own checkpoint is the source.
+    source: Option<Source>,
+    out: PathBuf,
+    /// The run's latest checkpoint, when resuming.
+    resume: Option<PathBuf>,
+    cfg: TrainConfig,
+    data: PathBuf,
+    /// That checkpoint's trainer state and optimizer moments.
+    state: Option<(TrainerState, HashMap<String, Tensor>)>,
+}
 
-    let sched = LrSchedule {
-        schedule: cfg.lr_schedule,
-        max_lr: cfg.learning_rate,
-        min_lr: cfg.min_lr(),
-        warmup_iters: cfg.warmup_iters,
-        decay_iters: cfg.lr_decay_iters.unwrap_or(cfg.max_iters),
-        d_model: match &model_config {
-            ModelConfig::Gpt2(c) => c.n_embd,
-            ModelConfig::Bert(c) => c.hidden_size,
-            ModelConfig::Seq2Seq(c) => c.d_model,
-        },
-    };
-    let mut metrics = Metrics::open(&out, Some(start_step))?;
-    let _ = ctrlc::set_handler(|| INTERRUPTED.store(true, Ordering::SeqCst));
-
-    let save = |step: usize, best: Option<f64>, opt: &AdamW| -> Result<PathBuf> {
-        checkpoints::save_checkpoint(
-            &out,
-            &Snapshot {
-                config: &model_config,
-                tensors: weights.tensors(),
-                tokenizer: &tokenizer,
-                optimizer: opt.state_tensors(),
-                state: state_for(step, best),
-            },
-            cfg.keep_last,
-        )
-    };
-    // 6. The loop.
-    let pb = if req.progress {
-        ProgressBar::new(cfg.max_iters as u64)
+/// Resolves the request. The settings and flags are checked before the output folder
+/// is (a flag that does not fit the run is refused whatever `--out` holds), and the
+/// folder is created only once every check has passed. Resuming reads the settings from
+/// the run's folder, so that folder is checked first.
+fn plan(req: &TrainRequest) -> Result<Plan> {
+    let source = if req.resume {
+        None
     } else {
-        ProgressBar::hidden()
+        Some(source_of(&req.model)?)
     };
-    pb.set_style(
-        ProgressStyle::with_template(
-            "{bar:30.cyan/blue} {pos}/{len} {msg} [{elapsed_precise} < {eta_precise}]",
-        )
-        .expect("template")
-        .progress_chars("=> "),
-    );
-    pb.set_position(start_step as u64);
-    let run_start = Instant::now();
-    let elapsed_before = metrics.records.last().map_or(0.0, |r| r.elapsed_s);
-    let mut window = (Instant::now(), 0usize, 0f64, 0usize); // (since, tokens, loss sum, steps)
-    let mut last_saved = None;
-    let mut interrupted = false;
-    for step in start_step..cfg.max_iters {
-        if INTERRUPTED.load(Ordering::SeqCst) {
-            interrupted = true;
-            break;
+    let out = match (&req.out, &source) {
+        (Some(o), _) => o.clone(),
+        (None, Some(Source::Scratch { name, .. })) => PathBuf::from("runs").join(name),
+        (None, _) => PathBuf::from("runs").join(
+            Path::new(&req.model)
+                .file_name()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_else(|| "model".into()),
+        ),
+    };
+    let resume = if req.resume {
+        check_out_dir(&out, true)?;
+        checkpoints::latest(&out).map(|(_, dir)| dir)
+    } else {
+        None
+    };
+    let flags = "command-line flags";
+    let (cfg, data, state) = match (&resume, &source) {
+        (Some(dir), _) => {
+            let (state, opt) = checkpoints::load_state(dir)?;
+            let cfg = merge(&state.train_config, &req.overrides, flags)?;
+            let data = req.data.clone().or_else(|| Some(state.data.clone()));
+            (cfg, data, Some((state, opt)))
         }
-        let lr = sched.at(step);
+        (None, Some(Source::Scratch { train, data, .. })) => {
+            let base = merge(&TrainConfig::default(), train, &req.model)?;
+            let cfg = merge(&base, &req.overrides, flags)?;
+            (cfg, req.data.clone().or(data.clone()), None)
+        }
+        (None, _) => {
+            let cfg = merge(&TrainConfig::default(), &req.overrides, flags)?;
+            (cfg, req.data.clone(), None)
+        }
+    };
+    cfg.validate()?;
+    let data = data.ok_or_else(|| {
+        WickError::Unsupported("no training data: pass --data FILE_OR_DIR".into())
+    })?;
+    if !req.resume {
+        check_out_dir(&out, false)?;
+    }
+    std::fs::create_dir_all(&out).map_err(|e| WickError::io(&out, e))?;
+    Ok(Plan {
+        source,
+        out,
+        resume,
+        cfg,
+        data,
+        state,
+    })
+}
+
+/// What the summary, the loop and the end of a run share.
+struct Run<'a> {
+    cfg: &'a TrainConfig,
+    out: &'a Path,
+    data: &'a Path,
+    model_config: &'a ModelConfig,
+    tokenizer: &'a Tokenizer,
+    weights: &'a WeightSource,
+    device: &'a Device,
+    progress: bool,
+}
+
+/// Where the loop stopped.
+struct Looped {
+    steps_done: usize,
+    start_step: usize,
+    seconds: f64,
+    interrupted: bool,
+}
+
+/// The numbers one logged step reports.
+struct StepLog {
+    done: usize,
+    train_loss: f64,
+    lr: f64,
+    grad_norm: f64,
+    tokens_per_sec: f64,
+    elapsed_s: f64,
+}
+
+impl Run<'_> {
+    /// The derived numbers, printed before the first step.
+    fn summary(
+        &self,
+        model: &Model,
+        opt: &AdamW,
+        data_line: &str,
+        steps_per_epoch: f64,
+        shards: usize,
+    ) {
+        let cfg = self.cfg;
+        let (decayed, not_decayed) = opt.group_sizes();
+        println!(
+            "model        {} ({}), {:.2}M parameters ({decayed} decayed, {not_decayed} not)",
+            model.architecture(),
+            self.model_config.model_type(),
+            self.weights.num_parameters() as f64 / 1e6
+        );
+        println!(
+            "tokenizer    {} tokens ({})",
+            self.tokenizer.vocab_size(),
+            self.tokenizer.source().display()
+        );
+        println!("data         {}: {data_line}", self.data.display());
+        println!(
+            "per step     {} tokens (batch {} x block {} x accum {}); {} steps = {:.2} epochs",
+            cfg.tokens_per_step(),
+            cfg.batch_size,
+            cfg.block_size,
+            cfg.grad_accum,
+            cfg.max_iters,
+            cfg.max_iters as f64 / steps_per_epoch
+        );
+        println!(
+            "device       {}, {} threads, {}{}",
+            crate::device::describe(self.device),
+            candle_core::utils::get_num_threads(),
+            crate::runtime::cpu_features(),
+            if shards > 1 {
+                format!(", each batch as {shards} shards side by side")
+            } else {
+                String::new()
+            }
+        );
+        println!("out          {}", self.out.display());
+        println!("config       {}", serde_json::to_string(cfg).unwrap());
+    }
+
+    /// A checkpoint of step `step` (model, tokenizer, optimizer, trainer state).
+    fn save(&self, step: usize, best: Option<f64>, opt: &AdamW) -> Result<PathBuf> {
+        let state = TrainerState {
+            step,
+            best_val_loss: best,
+            train_config: self.cfg.clone(),
+            data: self.data.to_path_buf(),
+            wick_version: env!("CARGO_PKG_VERSION").into(),
+        };
+        checkpoints::save_checkpoint(
+            self.out,
+            &Snapshot {
+                config: self.model_config,
+                tensors: self.weights.tensors(),
+                tokenizer: self.tokenizer,
+                optimizer: opt.state_tensors(),
+                state,
+            },
+            self.cfg.keep_last,
+        )
+    }
+
+    fn progress_bar(&self, start_step: usize) -> ProgressBar {
+        let pb = if self.progress {
+            ProgressBar::new(self.cfg.max_iters as u64)
+        } else {
+            ProgressBar::hidden()
+        };
+        pb.set_style(
+            ProgressStyle::with_template(
+                "{bar:30.cyan/blue} {pos}/{len} {msg} [{elapsed_precise} < {eta_precise}]",
+            )
+            .expect("template")
+            .progress_chars("=> "),
+        );
+        pb.set_position(start_step as u64);
+        pb
+    }
+
+    /// One optimizer step: the micro-batches' losses and gradients summed, clipped, and
+    /// AdamW applied. Returns the mean loss and the gradient norm before clipping.
+    fn step(
+        &self,
+        step: usize,
+        lr: f64,
+        task: &mut dyn Task,
+        opt: &mut AdamW,
+        vars: &[(String, Var)],
+    ) -> Result<(f64, f64)> {
+        let cfg = self.cfg;
         let mut grads = None;
         let mut loss_sum = 0f64;
         for micro in 0..cfg.grad_accum {
@@ -564,10 +635,9 @@ pub fn train(req: TrainRequest) -> Result<TrainSummary> {
             // Dropout masks from (seed, micro-batch): a resumed run draws the same ones.
             let seed = cfg.seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ n as u64;
             let (l, micro_grads) =
-                task.train_grads(n, 1.0 / cfg.grad_accum as f64, seed, &vars, &device)?;
+                task.train_grads(n, 1.0 / cfg.grad_accum as f64, seed, vars, self.device)?;
             if !l.is_finite() {
-                pb.finish_and_clear();
-                let last = checkpoints::latest(&out)
+                let last = checkpoints::latest(self.out)
                     .map(|(_, d)| d.display().to_string())
                     .unwrap_or_else(|| "none".into());
                 return Err(WickError::Unsupported(format!(
@@ -575,7 +645,7 @@ pub fn train(req: TrainRequest) -> Result<TrainSummary> {
                 )));
             }
             loss_sum += l;
-            accumulate(&mut grads, micro_grads, &vars)?;
+            accumulate(&mut grads, micro_grads, vars)?;
         }
         let grads = grads.expect("at least one micro-batch");
         let norm = opt.grad_norm(&grads)?;
@@ -585,418 +655,219 @@ pub fn train(req: TrainRequest) -> Result<TrainSummary> {
             1.0
         };
         opt.step(&grads, lr, scale)?;
-        let done = step + 1;
-        let train_loss = loss_sum / cfg.grad_accum as f64;
-        window.1 += cfg.tokens_per_step();
-        window.2 += train_loss;
-        window.3 += 1;
-        pb.set_position(done as u64);
+        Ok((loss_sum / cfg.grad_accum as f64, norm))
+    }
 
-        let eval_now = done % cfg.eval_every == 0 || done == cfg.max_iters;
-        if done % cfg.log_every == 0 || eval_now || done == start_step + 1 {
-            let secs = window.0.elapsed().as_secs_f64().max(1e-9);
-            let mean = window.2 / window.3 as f64;
-            let tps = window.1 as f64 / secs;
-            let eval = if eval_now {
-                task.evaluate(cfg.eval_iters, &device)?
-            } else {
-                None
-            };
-            let val_loss = eval.map(|e| e.loss);
-            let accuracy = eval.and_then(|e| e.accuracy);
-            let macro_f1 = eval.and_then(|e| e.macro_f1);
-            pb.set_message(format!("loss {mean:.4} lr {lr:.2e} {:.0} tok/s", tps));
-            metrics.push(Record {
-                step: done,
-                train_loss: mean,
-                val_loss,
-                perplexity: val_loss.unwrap_or(mean).exp(),
-                lr,
-                grad_norm: norm,
-                tokens_per_sec: tps,
-                elapsed_s: elapsed_before + run_start.elapsed().as_secs_f64(),
-                accuracy,
-                macro_f1,
-            })?;
-            if let Some(v) = val_loss {
-                let acc = accuracy
-                    .map(|a| format!(", accuracy {:.2}%", a * 100.0))
-                    .unwrap_or_default()
-                    + &macro_f1
-                        .map(|f| format!(", macro-F1 {f:.4}"))
-                        .unwrap_or_default();
-                let line = format!("step {done:>6}: train loss {mean:.4}, val loss {v:.4}{acc}, lr {lr:.2e}, {tps:.0} tokens/s");
-                if req.progress {
-                    pb.println(line);
-                } else {
-                    eprintln!("{line}");
-                }
-                if best_val.is_none_or(|b| v < b) {
-                    best_val = Some(v);
-                    let dir = save(done, best_val, &opt)?;
-                    last_saved = Some(done);
-                    std::fs::create_dir_all(out.join("best"))
-                        .map_err(|e| WickError::io(out.join("best"), e))?;
-                    checkpoints::publish(&dir, &out.join("best"))?;
-                }
-                metrics.plot(
-                    &out.join("loss.svg"),
-                    &format!("{} on {}", model_config.model_type(), data.display()),
-                )?;
+    /// Steps from `start_step` to `max_iters`: logs, evaluates (saving and publishing
+    /// `best/` on a better validation loss), checkpoints every `save_every`, and stops
+    /// early with a checkpoint on Ctrl-C or SIGTERM.
+    fn train_loop(
+        &self,
+        task: &mut dyn Task,
+        opt: &mut AdamW,
+        vars: &[(String, Var)],
+        start_step: usize,
+        mut best_val: Option<f64>,
+    ) -> Result<Looped> {
+        let cfg = self.cfg;
+        let sched = LrSchedule {
+            schedule: cfg.lr_schedule,
+            max_lr: cfg.learning_rate,
+            min_lr: cfg.min_lr(),
+            warmup_iters: cfg.warmup_iters,
+            decay_iters: cfg.lr_decay_iters.unwrap_or(cfg.max_iters),
+            d_model: self.model_config.hidden_size(),
+        };
+        let mut metrics = Metrics::open(self.out, Some(start_step))?;
+        let _ = ctrlc::set_handler(|| INTERRUPTED.store(true, Ordering::SeqCst));
+        let pb = self.progress_bar(start_step);
+        let run_start = Instant::now();
+        let elapsed_before = metrics.records.last().map_or(0.0, |r| r.elapsed_s);
+        let mut window = (Instant::now(), 0usize, 0f64, 0usize); // (since, tokens, loss sum, steps)
+        let mut last_saved = None;
+        let mut interrupted = false;
+        for step in start_step..cfg.max_iters {
+            if INTERRUPTED.load(Ordering::SeqCst) {
+                interrupted = true;
+                break;
             }
-            window = (Instant::now(), 0, 0.0, 0);
+            let lr = sched.at(step);
+            let (train_loss, grad_norm) = self
+                .step(step, lr, task, opt, vars)
+                .inspect_err(|_| pb.finish_and_clear())?;
+            let done = step + 1;
+            window.1 += cfg.tokens_per_step();
+            window.2 += train_loss;
+            window.3 += 1;
+            pb.set_position(done as u64);
+
+            let eval_now = done % cfg.eval_every == 0 || done == cfg.max_iters;
+            if done % cfg.log_every == 0 || eval_now || done == start_step + 1 {
+                let log = StepLog {
+                    done,
+                    train_loss: window.2 / window.3 as f64,
+                    lr,
+                    grad_norm,
+                    tokens_per_sec: window.1 as f64 / window.0.elapsed().as_secs_f64().max(1e-9),
+                    elapsed_s: elapsed_before + run_start.elapsed().as_secs_f64(),
+                };
+                let eval = if eval_now {
+                    task.evaluate(cfg.eval_iters, self.device)?
+                } else {
+                    None
+                };
+                if self.record(&log, eval, &mut metrics, &pb, &mut best_val, opt)? {
+                    last_saved = Some(done);
+                }
+                window = (Instant::now(), 0, 0.0, 0);
+            }
+            if (cfg.save_every > 0 && done % cfg.save_every == 0 || done == cfg.max_iters)
+                && last_saved != Some(done)
+            {
+                self.save(done, best_val, opt)?;
+                last_saved = Some(done);
+            }
         }
-        if (cfg.save_every > 0 && done % cfg.save_every == 0 || done == cfg.max_iters)
-            && last_saved != Some(done)
-        {
-            save(done, best_val, &opt)?;
-            last_saved = Some(done);
+        pb.finish_and_clear();
+        let steps_done = opt.steps_taken() as usize;
+        if interrupted {
+            let dir = self.save(steps_done, best_val, opt)?;
+            eprintln!(
+                "interrupted: saved {}; continue with --resume",
+                dir.display()
+            );
+        } else {
+            self.plot(&metrics)?;
         }
+        Ok(Looped {
+            steps_done,
+            start_step,
+            seconds: run_start.elapsed().as_secs_f64(),
+            interrupted,
+        })
     }
-    pb.finish_and_clear();
-    let steps_done = opt.steps_taken() as usize;
-    let seconds = run_start.elapsed().as_secs_f64();
-    let trained_tokens = (steps_done - start_step) * cfg.tokens_per_step();
-    if interrupted {
-        let dir = save(steps_done, best_val, &opt)?;
-        eprintln!(
-            "interrupted: saved {}; continue with --resume",
-            dir.display()
-        );
-        return Ok(TrainSummary {
-            out,
-            steps: steps_done,
+
+    /// Records a logged step in metrics.jsonl and the progress bar; with an evaluation,
+    /// prints it, plots, and on a better validation loss saves a checkpoint and
+    /// publishes it as `best/`. Returns whether it saved one.
+    fn record(
+        &self,
+        log: &StepLog,
+        eval: Option<Eval>,
+        metrics: &mut Metrics,
+        pb: &ProgressBar,
+        best_val: &mut Option<f64>,
+        opt: &AdamW,
+    ) -> Result<bool> {
+        let (done, mean, lr, tps) = (log.done, log.train_loss, log.lr, log.tokens_per_sec);
+        let val_loss = eval.map(|e| e.loss);
+        let accuracy = eval.and_then(|e| e.accuracy);
+        let macro_f1 = eval.and_then(|e| e.macro_f1);
+        pb.set_message(format!("loss {mean:.4} lr {lr:.2e} {tps:.0} tok/s"));
+        metrics.push(Record {
+            step: done,
+            train_loss: mean,
+            val_loss,
+            perplexity: val_loss.unwrap_or(mean).exp(),
+            lr,
+            grad_norm: log.grad_norm,
+            tokens_per_sec: tps,
+            elapsed_s: log.elapsed_s,
+            accuracy,
+            macro_f1,
+        })?;
+        let Some(v) = val_loss else {
+            return Ok(false);
+        };
+        let acc = accuracy
+            .map(|a| format!(", accuracy {:.2}%", a * 100.0))
+            .unwrap_or_default()
+            + &macro_f1
+                .map(|f| format!(", macro-F1 {f:.4}"))
+                .unwrap_or_default();
+        let line = format!("step {done:>6}: train loss {mean:.4}, val loss {v:.4}{acc}, lr {lr:.2e}, {tps:.0} tokens/s");
+        if self.progress {
+            pb.println(line);
+        } else {
+            eprintln!("{line}");
+        }
+        let mut saved = false;
+        if best_val.is_none_or(|b| v < b) {
+            *best_val = Some(v);
+            let dir = self.save(done, *best_val, opt)?;
+            saved = true;
+            let best = self.out.join("best");
+            std::fs::create_dir_all(&best).map_err(|e| WickError::io(&best, e))?;
+            checkpoints::publish(&dir, &best)?;
+        }
+        self.plot(metrics)?;
+        Ok(saved)
+    }
+
+    /// The loss curve, `loss.svg`.
+    fn plot(&self, metrics: &Metrics) -> Result<()> {
+        metrics.plot(
+            &self.out.join("loss.svg"),
+            &format!(
+                "{} on {}",
+                self.model_config.model_type(),
+                self.data.display()
+            ),
+        )
+    }
+
+    /// The end of a run: the whole validation split, and a sample from a causal LM.
+    fn finish(&self, task: &mut dyn Task, looped: Looped) -> Result<TrainSummary> {
+        let cfg = self.cfg;
+        let trained_tokens = (looped.steps_done - looped.start_step) * cfg.tokens_per_step();
+        let mut summary = TrainSummary {
+            out: self.out.to_path_buf(),
+            steps: looped.steps_done,
             final_val_loss: None,
-            seconds,
-            tokens_per_sec: trained_tokens as f64 / seconds,
-            interrupted: true,
+            seconds: looped.seconds,
+            tokens_per_sec: trained_tokens as f64 / looped.seconds,
+            interrupted: looped.interrupted,
             sample: None,
-        });
+        };
+        if looped.interrupted {
+            return Ok(summary);
+        }
+        let final_eval = task.final_eval(cfg.eval_iters, self.device)?;
+        summary.sample = match task.causal_lm() {
+            Some(gpt2) if cfg.sample_tokens > 0 => Some(self.sample(gpt2)?),
+            _ => None,
+        };
+        summary.final_val_loss = final_eval.map(|e| e.loss);
+        if let Some(a) = final_eval.and_then(|e| e.accuracy) {
+            println!("accuracy     {:.2}% (validation)", a * 100.0);
+        }
+        if let Some(f) = final_eval.and_then(|e| e.macro_f1) {
+            println!("macro-F1     {f:.4} (validation)");
+        }
+        Ok(summary)
     }
-    metrics.plot(
-        &out.join("loss.svg"),
-        &format!("{} on {}", model_config.model_type(), data.display()),
-    )?;
 
-    // 7. The whole validation split, and a sample.
-    let final_eval = task.final_eval(cfg.eval_iters, &device)?;
-    let sample = match task.causal_lm() {
-        Some(gpt2) if cfg.sample_tokens > 0 => {
-            let prompt = tokenizer
-                .encode("\n", false)
-                .ok()
-                .filter(|p| !p.is_empty())
-                .unwrap_or_else(|| vec![0]);
-            let opts = crate::generation::GenerateOptions {
-                max_new_tokens: cfg.sample_tokens,
-                processors: crate::generation::ProcessorConfig {
-                    temperature: 0.8,
-                    ..Default::default()
-                },
-                seed: cfg.seed,
-                slide: true,
+    /// `sample_tokens` tokens from a newline, at temperature 0.8.
+    fn sample(&self, gpt2: &crate::models::Gpt2) -> Result<String> {
+        let prompt = self
+            .tokenizer
+            .encode("\n", false)
+            .ok()
+            .filter(|p| !p.is_empty())
+            .unwrap_or_else(|| vec![0]);
+        let opts = crate::generation::GenerateOptions {
+            max_new_tokens: self.cfg.sample_tokens,
+            processors: crate::generation::ProcessorConfig {
+                temperature: 0.8,
                 ..Default::default()
-            };
-            let gens = crate::generation::generate(gpt2, &[prompt], &opts, &device, |_, _| {
-                Ok(crate::generation::Flow::Continue)
-            })?;
-            let ids = &gens[0][0].ids;
-            Some(tokenizer.decode(ids, true)?)
-        }
-        _ => None,
-    };
-    let final_val = final_eval.map(|e| e.loss);
-    if let Some(a) = final_eval.and_then(|e| e.accuracy) {
-        println!("accuracy     {:.2}% (validation)", a * 100.0);
-    }
-    if let Some(f) = final_eval.and_then(|e| e.macro_f1) {
-        println!("macro-F1     {f:.4} (validation)");
-    }
-    Ok(TrainSummary {
-        out,
-        steps: steps_done,
-        final_val_loss: final_val,
-        seconds,
-        tokens_per_sec: trained_tokens as f64 / seconds,
-        interrupted: false,
-        sample,
-    })
-}
-
-/// The task for the objective: batches over the data, split into train and validation.
-/// Also returns a line describing the data and the optimizer steps one epoch takes.
-fn build_task<'m>(
-    model: &'m Model,
-    cfg: &TrainConfig,
-    data: &Path,
-    examples: Option<Vec<Example>>,
-    tokenizer: &Tokenizer,
-    model_config: &ModelConfig,
-    out: &Path,
-) -> Result<(Task<'m>, (String, f64))> {
-    let split_err =
-        |e: WickError| WickError::Unsupported(format!("{}: training split: {e}", data.display()));
-    match (model, cfg.objective) {
-        (Model::Gpt2(_), Objective::Clm) | (Model::Bert(_), Objective::Mlm) => {
-            let sep = match model {
-                Model::Bert(_) => tokenizer.token_to_id("[SEP]"),
-                _ => model_config
-                    .eos_token_ids()
-                    .first()
-                    .copied()
-                    .filter(|&e| (e as usize) < tokenizer.vocab_size()),
-            };
-            let (tokens, cache) = tokenize_cached(data, tokenizer, sep, out)?;
-            let tokens = Arc::new(tokens);
-            let n = tokens.len();
-            let n_val = ((n as f64) * cfg.val_fraction) as usize;
-            let n_train = n - n_val;
-            let line = format!(
-                "{n} tokens, {n_train} train / {n_val} val{}",
-                cache
-                    .map(|c| format!(" (cache {})", c.display()))
-                    .unwrap_or_default()
-            );
-            let has_val = n_val > cfg.block_size + 1;
-            let task = match model {
-                Model::Gpt2(m) => Task::Clm {
-                    model: m,
-                    train: LmBatches::new(
-                        tokens.clone(),
-                        0,
-                        n_train,
-                        cfg.block_size,
-                        cfg.batch_size,
-                        cfg.seed,
-                        true,
-                    )
-                    .map_err(split_err)?,
-                    val: has_val
-                        .then(|| {
-                            LmBatches::new(
-                                tokens.clone(),
-                                n_train,
-                                n_val,
-                                cfg.block_size,
-                                cfg.batch_size,
-                                cfg.seed ^ 0x5eed,
-                                true,
-                            )
-                        })
-                        .transpose()?,
-                    val_split: has_val.then(|| {
-                        (
-                            tokens.clone(),
-                            n_train,
-                            n_val,
-                            cfg.block_size,
-                            cfg.batch_size * 4,
-                        )
-                    }),
-                },
-                Model::Bert(m) => {
-                    let mlm = |start, len, seed| {
-                        MlmBatches::new(
-                            tokens.clone(),
-                            start,
-                            len,
-                            cfg.block_size,
-                            cfg.batch_size,
-                            seed,
-                            true,
-                            tokenizer,
-                            cfg.whole_word_mask,
-                        )
-                    };
-                    Task::Mlm {
-                        model: m,
-                        train: mlm(0, n_train, cfg.seed).map_err(split_err)?,
-                        val: has_val
-                            .then(|| mlm(n_train, n_val, cfg.seed ^ 0x5eed))
-                            .transpose()?,
-                    }
-                }
-                Model::Seq2Seq(_) => unreachable!("rejected before"),
-            };
-            let steps_per_epoch = n_train as f64 / cfg.tokens_per_step() as f64;
-            Ok((task, (line, steps_per_epoch)))
-        }
-        (Model::Bert(m), Objective::Classify) => {
-            let mut examples = examples.unwrap_or_default();
-            let labels = m.config().labels();
-            let eval_examples = match &cfg.eval_data {
-                Some(p) => read_examples(p, &cfg.columns())?,
-                None => {
-                    // A seeded shuffle, then the last val_fraction held out.
-                    examples.shuffle(&mut StdRng::seed_from_u64(cfg.seed));
-                    let n_val = ((examples.len() as f64) * cfg.val_fraction) as usize;
-                    examples.split_off(examples.len() - n_val)
-                }
-            };
-            label_set(&eval_examples, &labels)?;
-            let pad = m.config().pad_token_id.unwrap_or(0);
-            let line = format!(
-                "{} examples, {} labels ({}), {} held out{}",
-                examples.len(),
-                labels.len(),
-                labels.join(", "),
-                eval_examples.len(),
-                cfg.eval_data
-                    .as_ref()
-                    .map(|p| format!(" from {}", p.display()))
-                    .unwrap_or_default()
-            );
-            let n_train = examples.len();
-            let batches = |ex: &[Example], shuffle| {
-                ClassifyBatches::new(
-                    ex,
-                    &labels,
-                    tokenizer,
-                    cfg.block_size,
-                    cfg.batch_size,
-                    cfg.seed,
-                    shuffle,
-                    pad,
-                )
-            };
-            let task = Task::Classify {
-                model: m,
-                train: batches(&examples, true)?,
-                val: (!eval_examples.is_empty())
-                    .then(|| batches(&eval_examples, false))
-                    .transpose()?,
-            };
-            let steps_per_epoch = n_train as f64 / (cfg.batch_size * cfg.grad_accum) as f64;
-            Ok((task, (line, steps_per_epoch)))
-        }
-        (Model::Bert(m), Objective::MlmNsp) => {
-            // Documents, not sentences, are split: a held-out pair never shares a
-            // document with a training pair.
-            let mut docs: Vec<Vec<Vec<u32>>> = split_sentences(&read_documents(data)?)
-                .iter()
-                .map(|d| {
-                    d.iter()
-                        .map(|s| tokenizer.encode(s, false))
-                        .filter(|t| t.as_ref().map_or(true, |t| !t.is_empty()))
-                        .collect::<Result<Vec<_>>>()
-                })
-                .filter(|d| d.as_ref().map_or(true, |d| !d.is_empty()))
-                .collect::<Result<_>>()?;
-            docs.shuffle(&mut StdRng::seed_from_u64(cfg.seed));
-            let n_val = ((docs.len() as f64) * cfg.val_fraction).round() as usize;
-            let val_docs = if n_val >= 2 && docs.len() - n_val >= 2 {
-                docs.split_off(docs.len() - n_val)
-            } else {
-                vec![]
-            };
-            let max_tokens = cfg
-                .block_size
-                .checked_sub(3)
-                .filter(|&n| n >= 2)
-                .ok_or_else(|| {
-                    WickError::Unsupported("--block-size must be at least 5 for mlm+nsp".into())
-                })?;
-            let pairs = draw_pairs(&docs, max_tokens, cfg.seed)
-                .map_err(|e| WickError::Unsupported(format!("{}: {e}", data.display())))?;
-            let val_pairs = if val_docs.is_empty() {
-                vec![]
-            } else {
-                draw_pairs(&val_docs, max_tokens, cfg.seed ^ 0x5eed)?
-            };
-            let line = format!(
-                "{} documents, {} sentence pairs ({:.0}% IsNext), {} held-out pairs from {} documents",
-                docs.len(),
-                pairs.len(),
-                100.0 * pairs.iter().filter(|p| p.label == IS_NEXT).count() as f64
-                    / pairs.len() as f64,
-                val_pairs.len(),
-                val_docs.len()
-            );
-            let steps_per_epoch = pairs.len() as f64 / (cfg.batch_size * cfg.grad_accum) as f64;
-            let batches = |p, shuffle, seed| {
-                NspBatches::new(
-                    p,
-                    tokenizer,
-                    cfg.whole_word_mask,
-                    cfg.batch_size,
-                    seed,
-                    shuffle,
-                )
-            };
-            let task = Task::MlmNsp {
-                model: m,
-                train: batches(pairs, true, cfg.seed)?,
-                val: (!val_pairs.is_empty())
-                    .then(|| batches(val_pairs, false, cfg.seed ^ 0x5eed))
-                    .transpose()?,
-            };
-            Ok((task, (line, steps_per_epoch)))
-        }
-        (Model::Seq2Seq(m), Objective::Seq2seq) => {
-            let c = m.config();
-            let mut pairs = crate::data::pairs::read_pairs(data)?;
-            // A seeded shuffle, then a fixed held-out tail (val_fraction of the pairs).
-            pairs.shuffle(&mut StdRng::seed_from_u64(cfg.seed));
-            let n_val = ((pairs.len() as f64) * cfg.val_fraction) as usize;
-            let val_pairs = pairs.split_off(pairs.len() - n_val);
-            // The held-out pairs, for `wick eval --data <out>/heldout.tsv` (BLEU).
-            let heldout: String = val_pairs
-                .iter()
-                .map(|(s, t)| format!("{s}\t{t}\n"))
-                .collect();
-            crate::files::atomic_write(&out.join("heldout.tsv"), heldout.as_bytes())?;
-            let encode = |ps: &[(String, String)]| -> Result<Vec<_>> {
-                ps.iter()
-                    .map(|(s, t)| {
-                        Ok(crate::data::pairs::EncodedPair {
-                            src: crate::data::pairs::encode_side(
-                                tokenizer.source_side(),
-                                s,
-                                c.eos_token_id,
-                                cfg.block_size,
-                            )?,
-                            tgt: crate::data::pairs::encode_side(
-                                tokenizer,
-                                t,
-                                c.eos_token_id,
-                                cfg.block_size,
-                            )?,
-                        })
-                    })
-                    .collect()
-            };
-            let batches = |ps, shuffle| {
-                crate::data::pairs::PairBatches::new(
-                    ps,
-                    cfg.batch_size,
-                    cfg.seed,
-                    shuffle,
-                    c.pad_token_id,
-                    c.bos_token_id,
-                )
-            };
-            let n_train = pairs.len();
-            let line = format!(
-                "{} sentence pairs, {} train / {} held out",
-                n_train + n_val,
-                n_train,
-                n_val
-            );
-            let task = Task::Seq2Seq {
-                model: m,
-                train: batches(encode(&pairs)?, true),
-                val: (n_val > 0)
-                    .then(|| encode(&val_pairs).map(|v| batches(v, false)))
-                    .transpose()?,
-                label_smoothing: cfg.label_smoothing,
-                scheduled_sampling: cfg.scheduled_sampling,
-                seed: cfg.seed,
-            };
-            let steps_per_epoch = n_train as f64 / (cfg.batch_size * cfg.grad_accum) as f64;
-            Ok((task, (line, steps_per_epoch)))
-        }
-        (_, o) => Err(WickError::Unsupported(format!(
-            "--objective {o:?} is not supported for this model"
-        ))),
+            },
+            seed: self.cfg.seed,
+            slide: true,
+            ..Default::default()
+        };
+        let gens = crate::generation::generate(gpt2, &[prompt], &opts, self.device, |_, _| {
+            Ok(crate::generation::Flow::Continue)
+        })?;
+        self.tokenizer.decode(&gens[0][0].ids, true)
     }
 }

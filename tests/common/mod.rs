@@ -75,9 +75,18 @@ pub fn assert_close(got: &[f32], want: &[f32], tol: f32, what: &str) {
     );
 }
 
-/// Runs the `wick` binary; returns (exit code, stdout, stderr).
+/// An empty folder the `wick` binary runs in, so that a test never reads or writes the
+/// working tree (a default `--out` lands here, not in the checkout's `runs/`).
+pub fn scratch_cwd() -> &'static Path {
+    static DIR: std::sync::OnceLock<tempfile::TempDir> = std::sync::OnceLock::new();
+    DIR.get_or_init(|| tempfile::tempdir().expect("scratch folder"))
+        .path()
+}
+
+/// Runs the `wick` binary in [`scratch_cwd`]; returns (exit code, stdout, stderr).
 pub fn wick(args: &[&str]) -> (i32, String, String) {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_wick"))
+        .current_dir(scratch_cwd())
         .args(args)
         .env("HF_HUB_OFFLINE", "1")
         .env(

@@ -1,0 +1,129 @@
+//! Sequence classification (BertForSequenceClassification): a linear head on the pooled
+//! [CLS] state, cross-entropy over the labels, accuracy and macro-F1 held out. The
+//! labels found in the data size the head, so the examples are read before the model
+//! is built.
+
+use std::path::Path;
+
+use candle_core::{Device, Tensor};
+use rand::{rngs::StdRng, seq::SliceRandom, SeedableRng};
+
+use super::{does_not_fit, held_out, Built, Eval, Objective, Setup, Task};
+use crate::data::labeled::{label_set, read_examples, ClassifyBatches, Example};
+use crate::error::Result;
+use crate::models::{Bert, BertHeads, Model, ModelConfig};
+use crate::train::config::TrainConfig;
+use crate::train::evaluate::classify_over;
+use crate::train::loss::cross_entropy;
+
+/// The training examples, once [`Objective::prepare`] has read them.
+#[derive(Default)]
+pub struct Classify {
+    examples: Vec<Example>,
+}
+
+impl Objective for Classify {
+    fn prepare(
+        &mut self,
+        config: &mut ModelConfig,
+        cfg: &TrainConfig,
+        data: &Path,
+    ) -> Result<Option<BertHeads>> {
+        let ModelConfig::Bert(c) = config else {
+            return Err(does_not_fit("classify", config));
+        };
+        self.examples = read_examples(data, &cfg.columns())?;
+        let labels = label_set(&self.examples, &c.labels())?;
+        c.set_labels(&labels);
+        c.architecture = Some("BertForSequenceClassification".into());
+        Ok(Some(BertHeads {
+            pooler: true,
+            mlm: false,
+            classifier: true,
+            nsp: false,
+        }))
+    }
+
+    fn build<'m>(self: Box<Self>, model: &'m Model, s: &Setup) -> Result<Built<'m>> {
+        let Model::Bert(model) = model else {
+            return Err(does_not_fit("classify", s.config));
+        };
+        let cfg = s.cfg;
+        let mut examples = self.examples;
+        let labels = model.config().labels();
+        let eval_examples = match &cfg.eval_data {
+            Some(p) => read_examples(p, &cfg.columns())?,
+            None => {
+                // A seeded shuffle, then the last val_fraction held out.
+                examples.shuffle(&mut StdRng::seed_from_u64(cfg.seed));
+                let n_val = held_out(examples.len(), cfg);
+                examples.split_off(examples.len() - n_val)
+            }
+        };
+        label_set(&eval_examples, &labels)?;
+        let pad = model.config().pad_token_id.unwrap_or(0);
+        let data_line = format!(
+            "{} examples, {} labels ({}), {} held out{}",
+            examples.len(),
+            labels.len(),
+            labels.join(", "),
+            eval_examples.len(),
+            cfg.eval_data
+                .as_ref()
+                .map(|p| format!(" from {}", p.display()))
+                .unwrap_or_default()
+        );
+        let steps_per_epoch = examples.len() as f64 / (cfg.batch_size * cfg.grad_accum) as f64;
+        let batches = |ex: &[Example], shuffle| {
+            ClassifyBatches::new(
+                ex,
+                &labels,
+                s.tokenizer,
+                cfg.block_size,
+                cfg.batch_size,
+                cfg.seed,
+                shuffle,
+                pad,
+            )
+        };
+        let task = ClassifyTask {
+            model,
+            train: batches(&examples, true)?,
+            val: (!eval_examples.is_empty())
+                .then(|| batches(&eval_examples, false))
+                .transpose()?,
+        };
+        Ok(Built {
+            task: Box::new(task),
+            data_line,
+            steps_per_epoch,
+        })
+    }
+}
+
+struct ClassifyTask<'m> {
+    model: &'m Bert,
+    train: ClassifyBatches,
+    val: Option<ClassifyBatches>,
+}
+
+impl Task for ClassifyTask<'_> {
+    fn train_loss(&mut self, n: usize, device: &Device) -> Result<Tensor> {
+        let (x, tt, mask, y) = self.train.batch(n, device)?;
+        let h = self.model.forward(&x, Some(&tt), Some(&mask), true)?;
+        Ok(cross_entropy(&self.model.classifier_logits(&h, true)?, &y)?)
+    }
+
+    /// The whole validation set: loss, accuracy and macro-F1.
+    fn evaluate(&mut self, _iters: usize, device: &Device) -> Result<Option<Eval>> {
+        let Some(val) = &mut self.val else {
+            return Ok(None);
+        };
+        let s = classify_over(self.model, val, device)?;
+        Ok(Some(Eval {
+            loss: s.loss,
+            accuracy: Some(s.accuracy),
+            macro_f1: Some(s.macro_f1),
+        }))
+    }
+}

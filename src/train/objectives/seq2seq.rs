@@ -1,0 +1,180 @@
+//! Translation with the encoder-decoder, teacher-forced: the decoder reads BOS + target
+//! and predicts target + EOS, with label smoothing and optional scheduled sampling. A
+//! seeded share of the pairs is held out and written to `<out>/heldout.tsv` (for
+//! `wick eval`'s BLEU).
+
+use std::path::Path;
+
+use candle_core::{Device, Tensor};
+use rand::{rngs::StdRng, seq::SliceRandom, Rng, SeedableRng};
+
+use super::{does_not_fit, held_out, Built, Eval, Objective, Setup, Task};
+use crate::data::pairs::{encode_side, read_pairs, EncodedPair, PairBatch, PairBatches};
+use crate::error::Result;
+use crate::models::{BertHeads, Model, ModelConfig, Seq2Seq as Seq2SeqModel};
+use crate::train::config::TrainConfig;
+use crate::train::evaluate::seq2seq_loss_over;
+use crate::train::loss::smoothed_loss;
+
+pub struct Seq2Seq;
+
+impl Objective for Seq2Seq {
+    fn prepare(
+        &mut self,
+        config: &mut ModelConfig,
+        _cfg: &TrainConfig,
+        _data: &Path,
+    ) -> Result<Option<BertHeads>> {
+        match config {
+            ModelConfig::Seq2Seq(_) => Ok(None),
+            c => Err(does_not_fit("seq2seq", c)),
+        }
+    }
+
+    fn build<'m>(self: Box<Self>, model: &'m Model, s: &Setup) -> Result<Built<'m>> {
+        let Model::Seq2Seq(model) = model else {
+            return Err(does_not_fit("seq2seq", s.config));
+        };
+        let (cfg, tokenizer) = (s.cfg, s.tokenizer);
+        let c = model.config();
+        let mut pairs = read_pairs(s.data)?;
+        // A seeded shuffle, then a fixed held-out tail (val_fraction of the pairs).
+        pairs.shuffle(&mut StdRng::seed_from_u64(cfg.seed));
+        let n_val = held_out(pairs.len(), cfg);
+        let val_pairs = pairs.split_off(pairs.len() - n_val);
+        let heldout: String = val_pairs
+            .iter()
+            .map(|(s, t)| format!("{s}\t{t}\n"))
+            .collect();
+        crate::files::atomic_write(&s.out.join("heldout.tsv"), heldout.as_bytes())?;
+        let encode = |ps: &[(String, String)]| -> Result<Vec<_>> {
+            ps.iter()
+                .map(|(src, tgt)| {
+                    Ok(EncodedPair {
+                        src: encode_side(
+                            tokenizer.source_side(),
+                            src,
+                            c.eos_token_id,
+                            cfg.block_size,
+                        )?,
+                        tgt: encode_side(tokenizer, tgt, c.eos_token_id, cfg.block_size)?,
+                    })
+                })
+                .collect()
+        };
+        let batches = |ps, shuffle| {
+            PairBatches::new(
+                ps,
+                cfg.batch_size,
+                cfg.seed,
+                shuffle,
+                c.pad_token_id,
+                c.bos_token_id,
+            )
+        };
+        let n_train = pairs.len();
+        let data_line = format!(
+            "{} sentence pairs, {} train / {} held out",
+            n_train + n_val,
+            n_train,
+            n_val
+        );
+        let task = Seq2SeqTask {
+            model,
+            train: batches(encode(&pairs)?, true),
+            val: (n_val > 0)
+                .then(|| encode(&val_pairs).map(|v| batches(v, false)))
+                .transpose()?,
+            label_smoothing: cfg.label_smoothing,
+            scheduled_sampling: cfg.scheduled_sampling,
+            seed: cfg.seed,
+        };
+        Ok(Built {
+            task: Box::new(task),
+            data_line,
+            steps_per_epoch: n_train as f64 / (cfg.batch_size * cfg.grad_accum) as f64,
+        })
+    }
+}
+
+struct Seq2SeqTask<'m> {
+    model: &'m Seq2SeqModel,
+    train: PairBatches,
+    val: Option<PairBatches>,
+    label_smoothing: f64,
+    /// Probability of feeding the decoder its own previous prediction instead of the
+    /// gold token (scheduled sampling; 0 = pure teacher forcing).
+    scheduled_sampling: f64,
+    seed: u64,
+}
+
+impl Task for Seq2SeqTask<'_> {
+    fn train_loss(&mut self, n: usize, device: &Device) -> Result<Tensor> {
+        let b = self.train.batch(n, device)?;
+        let tgt_in = if self.scheduled_sampling > 0.0 {
+            let mut rng = StdRng::seed_from_u64(
+                self.seed ^ 0x5353 ^ (n as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15),
+            );
+            scheduled_inputs(self.model, &b, self.scheduled_sampling, &mut rng)?
+        } else {
+            b.tgt_in.clone()
+        };
+        let logits =
+            self.model
+                .forward(&b.src, Some(&b.src_mask), &tgt_in, Some(&b.tgt_mask), true)?;
+        Ok(smoothed_loss(&logits, &b.labels, self.label_smoothing)?)
+    }
+
+    /// The loss over the whole held-out set (no smoothing).
+    fn evaluate(&mut self, _iters: usize, device: &Device) -> Result<Option<Eval>> {
+        let Some(val) = &mut self.val else {
+            return Ok(None);
+        };
+        Ok(Some(Eval::loss(seq2seq_loss_over(
+            self.model, val, device,
+        )?)))
+    }
+}
+
+/// Scheduled sampling (Bengio et al. 2015, in the two-pass form used for Transformers):
+/// a teacher-forced pass without gradient predicts every position; each decoder input
+/// after BOS is then replaced, with probability `p`, by the prediction for it.
+fn scheduled_inputs(
+    model: &Seq2SeqModel,
+    b: &PairBatch,
+    p: f64,
+    rng: &mut StdRng,
+) -> Result<Tensor> {
+    let logits = model
+        .forward(
+            &b.src,
+            Some(&b.src_mask),
+            &b.tgt_in,
+            Some(&b.tgt_mask),
+            false,
+        )?
+        .detach();
+    let pred = logits.argmax(candle_core::D::Minus1)?.to_vec2::<u32>()?; // (B, T)
+    let gold = b.tgt_in.to_vec2::<u32>()?;
+    let mask = b.tgt_mask.to_vec2::<u32>()?;
+    let mixed: Vec<u32> = gold
+        .iter()
+        .zip(&pred)
+        .zip(&mask)
+        .flat_map(|((g, pr), m)| {
+            let mut row = g.clone();
+            for t in 1..row.len() {
+                // Input t is the token after position t - 1: the prediction made there.
+                if m[t] == 1 && rng.random_bool(p) {
+                    row[t] = pr[t - 1];
+                }
+            }
+            row
+        })
+        .collect();
+    Ok(Tensor::from_vec(
+        mixed,
+        b.tgt_in.dims2()?,
+        b.tgt_in.device(),
+    )?)
+}
