@@ -125,20 +125,12 @@ fn eval_classifier(args: &Args, p: &Pretrained) -> Result<()> {
 /// Token loss (teacher-forced) and corpus BLEU (sacreBLEU's definition) of an
 /// encoder-decoder on `source<TAB>target` pairs.
 fn eval_translator(args: &Args, p: &Pretrained, model: &crate::models::Seq2Seq) -> Result<()> {
-    use crate::data::pairs::{encode_side, read_pairs, EncodedPair, PairBatches};
+    use crate::data::pairs::{encode_pairs, read_pairs, PairBatches};
     let data = || format!("--data {}", args.data.display());
     let pairs = read_pairs(&args.data).with_context(data)?;
     let (tok, device, c) = (p.tokenizer()?, args.model.device()?, model.config());
     let max = c.max_position_embeddings;
-    let encoded = pairs
-        .iter()
-        .map(|(s, t)| {
-            Ok(EncodedPair {
-                src: encode_side(tok.source_side(), s, c.eos_token_id, max)?,
-                tgt: encode_side(tok, t, c.eos_token_id, max)?,
-            })
-        })
-        .collect::<crate::error::Result<Vec<_>>>()?;
+    let encoded = encode_pairs(tok, &pairs, c.eos_token_id, max)?;
     let mut batches = PairBatches::new(
         encoded,
         args.batch_size,

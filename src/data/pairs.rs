@@ -59,6 +59,25 @@ pub fn encode_side(tok: &Tokenizer, text: &str, eos: u32, max_len: usize) -> Res
     Ok(ids)
 }
 
+/// Every pair encoded: the source with `tok`'s source side, the target with `tok`, each
+/// cut to `max_len` tokens with EOS last. Training and `wick eval` both encode so.
+pub fn encode_pairs(
+    tok: &Tokenizer,
+    pairs: &[(String, String)],
+    eos: u32,
+    max_len: usize,
+) -> Result<Vec<EncodedPair>> {
+    pairs
+        .iter()
+        .map(|(src, tgt)| {
+            Ok(EncodedPair {
+                src: encode_side(tok.source_side(), src, eos, max_len)?,
+                tgt: encode_side(tok, tgt, eos, max_len)?,
+            })
+        })
+        .collect()
+}
+
 /// A teacher-forcing batch, every tensor (B, T) u32.
 pub struct PairBatch {
     pub src: Tensor,

@@ -82,6 +82,17 @@ impl ModelConfig {
     }
 
     /// The longest sequence the position embeddings cover.
+    /// Sets every dropout probability `--dropout` governs: GPT-2's residual, embedding
+    /// and attention dropout, BERT's hidden and attention-probability dropout, the
+    /// encoder-decoder's dropout.
+    pub fn set_dropout(&mut self, p: f64) {
+        match self {
+            Self::Gpt2(c) => (c.resid_pdrop, c.embd_pdrop, c.attn_pdrop) = (p, p, p),
+            Self::Bert(c) => (c.hidden_dropout_prob, c.attention_probs_dropout_prob) = (p, p),
+            Self::Seq2Seq(c) => c.dropout = p,
+        }
+    }
+
     /// The width of the residual stream (the Noam schedule scales by it).
     pub fn hidden_size(&self) -> usize {
         match self {

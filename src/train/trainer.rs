@@ -109,34 +109,6 @@ fn source_of(model: &str) -> Result<Source> {
     })
 }
 
-fn set_dropout(cfg: &mut Value, p: f64) {
-    let keys = [
-        "resid_pdrop",
-        "embd_pdrop",
-        "attn_pdrop",
-        "hidden_dropout_prob",
-        "attention_probs_dropout_prob",
-        "dropout",
-    ];
-    if let Some(obj) = cfg.as_object_mut() {
-        for k in keys {
-            if obj.contains_key(k)
-                || matches!(
-                    (k, obj.get("model_type").and_then(|m| m.as_str())),
-                    ("resid_pdrop" | "embd_pdrop" | "attn_pdrop", Some("gpt2"))
-                        | (
-                            "hidden_dropout_prob" | "attention_probs_dropout_prob",
-                            Some("bert")
-                        )
-                        | ("dropout", Some("wick-seq2seq"))
-                )
-            {
-                obj.insert(k.into(), p.into());
-            }
-        }
-    }
-}
-
 /// Refuses to write into a folder that holds a model or a run unless resuming it.
 fn check_out_dir(out: &Path, resume: bool) -> Result<()> {
     let has_run = !checkpoints::list(out).is_empty() || out.join("trainer_state.json").exists();
@@ -180,12 +152,12 @@ pub fn train(req: TrainRequest) -> Result<TrainSummary> {
 
     // 2. Tokenizer and model config; the objective checks the model fits and names its
     //    heads (classification reads its labels from the data first: they size the head).
-    let (tokenizer, mut model_json, weights_dir) =
+    let (tokenizer, model_json, weights_dir) =
         tokenizer_and_config(&req, &cfg, &data, resume.as_ref(), source)?;
-    if let Some(p) = cfg.dropout {
-        set_dropout(&mut model_json, p);
-    }
     let mut model_config = ModelConfig::from_value(&model_json, Path::new(&req.model))?;
+    if let Some(p) = cfg.dropout {
+        model_config.set_dropout(p);
+    }
     let mut objective = objectives::objective(cfg.objective);
     let heads = objective.prepare(&mut model_config, &cfg, &data)?;
     check_fits(&model_config, &tokenizer, &cfg)?;
@@ -703,18 +675,20 @@ impl Run<'_> {
 
             let eval_now = done % cfg.eval_every == 0 || done == cfg.max_iters;
             if done % cfg.log_every == 0 || eval_now || done == start_step + 1 {
+                // Throughput over the steps alone; elapsed time with the evaluation.
+                let tokens_per_sec = window.1 as f64 / window.0.elapsed().as_secs_f64().max(1e-9);
+                let eval = if eval_now {
+                    task.evaluate(cfg.eval_iters, self.device)?
+                } else {
+                    None
+                };
                 let log = StepLog {
                     done,
                     train_loss: window.2 / window.3 as f64,
                     lr,
                     grad_norm,
-                    tokens_per_sec: window.1 as f64 / window.0.elapsed().as_secs_f64().max(1e-9),
+                    tokens_per_sec,
                     elapsed_s: elapsed_before + run_start.elapsed().as_secs_f64(),
-                };
-                let eval = if eval_now {
-                    task.evaluate(cfg.eval_iters, self.device)?
-                } else {
-                    None
                 };
                 if self.record(&log, eval, &mut metrics, &pb, &mut best_val, opt)? {
                     last_saved = Some(done);

@@ -35,12 +35,12 @@ struct Dims {
 
 /// Head h's q, k or v (`part` 0, 1, 2) inside one batch element's qkv (T, 3C), as a
 /// (T, D) matrix read in place.
-fn head(qkv: &[f32], part: usize, h: usize, dims: Dims) -> View {
+fn head(qkv: &[f32], part: usize, h: usize, dims: Dims) -> View<'_> {
     View::strided(&qkv[part * dims.c + h * dims.d..], 3 * dims.c, 1)
 }
 
 /// The same, transposed to (D, T).
-fn head_t(qkv: &[f32], part: usize, h: usize, dims: Dims) -> View {
+fn head_t(qkv: &[f32], part: usize, h: usize, dims: Dims) -> View<'_> {
     View::strided(&qkv[part * dims.c + h * dims.d..], 1, 3 * dims.c)
 }
 
@@ -67,21 +67,21 @@ simd_fn! {
 
 /// dst (T, T) = A (T, k) · B (k, T) where only j ≤ i is wanted; the skipped block of
 /// dst (rows < h, columns ≥ h) is left as it was (zeros).
-fn causal_product(dst: &mut [f32], t: usize, k: usize, a: View, b: View) {
+fn causal_product(dst: &mut [f32], t: usize, k: usize, a: View<'_>, b: View<'_>) {
     let h = t / 2;
     gemm_rows(dst, t, h, h, k, a, b, false);
     gemm_rows(&mut dst[h * t..], t, t - h, t, k, a.at(h, 0), b, false);
 }
 
 /// dst (T, n) = L (T, T) · R (T, n) for a lower-triangular L.
-fn lower_times(dst: &mut [f32], t: usize, n: usize, l: View, r: View) {
+fn lower_times(dst: &mut [f32], t: usize, n: usize, l: View<'_>, r: View<'_>) {
     let h = t / 2;
     gemm_rows(dst, n, h, n, h, l, r, false);
     gemm_rows(&mut dst[h * n..], n, t - h, n, t, l.at(h, 0), r, false);
 }
 
 /// dst (T, n) = U (T, T) · R (T, n) for an upper-triangular U (a lower one transposed).
-fn upper_times(dst: &mut [f32], t: usize, n: usize, u: View, r: View) {
+fn upper_times(dst: &mut [f32], t: usize, n: usize, u: View<'_>, r: View<'_>) {
     let h = t / 2;
     gemm_rows(dst, n, h, n, t, u, r, false);
     gemm_rows(

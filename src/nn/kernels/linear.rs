@@ -26,7 +26,7 @@ impl LinearOp {
     }
 
     /// W as the (in, out) right-hand side of x·W.
-    fn w_view(&self, w: &[f32], inp: usize, out: usize) -> View {
+    fn w_view<'a>(&self, w: &'a [f32], inp: usize, out: usize) -> View<'a> {
         if self.in_out {
             View::rows(w, out)
         } else {

@@ -8,18 +8,20 @@ use rayon::prelude::*;
 use super::rows::sum8_zip;
 use super::simd::simd_fn;
 
-/// A row-major (rows, cols) matrix or the transpose of one, as gemm's strides.
+/// A row-major (rows, cols) matrix or the transpose of one, as gemm's strides, over a
+/// slice it borrows for `'a` (so a view cannot outlive the data it reads).
 #[derive(Clone, Copy)]
-pub struct View {
+pub struct View<'a> {
     ptr: *const f32,
     len: usize,
     rs: isize,
     cs: isize,
+    data: std::marker::PhantomData<&'a [f32]>,
 }
 
-impl View {
+impl<'a> View<'a> {
     /// The same matrix from element (row, col) on: a block of it.
-    pub fn at(&self, row: usize, col: usize) -> View {
+    pub fn at(&self, row: usize, col: usize) -> View<'a> {
         let offset = row * self.rs as usize + col * self.cs as usize;
         assert!(offset <= self.len, "view offset outside its slice");
         Self {
@@ -38,37 +40,36 @@ impl View {
     }
 
     /// Any strided matrix starting at `data[0]`.
-    pub fn strided(data: &[f32], rs: usize, cs: usize) -> Self {
+    pub fn strided(data: &'a [f32], rs: usize, cs: usize) -> Self {
         Self {
             ptr: data.as_ptr(),
             len: data.len(),
             rs: rs as isize,
             cs: cs as isize,
+            data: std::marker::PhantomData,
         }
     }
 
-    pub fn rows(data: &[f32], cols: usize) -> Self {
-        Self {
-            ptr: data.as_ptr(),
-            len: data.len(),
-            rs: cols as isize,
-            cs: 1,
-        }
+    pub fn rows(data: &'a [f32], cols: usize) -> Self {
+        Self::strided(data, cols, 1)
     }
 
     /// The transpose of a row-major matrix with `cols` columns.
-    pub fn transposed(data: &[f32], cols: usize) -> Self {
-        Self {
-            ptr: data.as_ptr(),
-            len: data.len(),
-            rs: 1,
-            cs: cols as isize,
-        }
+    pub fn transposed(data: &'a [f32], cols: usize) -> Self {
+        Self::strided(data, 1, cols)
     }
 }
 
 /// dst (m, n), row-major, = [dst +] lhs (m, k) · rhs (k, n).
-pub fn gemm_into(dst: &mut [f32], m: usize, n: usize, k: usize, lhs: View, rhs: View, add: bool) {
+pub fn gemm_into(
+    dst: &mut [f32],
+    m: usize,
+    n: usize,
+    k: usize,
+    lhs: View<'_>,
+    rhs: View<'_>,
+    add: bool,
+) {
     gemm_rows(dst, n, m, n, k, lhs, rhs, add)
 }
 
@@ -80,8 +81,8 @@ pub fn gemm_rows(
     m: usize,
     n: usize,
     k: usize,
-    lhs: View,
-    rhs: View,
+    lhs: View<'_>,
+    rhs: View<'_>,
     add: bool,
 ) {
     assert!(n <= dst_rs && (m == 0 || (m - 1) * dst_rs + n <= dst.len()));

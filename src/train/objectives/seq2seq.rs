@@ -9,7 +9,7 @@ use candle_core::{Device, Tensor};
 use rand::{rngs::StdRng, seq::SliceRandom, Rng, SeedableRng};
 
 use super::{does_not_fit, held_out, Built, Eval, Objective, Setup, Task};
-use crate::data::pairs::{encode_side, read_pairs, EncodedPair, PairBatch, PairBatches};
+use crate::data::pairs::{encode_pairs, read_pairs, PairBatch, PairBatches};
 use crate::error::Result;
 use crate::models::{BertHeads, Model, ModelConfig, Seq2Seq as Seq2SeqModel};
 use crate::train::config::TrainConfig;
@@ -47,21 +47,8 @@ impl Objective for Seq2Seq {
             .map(|(s, t)| format!("{s}\t{t}\n"))
             .collect();
         crate::files::atomic_write(&s.out.join("heldout.tsv"), heldout.as_bytes())?;
-        let encode = |ps: &[(String, String)]| -> Result<Vec<_>> {
-            ps.iter()
-                .map(|(src, tgt)| {
-                    Ok(EncodedPair {
-                        src: encode_side(
-                            tokenizer.source_side(),
-                            src,
-                            c.eos_token_id,
-                            cfg.block_size,
-                        )?,
-                        tgt: encode_side(tokenizer, tgt, c.eos_token_id, cfg.block_size)?,
-                    })
-                })
-                .collect()
-        };
+        let encode =
+            |ps: &[(String, String)]| encode_pairs(tokenizer, ps, c.eos_token_id, cfg.block_size);
         let batches = |ps, shuffle| {
             PairBatches::new(
                 ps,
