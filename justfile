@@ -52,3 +52,24 @@ compare-nanogpt:
 # Regenerate the parity fixtures (needs torch + transformers + sentence-transformers).
 fixtures:
     python3 tests/fixtures/make_fixtures.py
+
+# Every objective with the fused kernels and without (WICK_NO_FUSED=1), alternating.
+bench-objectives:
+    cargo build --release
+    bash benches/objectives.sh 2
+
+# GPT-2 124M fine-tune (batch 4 x 256) against a PyTorch loop: ms per step and peak RSS.
+bench-finetune:
+    cargo build --release
+    test -d /tmp/gpt2-124m-random || python3 benches/peers/gpt2_finetune_torch.py --save /tmp/gpt2-124m-random
+    rm -rf /tmp/gpt2-ft
+    /usr/bin/time -v target/release/wick train --model /tmp/gpt2-124m-random --data data/tinyshakespeare.txt --out /tmp/gpt2-ft --batch-size 4 --block-size 256 --max-iters 8 --log-every 1 --eval-every 100000 --save-every 100000 --sample-tokens 0 --dropout 0 --learning-rate 3e-5 --warmup-iters 0 2>&1 | grep -E "Maximum resident|Elapsed"
+    python3 -c "import json, statistics; e = [json.loads(l)['elapsed_s'] for l in open('/tmp/gpt2-ft/metrics.jsonl')]; d = [b - a for a, b in zip(e, e[1:])]; print('wick median ms/step (steps 3-7):', round(statistics.median(d[1:6]) * 1000))"
+    /usr/bin/time -v python3 benches/peers/gpt2_finetune_torch.py --model /tmp/gpt2-124m-random 2>&1 | grep -E "median|Maximum resident|Elapsed"
+
+# MiniLM embeddings of 4000 SST-2 sentences, whole wick process against sentence-transformers.
+bench-embed:
+    cargo build --release
+    cut -f1 ../shared/data/sst2/train.tsv | sed 1d | head -4000 > /tmp/sst2-4000.txt
+    /usr/bin/time -v target/release/wick embed --model ../shared/data/all-minilm-l6-v2 --file /tmp/sst2-4000.txt --pooling mean --normalize --batch-size 32 --output /tmp/wick-emb.npy 2>&1 | grep -E "embeddings|Maximum resident|Elapsed"
+    /usr/bin/time -v python3 benches/peers/embed_sentence_transformers.py --model ../shared/data/all-minilm-l6-v2 --file /tmp/sst2-4000.txt --compare /tmp/wick-emb.npy 2>&1 | grep -E "sentence|cosine|Maximum resident|Elapsed"
