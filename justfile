@@ -73,3 +73,23 @@ bench-embed:
     cut -f1 ../shared/data/sst2/train.tsv | sed 1d | head -4000 > /tmp/sst2-4000.txt
     /usr/bin/time -v target/release/wick embed --model ../shared/data/all-minilm-l6-v2 --file /tmp/sst2-4000.txt --pooling mean --normalize --batch-size 32 --output /tmp/wick-emb.npy 2>&1 | grep -E "embeddings|Maximum resident|Elapsed"
     /usr/bin/time -v python3 benches/peers/embed_sentence_transformers.py --model ../shared/data/all-minilm-l6-v2 --file /tmp/sst2-4000.txt --compare /tmp/wick-emb.npy 2>&1 | grep -E "sentence|cosine|Maximum resident|Elapsed"
+
+# Decode and prefill against llama.cpp on the same random GPT-2 124M, f32, Q8_0 and Q4_K_M,
+# 2 threads. llama.cpp from LLAMA_CPP (a checkout), else the llama-cpp-python sdist's
+# vendor/llama.cpp from PyPI. Needs cmake, and torch, transformers, sentencepiece, numpy.
+bench-llama-cpp:
+    #!/usr/bin/env bash
+    set -euo pipefail
+    src=${LLAMA_CPP:-}
+    if [ -z "$src" ]; then
+      python3 -m pip download --no-deps --no-binary :all: llama-cpp-python==0.3.36 -d /tmp/lcp
+      tar -xzf /tmp/lcp/llama_cpp_python-0.3.36.tar.gz -C /tmp/lcp
+      src=/tmp/lcp/llama_cpp_python-0.3.36/vendor/llama.cpp
+    fi
+    (cd "$src" && cmake -B build -DLLAMA_CURL=OFF -DGGML_NATIVE=ON && cmake --build build -j2 --target llama-bench llama-quantize)
+    test -d /tmp/gpt2-124m-random || python3 benches/peers/gpt2_finetune_torch.py --save /tmp/gpt2-124m-random
+    python3 -c "import json; p = '/tmp/gpt2-124m-random/config.json'; c = json.load(open(p)); c.setdefault('n_ctx', c['n_positions']); json.dump(c, open(p, 'w'))"
+    PYTHONPATH="$src/gguf-py" python3 "$src/convert_hf_to_gguf.py" /tmp/gpt2-124m-random --outfile /tmp/gpt2-f32.gguf --outtype f32
+    for q in Q8_0 Q4_K_M; do "$src/build/bin/llama-quantize" /tmp/gpt2-f32.gguf /tmp/gpt2-$q.gguf $q; done
+    for m in f32 Q8_0 Q4_K_M; do "$src/build/bin/llama-bench" -m /tmp/gpt2-$m.gguf -t 2 -p 32 -n 128; done
+    cargo bench --bench generate

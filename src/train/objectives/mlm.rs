@@ -6,7 +6,7 @@ use std::path::Path;
 
 use candle_core::{Device, Tensor};
 
-use super::{does_not_fit, Built, Eval, Objective, Setup, Task, TokenSplit};
+use super::{bert_heads, does_not_fit, Built, Eval, Objective, Setup, Task, TokenSplit};
 use crate::data::mlm::MlmBatches;
 use crate::error::Result;
 use crate::models::{Bert, BertHeads, Model, ModelConfig};
@@ -22,16 +22,17 @@ impl Objective for Mlm {
         _cfg: &TrainConfig,
         _data: &Path,
     ) -> Result<Option<BertHeads>> {
-        let ModelConfig::Bert(c) = config else {
-            return Err(does_not_fit("mlm", config));
-        };
-        c.architecture = Some("BertForMaskedLM".into());
-        Ok(Some(BertHeads {
-            pooler: false,
-            mlm: true,
-            classifier: false,
-            nsp: false,
-        }))
+        bert_heads(
+            config,
+            "mlm",
+            "BertForMaskedLM",
+            BertHeads {
+                pooler: false,
+                mlm: true,
+                classifier: false,
+                nsp: false,
+            },
+        )
     }
 
     fn build<'m>(self: Box<Self>, model: &'m Model, s: &Setup) -> Result<Built<'m>> {

@@ -8,7 +8,7 @@ use candle_core::{Device, Tensor};
 use rand::{rngs::StdRng, seq::SliceRandom, SeedableRng};
 
 use super::mlm::mlm_loss;
-use super::{does_not_fit, Built, Eval, Objective, Setup, Task};
+use super::{bert_heads, does_not_fit, Built, Eval, Objective, Setup, Task};
 use crate::data::nsp::{draw_pairs, split_sentences, NspBatch, NspBatches, IS_NEXT};
 use crate::data::read_documents;
 use crate::error::{Result, WickError};
@@ -25,16 +25,17 @@ impl Objective for MlmNsp {
         _cfg: &TrainConfig,
         _data: &Path,
     ) -> Result<Option<BertHeads>> {
-        let ModelConfig::Bert(c) = config else {
-            return Err(does_not_fit("mlm+nsp", config));
-        };
-        c.architecture = Some("BertForPreTraining".into());
-        Ok(Some(BertHeads {
-            pooler: true,
-            mlm: true,
-            classifier: false,
-            nsp: true,
-        }))
+        bert_heads(
+            config,
+            "mlm+nsp",
+            "BertForPreTraining",
+            BertHeads {
+                pooler: true,
+                mlm: true,
+                classifier: false,
+                nsp: true,
+            },
+        )
     }
 
     fn build<'m>(self: Box<Self>, model: &'m Model, s: &Setup) -> Result<Built<'m>> {

@@ -134,6 +134,21 @@ fn does_not_fit(name: &str, config: &ModelConfig) -> WickError {
     ))
 }
 
+/// The `prepare` of a BERT objective that only names its heads: the model must be BERT,
+/// and it is saved as `architecture` (a transformers class name).
+fn bert_heads(
+    config: &mut ModelConfig,
+    name: &str,
+    architecture: &str,
+    heads: BertHeads,
+) -> Result<Option<BertHeads>> {
+    let ModelConfig::Bert(c) = config else {
+        return Err(does_not_fit(name, config));
+    };
+    c.architecture = Some(architecture.into());
+    Ok(Some(heads))
+}
+
 /// A held-out share of `n` items.
 fn held_out(n: usize, cfg: &TrainConfig) -> usize {
     ((n as f64) * cfg.val_fraction) as usize
