@@ -1,9 +1,7 @@
-use std::path::PathBuf;
-
 use anyhow::Result;
 use serde_json::json;
 
-use super::{as_bert, emit, gather_texts, BatchArgs, ModelArgs};
+use super::{as_bert, emit, BatchArgs, ModelArgs, TextArgs};
 use crate::checkpoint::LoadOptions;
 use crate::tasks::classify::classify;
 
@@ -11,19 +9,15 @@ use crate::tasks::classify::classify;
 pub struct Args {
     #[command(flatten)]
     model: ModelArgs,
-    /// A text to classify (repeatable).
-    #[arg(long)]
-    text: Vec<String>,
-    /// One text per line.
-    #[arg(long)]
-    file: Option<PathBuf>,
+    #[command(flatten)]
+    input: TextArgs,
     #[command(flatten)]
     batch: BatchArgs,
 }
 
 pub fn run(args: Args) -> Result<()> {
     args.batch.check()?;
-    let texts = gather_texts(&args.text, args.file.as_deref())?;
+    let texts = args.input.texts()?;
     let p = args.model.load(LoadOptions::default())?;
     let model = as_bert(&p, "classify")?;
     if !model.has_classifier() {

@@ -3,7 +3,7 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use serde_json::json;
 
-use super::{as_bert, emit, gather_texts, BatchArgs, ModelArgs};
+use super::{as_bert, emit, BatchArgs, ModelArgs, TextArgs};
 use crate::checkpoint::LoadOptions;
 use crate::files::atomic_write;
 use crate::tasks::embed::{embed, Pooling};
@@ -12,12 +12,8 @@ use crate::tasks::embed::{embed, Pooling};
 pub struct Args {
     #[command(flatten)]
     model: ModelArgs,
-    /// A text to embed (repeatable).
-    #[arg(long)]
-    text: Vec<String>,
-    /// One text per line.
-    #[arg(long)]
-    file: Option<PathBuf>,
+    #[command(flatten)]
+    input: TextArgs,
     /// mean: average of the token states (sentence-transformers); cls: the [CLS] state.
     #[arg(long, value_enum, default_value = "mean")]
     pooling: Pooling,
@@ -50,7 +46,7 @@ pub fn run(args: Args) -> Result<()> {
             ),
         },
     };
-    let texts = gather_texts(&args.text, args.file.as_deref())?;
+    let texts = args.input.texts()?;
     let p = args.model.load(LoadOptions::default())?;
     let model = as_bert(&p, "embed")?;
     let (tok, device) = (p.tokenizer()?, args.model.device()?);

@@ -5,11 +5,9 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use serde_json::json;
 
-use super::{as_gpt2, emit, gather_texts, ModelArgs};
+use super::{as_gpt2, emit, gather_texts, BeamArgs, ModelArgs};
 use crate::checkpoint::LoadOptions;
-use crate::generation::{
-    generate, EarlyStopping, Flow, GenerateOptions, ProcessorConfig, TextStream,
-};
+use crate::generation::{generate, Flow, GenerateOptions, ProcessorConfig, TextStream};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Truncate {
@@ -68,14 +66,8 @@ pub struct Args {
     /// Continuations per prompt.
     #[arg(long, default_value_t = 1)]
     num_return_sequences: usize,
-    /// Beam search with this many beams (1 = greedy or sampling).
-    #[arg(long, default_value_t = 1)]
-    num_beams: usize,
-    /// Beam scores are divided by length^length_penalty (>0 favours longer outputs).
-    #[arg(long, default_value_t = 1.0, allow_negative_numbers = true)]
-    length_penalty: f64,
-    #[arg(long, value_enum, default_value_t = EarlyStopping::False)]
-    early_stopping: EarlyStopping,
+    #[command(flatten)]
+    beams: BeamArgs,
     /// Seed for sampling (default: from the clock).
     #[arg(long)]
     seed: Option<u64>,
@@ -94,7 +86,7 @@ pub fn run(args: Args) -> Result<()> {
     let processors = ProcessorConfig {
         temperature: args
             .temperature
-            .unwrap_or(if args.num_beams > 1 { 0.0 } else { 0.8 }),
+            .unwrap_or(if args.beams.num_beams > 1 { 0.0 } else { 0.8 }),
         top_k: args.top_k,
         top_p: args.top_p,
         min_p: args.min_p,
@@ -107,7 +99,7 @@ pub fn run(args: Args) -> Result<()> {
         eos_token_ids: vec![],
     };
     processors.validate().map_err(anyhow::Error::msg)?;
-    if args.num_beams == 0 || args.num_return_sequences == 0 {
+    if args.beams.num_beams == 0 || args.num_return_sequences == 0 {
         anyhow::bail!("--num-beams and --num-return-sequences must be at least 1");
     }
     let prompts = gather_texts(&args.prompt, args.prompts_file.as_deref())
@@ -143,16 +135,16 @@ pub fn run(args: Args) -> Result<()> {
                 .unwrap_or(0)
         }),
         num_return_sequences: args.num_return_sequences,
-        num_beams: args.num_beams,
-        length_penalty: args.length_penalty,
-        early_stopping: args.early_stopping,
+        num_beams: args.beams.num_beams,
+        length_penalty: args.beams.length_penalty,
+        early_stopping: args.beams.early_stopping,
         pad_token_id: eos.first().copied().unwrap_or(0),
         slide: args.slide,
     };
 
     let rows = prompt_ids.len() * args.num_return_sequences;
     // Stream to stdout only when there is one continuation to show as it grows.
-    let stream = !args.model.json && rows == 1 && args.num_beams == 1;
+    let stream = !args.model.json && rows == 1 && args.beams.num_beams == 1;
     let mut streams: Vec<TextStream> = (0..rows)
         .map(|_| TextStream::new(tok, &args.stop))
         .collect();
@@ -184,7 +176,7 @@ pub fn run(args: Args) -> Result<()> {
     for (pi, gens) in generations.iter().enumerate() {
         for (si, g) in gens.iter().enumerate() {
             let row = pi * args.num_return_sequences + si;
-            let text = if args.num_beams > 1 {
+            let text = if args.beams.num_beams > 1 {
                 let mut s = TextStream::new(tok, &args.stop);
                 for &id in &g.ids {
                     if s.push(id)?.1 == Flow::Stop {

@@ -129,6 +129,36 @@ pub(crate) fn gather_texts(
     Ok(all)
 }
 
+/// The texts a task reads: repeated `--text` flags and/or a `--file`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct TextArgs {
+    /// A text (repeatable).
+    #[arg(long)]
+    text: Vec<String>,
+    /// One text per line.
+    #[arg(long)]
+    file: Option<std::path::PathBuf>,
+}
+
+impl TextArgs {
+    pub fn texts(&self) -> Result<Vec<String>> {
+        gather_texts(&self.text, self.file.as_deref())
+    }
+}
+
+/// Beam search, for every command that decodes.
+#[derive(clap::Args, Debug, Clone)]
+pub struct BeamArgs {
+    /// Beam search with this many beams (1 = greedy, or sampling where the command samples).
+    #[arg(long, default_value_t = 1)]
+    pub num_beams: usize,
+    /// Beam scores are divided by length^length_penalty (>0 favours longer outputs).
+    #[arg(long, default_value_t = 1.0, allow_negative_numbers = true)]
+    pub length_penalty: f64,
+    #[arg(long, value_enum, default_value_t = crate::generation::EarlyStopping::False)]
+    pub early_stopping: crate::generation::EarlyStopping,
+}
+
 /// Batching of many input texts (BERT tasks).
 #[derive(clap::Args, Debug, Clone)]
 pub struct BatchArgs {

@@ -1,11 +1,9 @@
-use std::path::PathBuf;
-
 use anyhow::{Context, Result};
 use serde_json::json;
 
-use super::{emit, gather_texts, ModelArgs};
+use super::{emit, BeamArgs, ModelArgs, TextArgs};
 use crate::checkpoint::LoadOptions;
-use crate::generation::{EarlyStopping, GenerateOptions};
+use crate::generation::GenerateOptions;
 use crate::models::Model;
 use crate::tasks::translate::translate;
 
@@ -13,20 +11,10 @@ use crate::tasks::translate::translate;
 pub struct Args {
     #[command(flatten)]
     model: ModelArgs,
-    /// A sentence to translate (repeatable).
-    #[arg(long)]
-    text: Vec<String>,
-    /// One sentence per line.
-    #[arg(long)]
-    file: Option<PathBuf>,
-    /// Beam search with this many beams (1 = greedy).
-    #[arg(long, default_value_t = 1)]
-    num_beams: usize,
-    /// Beam scores are divided by length^length_penalty.
-    #[arg(long, default_value_t = 1.0, allow_negative_numbers = true)]
-    length_penalty: f64,
-    #[arg(long, value_enum, default_value_t = EarlyStopping::False)]
-    early_stopping: EarlyStopping,
+    #[command(flatten)]
+    input: TextArgs,
+    #[command(flatten)]
+    beams: BeamArgs,
     /// Longest output, in tokens.
     #[arg(long, default_value_t = 64)]
     max_new_tokens: usize,
@@ -36,10 +24,10 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> Result<()> {
-    if args.num_beams == 0 || args.batch_size == 0 {
+    if args.beams.num_beams == 0 || args.batch_size == 0 {
         anyhow::bail!("--num-beams and --batch-size must be at least 1");
     }
-    let texts = gather_texts(&args.text, args.file.as_deref())?;
+    let texts = args.input.texts()?;
     let p = args.model.load(LoadOptions::default())?;
     let Model::Seq2Seq(model) = &p.model else {
         anyhow::bail!(
@@ -51,9 +39,9 @@ pub fn run(args: Args) -> Result<()> {
     let (tok, device) = (p.tokenizer()?, args.model.device()?);
     let opts = GenerateOptions {
         max_new_tokens: args.max_new_tokens,
-        num_beams: args.num_beams,
-        length_penalty: args.length_penalty,
-        early_stopping: args.early_stopping,
+        num_beams: args.beams.num_beams,
+        length_penalty: args.beams.length_penalty,
+        early_stopping: args.beams.early_stopping,
         ..Default::default()
     };
     let batch = super::BatchArgs {

@@ -134,6 +134,8 @@ simd_fn! {
         let mut rows = w.chunks_exact(n).zip(x);
         while rows.len() >= 8 {
             let r: [(&[f32], &f32); 8] = std::array::from_fn(|_| rows.next().unwrap());
+            // j walks eight weight rows and acc in lockstep: one index, nine slices.
+            #[allow(clippy::needless_range_loop)]
             for j in 0..n {
                 acc[j] += (r[0].1 * r[0].0[j] + r[1].1 * r[1].0[j] + r[2].1 * r[2].0[j] + r[3].1 * r[3].0[j])
                     + (r[4].1 * r[4].0[j] + r[5].1 * r[5].0[j] + r[6].1 * r[6].0[j] + r[7].1 * r[7].0[j]);
