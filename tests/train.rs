@@ -219,10 +219,17 @@ fn bad_input_is_refused_and_nothing_is_overwritten() {
         std::fs::read(fixture("tiny-gpt2/config.json")).unwrap()
     );
     assert!(!other.join("model.safetensors").exists());
-    // --resume with nothing to resume.
+    // --resume with nothing to resume, or only a trainer state and no checkpoint-*.
     fails(
         &["--resume", "--out", s.p("nothing").to_str().unwrap()],
         "no checkpoint",
+    );
+    let state_only = s.p("state-only");
+    std::fs::create_dir_all(&state_only).unwrap();
+    std::fs::write(state_only.join("trainer_state.json"), "{}").unwrap();
+    fails(
+        &["--resume", "--out", state_only.to_str().unwrap()],
+        "no checkpoint-* folder",
     );
 }
 

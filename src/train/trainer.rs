@@ -432,7 +432,15 @@ fn plan(req: &TrainRequest) -> Result<Plan> {
     };
     let resume = if req.resume {
         check_out_dir(&out, true)?;
-        checkpoints::latest(&out).map(|(_, dir)| dir)
+        // A folder can hold a run's trainer_state.json (a published model) and no
+        // checkpoint-* to resume from.
+        let latest = checkpoints::latest(&out).map(|(_, dir)| dir);
+        Some(latest.ok_or_else(|| {
+            WickError::Unsupported(format!(
+                "--resume: {} holds no checkpoint-* folder to resume",
+                out.display()
+            ))
+        })?)
     } else {
         None
     };
