@@ -1,11 +1,10 @@
 //! The training loop. Built around the one model definition: the model being trained is
 //! the same `Model` that `wick generate` and `wick score` load.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
-
-use std::collections::HashMap;
 
 use candle_core::{DType, Device, Tensor, Var};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -138,12 +137,10 @@ pub fn train(req: TrainRequest) -> Result<TrainSummary> {
     let device = req.device.clone();
     // 1. Where the model, settings, data and output come from.
     let Plan {
-        source,
+        start,
         out,
-        resume,
         cfg,
         data,
-        state,
     } = plan(&req)?;
     if cfg.objective == Objective::Clm && device.is_cpu() {
         // Before any tensor work: the batch runs as shards side by side (objectives/clm.rs).
@@ -152,8 +149,7 @@ pub fn train(req: TrainRequest) -> Result<TrainSummary> {
 
     // 2. Tokenizer and model config; the objective checks the model fits and names its
     //    heads (classification reads its labels from the data first: they size the head).
-    let (tokenizer, model_json, weights_dir) =
-        tokenizer_and_config(&req, &cfg, &data, resume.as_ref(), source)?;
+    let (tokenizer, model_json, weights_dir) = tokenizer_and_config(&req, &cfg, &data, &start)?;
     let mut model_config = ModelConfig::from_value(&model_json, Path::new(&req.model))?;
     if let Some(p) = cfg.dropout {
         model_config.set_dropout(p);
@@ -163,7 +159,8 @@ pub fn train(req: TrainRequest) -> Result<TrainSummary> {
     check_fits(&model_config, &tokenizer, &cfg)?;
 
     // 3. Weights and the optimizer, resumed when resuming.
-    let weights = weight_source(weights_dir.as_deref(), resume.is_some(), cfg.seed)?;
+    let resuming = matches!(start, Start::Resume { .. });
+    let weights = weight_source(weights_dir.as_deref(), resuming, cfg.seed)?;
     let model = Model::build(
         &model_config,
         heads,
@@ -189,10 +186,15 @@ pub fn train(req: TrainRequest) -> Result<TrainSummary> {
         cfg.decay_embeddings,
     )?;
     let (mut start_step, mut best_val) = (0, None);
-    if let (Some((st, opt_tensors)), Some(dir)) = (state, &resume) {
-        opt.load_state(opt_tensors, st.step as u64)?;
-        start_step = st.step;
-        best_val = st.best_val_loss;
+    if let Start::Resume {
+        dir,
+        state,
+        moments,
+    } = start
+    {
+        opt.load_state(moments, state.step as u64)?;
+        start_step = state.step;
+        best_val = state.best_val_loss;
         eprintln!("resuming {} from step {start_step}", dir.display());
     }
 
@@ -292,11 +294,10 @@ fn tokenizer_and_config(
     req: &TrainRequest,
     cfg: &TrainConfig,
     data: &Path,
-    resume: Option<&PathBuf>,
-    source: Option<Source>,
+    start: &Start,
 ) -> Result<(Tokenizer, Value, Option<PathBuf>)> {
-    Ok(match (resume, source) {
-        (Some(dir), _) => {
+    Ok(match start {
+        Start::Resume { dir, .. } => {
             let c: Value = serde_json::from_str(
                 &std::fs::read_to_string(dir.join("config.json"))
                     .map_err(|e| WickError::io(dir, e))?,
@@ -304,17 +305,14 @@ fn tokenizer_and_config(
             .map_err(|e| WickError::config(dir.join("config.json"), e.to_string()))?;
             (Tokenizer::from_dir(dir)?, c, Some(dir.clone()))
         }
-        (
-            None,
-            Some(Source::Scratch {
-                config, tokenizer, ..
-            }),
-        ) => {
-            let kind = req.tokenizer.clone().or(tokenizer).ok_or_else(|| {
+        Start::New(Source::Scratch {
+            config, tokenizer, ..
+        }) => {
+            let kind = req.tokenizer.clone().or(tokenizer.clone()).ok_or_else(|| {
                 WickError::Unsupported("training from a config needs a tokenizer: --tokenizer char or a tokenizer.json".into())
             })?;
-            let tok = learn_tokenizer(&kind, &config, data, cfg)?;
-            let mut config = config;
+            let tok = learn_tokenizer(&kind, config, data, cfg)?;
+            let mut config = config.clone();
             if let Some(obj) = config.as_object_mut() {
                 if obj.get("vocab_size").and_then(|v| v.as_u64()).unwrap_or(0) == 0 {
                     obj.insert("vocab_size".into(), tok.vocab_size().into());
@@ -326,7 +324,7 @@ fn tokenizer_and_config(
             }
             (tok, config, None)
         }
-        (None, Some(Source::Checkpoint { dir })) => {
+        Start::New(Source::Checkpoint { dir }) => {
             let p = dir.join("config.json");
             let c: Value = serde_json::from_str(
                 &std::fs::read_to_string(&p).map_err(|e| WickError::io(&p, e))?,
@@ -334,11 +332,10 @@ fn tokenizer_and_config(
             .map_err(|e| WickError::config(&p, e.to_string()))?;
             let tok = match &req.tokenizer {
                 Some(t) => Tokenizer::from_file(Path::new(t))?,
-                None => Tokenizer::from_dir(&dir)?,
+                None => Tokenizer::from_dir(dir)?,
             };
-            (tok, c, Some(dir))
+            (tok, c, Some(dir.clone()))
         }
-        (None, None) => unreachable!("source is resolved when not resuming"),
     })
 }
 
@@ -399,15 +396,24 @@ fn weight_source(weights_dir: Option<&Path>, resuming: bool, seed: u64) -> Resul
 
 /// What phase 1 resolves: where the model, settings, data and output come from.
 struct Plan {
-    /// `None` when resuming: the run's own checkpoint is the source.
-    source: Option<Source>,
+    start: Start,
     out: PathBuf,
-    /// The run's latest checkpoint, when resuming.
-    resume: Option<PathBuf>,
     cfg: TrainConfig,
     data: PathBuf,
-    /// That checkpoint's trainer state and optimizer moments.
-    state: Option<(TrainerState, HashMap<String, Tensor>)>,
+}
+
+/// Where a run starts from. One per run, so the variants' size difference is not worth
+/// a Box.
+#[allow(clippy::large_enum_variant)]
+enum Start {
+    /// The run's latest checkpoint, with its trainer state and optimizer moments.
+    Resume {
+        dir: PathBuf,
+        state: TrainerState,
+        moments: HashMap<String, Tensor>,
+    },
+    /// A preset, a config or a checkpoint to fine-tune.
+    New(Source),
 }
 
 /// Resolves the request. The settings and flags are checked before the output folder
@@ -430,53 +436,58 @@ fn plan(req: &TrainRequest) -> Result<Plan> {
                 .unwrap_or_else(|| "model".into()),
         ),
     };
-    let resume = if req.resume {
-        check_out_dir(&out, true)?;
-        // A folder can hold a run's trainer_state.json (a published model) and no
-        // checkpoint-* to resume from.
-        let latest = checkpoints::latest(&out).map(|(_, dir)| dir);
-        Some(latest.ok_or_else(|| {
-            WickError::Unsupported(format!(
-                "--resume: {} holds no checkpoint-* folder to resume",
-                out.display()
-            ))
-        })?)
-    } else {
-        None
-    };
     let flags = "command-line flags";
-    let (cfg, data, state) = match (&resume, &source) {
-        (Some(dir), _) => {
-            let (state, opt) = checkpoints::load_state(dir)?;
+    let (start, cfg, data) = match source {
+        None => {
+            check_out_dir(&out, true)?;
+            // A folder can hold a run's trainer_state.json (a published model) and no
+            // checkpoint-* to resume from.
+            let dir = checkpoints::latest(&out)
+                .map(|(_, dir)| dir)
+                .ok_or_else(|| {
+                    WickError::Unsupported(format!(
+                        "--resume: {} holds no checkpoint-* folder to resume",
+                        out.display()
+                    ))
+                })?;
+            let (state, moments) = checkpoints::load_state(&dir)?;
             let cfg = merge(&state.train_config, &req.overrides, flags)?;
             let data = req.data.clone().or_else(|| Some(state.data.clone()));
-            (cfg, data, Some((state, opt)))
+            let start = Start::Resume {
+                dir,
+                state,
+                moments,
+            };
+            (start, cfg, data)
         }
-        (None, Some(Source::Scratch { train, data, .. })) => {
-            let base = merge(&TrainConfig::default(), train, &req.model)?;
-            let cfg = merge(&base, &req.overrides, flags)?;
-            (cfg, req.data.clone().or(data.clone()), None)
-        }
-        (None, _) => {
-            let cfg = merge(&TrainConfig::default(), &req.overrides, flags)?;
-            (cfg, req.data.clone(), None)
+        Some(source) => {
+            let (cfg, data) = match &source {
+                Source::Scratch { train, data, .. } => {
+                    let base = merge(&TrainConfig::default(), train, &req.model)?;
+                    let cfg = merge(&base, &req.overrides, flags)?;
+                    (cfg, req.data.clone().or(data.clone()))
+                }
+                Source::Checkpoint { .. } => {
+                    let cfg = merge(&TrainConfig::default(), &req.overrides, flags)?;
+                    (cfg, req.data.clone())
+                }
+            };
+            (Start::New(source), cfg, data)
         }
     };
     cfg.validate()?;
     let data = data.ok_or_else(|| {
         WickError::Unsupported("no training data: pass --data FILE_OR_DIR".into())
     })?;
-    if !req.resume {
+    if let Start::New(_) = start {
         check_out_dir(&out, false)?;
     }
     std::fs::create_dir_all(&out).map_err(|e| WickError::io(&out, e))?;
     Ok(Plan {
-        source,
+        start,
         out,
-        resume,
         cfg,
         data,
-        state,
     })
 }
 
