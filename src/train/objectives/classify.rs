@@ -73,7 +73,7 @@ impl Objective for Classify {
                 .map(|p| format!(" from {}", p.display()))
                 .unwrap_or_default()
         );
-        let steps_per_epoch = examples.len() as f64 / (cfg.batch_size * cfg.grad_accum) as f64;
+        let steps_per_epoch = super::steps_per_epoch(examples.len(), cfg);
         let batches = |ex: &[Example], shuffle| {
             ClassifyBatches::new(
                 ex,

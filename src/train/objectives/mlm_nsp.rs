@@ -84,7 +84,7 @@ impl Objective for MlmNsp {
             val_pairs.len(),
             val_docs.len()
         );
-        let steps_per_epoch = pairs.len() as f64 / (cfg.batch_size * cfg.grad_accum) as f64;
+        let steps_per_epoch = super::steps_per_epoch(pairs.len(), cfg);
         let batches = |p, shuffle, seed| {
             NspBatches::new(
                 p,

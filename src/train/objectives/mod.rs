@@ -149,6 +149,11 @@ fn bert_heads(
     Ok(Some(heads))
 }
 
+/// Optimizer steps one epoch of `n` examples takes.
+fn steps_per_epoch(n: usize, cfg: &TrainConfig) -> f64 {
+    n as f64 / (cfg.batch_size * cfg.grad_accum) as f64
+}
+
 /// A held-out share of `n` items.
 fn held_out(n: usize, cfg: &TrainConfig) -> usize {
     ((n as f64) * cfg.val_fraction) as usize

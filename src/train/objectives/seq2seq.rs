@@ -79,7 +79,7 @@ impl Objective for Seq2Seq {
         Ok(Built {
             task: Box::new(task),
             data_line,
-            steps_per_epoch: n_train as f64 / (cfg.batch_size * cfg.grad_accum) as f64,
+            steps_per_epoch: super::steps_per_epoch(n_train, cfg),
         })
     }
 }
