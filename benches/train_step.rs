@@ -11,7 +11,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use candle_core::{DType, Device, Tensor};
 use wick::checkpoint::WeightSource;
 use wick::models::{Model, ModelConfig};
-use wick::train::loss::lm_loss;
+use wick::nn::loss::lm_loss;
 use wick::train::optim::{AdamW, AdamWConfig};
 use wick::train::shards::loss_and_grads;
 use wick::train::Preset;

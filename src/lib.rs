@@ -11,6 +11,7 @@ pub mod cli;
 pub mod data;
 pub mod device;
 pub mod error;
+pub mod eval;
 pub mod files;
 pub mod generation;
 pub mod labels;

@@ -61,7 +61,7 @@ pub fn run(args: Args) -> Result<()> {
         .unwrap_or(p.config.max_positions())
         .min(p.config.max_positions());
     let n = ids.len();
-    let loss = crate::train::evaluate::lm_loss_over(
+    let loss = crate::eval::lm_loss_over(
         model,
         Arc::new(TokenBuffer::Owned(ids)),
         0,
@@ -109,7 +109,7 @@ fn eval_classifier(args: &Args, p: &Pretrained) -> Result<()> {
         false,
         pad,
     )?;
-    let s = crate::train::evaluate::classify_over(model, &mut batches, &args.model.device()?)
+    let s = crate::eval::classify_over(model, &mut batches, &args.model.device()?)
         .with_context(data)?;
     emit(args.model.json, &s, || {
         format!(
@@ -139,8 +139,7 @@ fn eval_translator(args: &Args, p: &Pretrained, model: &crate::models::Seq2Seq) 
         c.pad_token_id,
         c.bos_token_id,
     );
-    let loss = crate::train::evaluate::seq2seq_loss_over(model, &mut batches, &device)
-        .with_context(data)?;
+    let loss = crate::eval::seq2seq_loss_over(model, &mut batches, &device).with_context(data)?;
     let opts = crate::generation::GenerateOptions {
         max_new_tokens: 64,
         num_beams: args.num_beams.max(1),

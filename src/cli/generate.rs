@@ -7,7 +7,7 @@ use serde_json::json;
 
 use super::{as_gpt2, emit, gather_texts, BeamArgs, ModelArgs};
 use crate::checkpoint::LoadOptions;
-use crate::generation::{generate, Flow, GenerateOptions, ProcessorConfig, TextStream};
+use crate::generation::{generate, Flow, GenerateOptions, Generation, ProcessorConfig, TextStream};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Truncate {
@@ -34,28 +34,28 @@ pub struct Args {
     min_new_tokens: usize,
     /// 0 is greedy decoding; above 0, sampling from softmax(logits / temperature).
     /// Default: 0.8, or 0 with --num-beams (beam search does not sample).
-    #[arg(long)]
+    #[arg(long, value_parser = super::finite_f64)]
     temperature: Option<f64>,
     /// Sample only among the k most probable tokens.
     #[arg(long)]
     top_k: Option<usize>,
     /// Sample from the smallest set of tokens whose probability reaches p (nucleus).
-    #[arg(long)]
+    #[arg(long, value_parser = super::finite_f64)]
     top_p: Option<f64>,
     /// Drop tokens less probable than min_p times the most probable one.
-    #[arg(long)]
+    #[arg(long, value_parser = super::finite_f64)]
     min_p: Option<f64>,
     /// Locally typical sampling with mass p.
-    #[arg(long)]
+    #[arg(long, value_parser = super::finite_f64)]
     typical_p: Option<f64>,
     /// transformers' repetition penalty: >1 discourages any token already present.
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(long, value_parser = super::finite_f32, default_value_t = 1.0)]
     repetition_penalty: f32,
     /// Subtracted from a logit once per earlier occurrence in the generated text.
-    #[arg(long, default_value_t = 0.0, allow_negative_numbers = true)]
+    #[arg(long, value_parser = super::finite_f32, default_value_t = 0.0, allow_negative_numbers = true)]
     frequency_penalty: f32,
     /// Subtracted from a logit once if the token was generated before.
-    #[arg(long, default_value_t = 0.0, allow_negative_numbers = true)]
+    #[arg(long, value_parser = super::finite_f32, default_value_t = 0.0, allow_negative_numbers = true)]
     presence_penalty: f32,
     /// No n-gram of this size occurs twice.
     #[arg(long, default_value_t = 0)]
@@ -83,27 +83,12 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> Result<()> {
-    let processors = ProcessorConfig {
-        temperature: args
-            .temperature
-            .unwrap_or(if args.beams.num_beams > 1 { 0.0 } else { 0.8 }),
-        top_k: args.top_k,
-        top_p: args.top_p,
-        min_p: args.min_p,
-        typical_p: args.typical_p,
-        repetition_penalty: args.repetition_penalty,
-        frequency_penalty: args.frequency_penalty,
-        presence_penalty: args.presence_penalty,
-        no_repeat_ngram_size: args.no_repeat_ngram_size,
-        min_new_tokens: args.min_new_tokens,
-        eos_token_ids: vec![],
-    };
-    processors.validate().map_err(anyhow::Error::msg)?;
-    if args.beams.num_beams == 0 || args.num_return_sequences == 0 {
-        anyhow::bail!("--num-beams and --num-return-sequences must be at least 1");
-    }
-    let prompts = gather_texts(&args.prompt, args.prompts_file.as_deref())
-        .context("no prompt: give --prompt or --prompts-file")?;
+    let processors = processors(&args)?;
+    let prompts = gather_texts(
+        &args.prompt,
+        args.prompts_file.as_deref(),
+        ("--prompt", "--prompts-file"),
+    )?;
     let p = args.model.load(LoadOptions::default())?;
     let model = as_gpt2(&p, "generate")?;
     let tok = p.tokenizer()?;
@@ -191,63 +176,106 @@ pub fn run(args: Args) -> Result<()> {
                 }
                 streams[row].text().to_string()
             };
-            results.push((pi, g, text));
+            results.push(Continuation {
+                prompt: pi,
+                generation: g,
+                text,
+            });
         }
     }
     if args.model.json {
-        let (_, first, first_text) = &results[0];
-        let all: Vec<_> = results
-            .iter()
-            .map(|(pi, g, text)| {
-                json!({"prompt_index": pi, "prompt_ids": prompt_ids[*pi], "token_ids": g.ids,
-                       "text": text, "score": g.score})
-            })
-            .collect();
-        emit(
-            true,
-            &json!({"prompt_ids": prompt_ids[0], "token_ids": first.ids, "text": first_text,
-                    "generations": all}),
-            String::new,
-        )?;
+        print_json(&results, &prompt_ids)?;
     } else if !stream {
-        for (pi, g, text) in &results {
-            match g.score {
-                Some(s) => println!("[prompt {} · score {s:.4}]", pi + 1),
-                None => println!("[prompt {}]", pi + 1),
+        for r in &results {
+            match r.generation.score {
+                Some(s) => println!("[prompt {} · score {s:.4}]", r.prompt + 1),
+                None => println!("[prompt {}]", r.prompt + 1),
             }
-            println!("{}{}\n", prompts[*pi], text);
+            println!("{}{}\n", prompts[r.prompt], r.text);
         }
     }
     if !args.quiet {
-        let new_tokens: usize = results.iter().map(|(_, g, _)| g.ids.len()).sum();
-        let steps = results
-            .iter()
-            .map(|(_, g, _)| g.ids.len())
-            .max()
-            .unwrap_or(0);
-        match first_token {
-            // Streamed strategies: decode speed after the first token.
-            Some(ttft) => {
-                let decode = elapsed.saturating_sub(ttft).as_secs_f64();
-                let rate = if steps > 1 && decode > 0.0 {
-                    (steps - 1) as f64 / decode
-                } else {
-                    0.0
-                };
-                eprintln!(
-                    "[{new_tokens} new tokens in {:.2} s, time to first token {:.0} ms, \
-                     {rate:.1} tokens/s per sequence]",
-                    elapsed.as_secs_f64(),
-                    ttft.as_secs_f64() * 1e3,
-                );
-            }
-            // Beam search: only the whole search has a meaningful time.
-            None => eprintln!(
-                "[{new_tokens} new tokens in {:.2} s, {:.1} steps/s]",
-                elapsed.as_secs_f64(),
-                steps as f64 / elapsed.as_secs_f64().max(1e-9),
-            ),
-        }
+        report_speed(&results, elapsed, first_token);
     }
     Ok(())
+}
+
+/// One continuation: which prompt it continues, its ids and score, its text.
+struct Continuation<'a> {
+    prompt: usize,
+    generation: &'a Generation,
+    text: String,
+}
+
+/// The logits processors the flags ask for, checked.
+fn processors(args: &Args) -> Result<ProcessorConfig> {
+    let processors = ProcessorConfig {
+        temperature: args
+            .temperature
+            .unwrap_or(if args.beams.num_beams > 1 { 0.0 } else { 0.8 }),
+        top_k: args.top_k,
+        top_p: args.top_p,
+        min_p: args.min_p,
+        typical_p: args.typical_p,
+        repetition_penalty: args.repetition_penalty,
+        frequency_penalty: args.frequency_penalty,
+        presence_penalty: args.presence_penalty,
+        no_repeat_ngram_size: args.no_repeat_ngram_size,
+        min_new_tokens: args.min_new_tokens,
+        eos_token_ids: vec![],
+    };
+    processors.validate().map_err(anyhow::Error::msg)?;
+    if args.beams.num_beams == 0 || args.num_return_sequences == 0 {
+        anyhow::bail!("--num-beams and --num-return-sequences must be at least 1");
+    }
+    Ok(processors)
+}
+
+/// `--json`: the first continuation at the top level (as before several were possible),
+/// and every continuation under `generations`.
+fn print_json(results: &[Continuation], prompt_ids: &[Vec<u32>]) -> Result<()> {
+    let first = &results[0];
+    let all: Vec<_> = results
+        .iter()
+        .map(|r| {
+            json!({"prompt_index": r.prompt, "prompt_ids": prompt_ids[r.prompt],
+                   "token_ids": r.generation.ids, "text": r.text, "score": r.generation.score})
+        })
+        .collect();
+    emit(
+        true,
+        &json!({"prompt_ids": prompt_ids[0], "token_ids": first.generation.ids,
+                "text": first.text, "generations": all}),
+        String::new,
+    )
+}
+
+/// The speed report on stderr.
+fn report_speed(results: &[Continuation], elapsed: Duration, first_token: Option<Duration>) {
+    let lengths = results.iter().map(|r| r.generation.ids.len());
+    let new_tokens: usize = lengths.clone().sum();
+    let steps = lengths.max().unwrap_or(0);
+    match first_token {
+        // Streamed strategies: decode speed after the first token.
+        Some(ttft) => {
+            let decode = elapsed.saturating_sub(ttft).as_secs_f64();
+            let rate = if steps > 1 && decode > 0.0 {
+                (steps - 1) as f64 / decode
+            } else {
+                0.0
+            };
+            eprintln!(
+                "[{new_tokens} new tokens in {:.2} s, time to first token {:.0} ms, \
+                 {rate:.1} tokens/s per sequence]",
+                elapsed.as_secs_f64(),
+                ttft.as_secs_f64() * 1e3,
+            );
+        }
+        // Beam search: only the whole search has a meaningful time.
+        None => eprintln!(
+            "[{new_tokens} new tokens in {:.2} s, {:.1} steps/s]",
+            elapsed.as_secs_f64(),
+            steps as f64 / elapsed.as_secs_f64().max(1e-9),
+        ),
+    }
 }

@@ -111,11 +111,12 @@ pub(crate) fn as_bert<'a>(p: &'a Pretrained, cmd: &str) -> Result<&'a Bert> {
 pub(crate) fn gather_texts(
     texts: &[String],
     file: Option<&std::path::Path>,
+    (text_flag, file_flag): (&str, &str),
 ) -> Result<Vec<String>> {
     let mut all = texts.to_vec();
     if let Some(f) = file {
         let content =
-            std::fs::read_to_string(f).with_context(|| format!("--file {}", f.display()))?;
+            std::fs::read_to_string(f).with_context(|| format!("{file_flag} {}", f.display()))?;
         all.extend(
             content
                 .lines()
@@ -124,7 +125,7 @@ pub(crate) fn gather_texts(
         );
     }
     if all.is_empty() {
-        anyhow::bail!("no input: give --text or --file");
+        anyhow::bail!("no input: give {text_flag} or {file_flag}");
     }
     Ok(all)
 }
@@ -142,7 +143,28 @@ pub struct TextArgs {
 
 impl TextArgs {
     pub fn texts(&self) -> Result<Vec<String>> {
-        gather_texts(&self.text, self.file.as_deref())
+        gather_texts(&self.text, self.file.as_deref(), ("--text", "--file"))
+    }
+}
+
+/// A float flag's parser that refuses NaN and ±inf, which every float flag would
+/// otherwise carry silently into scores and updates.
+pub(crate) fn finite_f64(s: &str) -> std::result::Result<f64, String> {
+    let v: f64 = s.parse().map_err(|e| format!("{e}"))?;
+    if v.is_finite() {
+        Ok(v)
+    } else {
+        Err(format!("{s} is not a finite number"))
+    }
+}
+
+/// [`finite_f64`] for f32 flags (out of f32's range is not finite either).
+pub(crate) fn finite_f32(s: &str) -> std::result::Result<f32, String> {
+    let v = finite_f64(s)? as f32;
+    if v.is_finite() {
+        Ok(v)
+    } else {
+        Err(format!("{s} is out of range"))
     }
 }
 
@@ -153,7 +175,7 @@ pub struct BeamArgs {
     #[arg(long, default_value_t = 1)]
     pub num_beams: usize,
     /// Beam scores are divided by length^length_penalty (>0 favours longer outputs).
-    #[arg(long, default_value_t = 1.0, allow_negative_numbers = true)]
+    #[arg(long, default_value_t = 1.0, allow_negative_numbers = true, value_parser = finite_f64)]
     pub length_penalty: f64,
     #[arg(long, value_enum, default_value_t = crate::generation::EarlyStopping::False)]
     pub early_stopping: crate::generation::EarlyStopping,

@@ -53,10 +53,10 @@ struct Settings {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     grad_accum: Option<usize>,
-    #[arg(long)]
+    #[arg(long, value_parser = super::finite_f64)]
     #[serde(skip_serializing_if = "Option::is_none")]
     learning_rate: Option<f64>,
-    #[arg(long)]
+    #[arg(long, value_parser = super::finite_f64)]
     #[serde(skip_serializing_if = "Option::is_none")]
     min_lr: Option<f64>,
     #[arg(long)]
@@ -69,14 +69,14 @@ struct Settings {
     #[arg(long, value_enum)]
     #[serde(skip_serializing_if = "Option::is_none")]
     lr_schedule: Option<crate::train::schedule::Schedule>,
-    #[arg(long)]
+    #[arg(long, value_parser = super::finite_f64)]
     #[serde(skip_serializing_if = "Option::is_none")]
     weight_decay: Option<f64>,
     /// Global gradient-norm clip (0 disables).
-    #[arg(long)]
+    #[arg(long, value_parser = super::finite_f64)]
     #[serde(skip_serializing_if = "Option::is_none")]
     grad_clip: Option<f64>,
-    #[arg(long)]
+    #[arg(long, value_parser = super::finite_f64)]
     #[serde(skip_serializing_if = "Option::is_none")]
     dropout: Option<f64>,
     #[arg(long)]
@@ -119,11 +119,11 @@ struct Settings {
     #[serde(skip_serializing_if = "Option::is_none")]
     label_column: Option<String>,
     /// Seq2seq: label smoothing ε.
-    #[arg(long)]
+    #[arg(long, value_parser = super::finite_f64)]
     #[serde(skip_serializing_if = "Option::is_none")]
     label_smoothing: Option<f64>,
     /// Seq2seq: probability of feeding the decoder its own previous prediction.
-    #[arg(long)]
+    #[arg(long, value_parser = super::finite_f64)]
     #[serde(skip_serializing_if = "Option::is_none")]
     scheduled_sampling: Option<f64>,
     /// Masked LM: mask whole words (all WordPiece pieces of a word together).

@@ -101,7 +101,7 @@ pub fn generate(
         ));
     }
     let longest = prompts.iter().map(Vec::len).max().unwrap_or(0);
-    let capacity = longest + opts.max_new_tokens;
+    let capacity = longest.saturating_add(opts.max_new_tokens);
     if opts.num_beams > 1 {
         let mut dec = Gpt2Decoder::new(model, capacity);
         return beam_search(&mut dec, prompts, opts, device);

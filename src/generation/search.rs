@@ -1,13 +1,14 @@
 //! Greedy decoding and sampling over a batch of prompts. Prompts of different lengths
-//! are left-padded and masked (transformers' convention for decoder-only models), so
+//! are left-padded and masked ([`Padded`]; transformers' convention for decoder-only models), so
 //! every row computes what it would alone; the prompt is prefilled in one pass and each
 //! step then feeds one token per row through the KV cache.
 
-use candle_core::{Device, Tensor};
+use candle_core::Device;
 use rand::{rngs::StdRng, SeedableRng};
 
 use super::decoder::Decoder;
 use super::{sampler, Flow, GenerateOptions};
+use crate::data::padding::Padded;
 use crate::error::{Result, WickError};
 
 /// Checks that prompts fit the decoder's context (with room for the new tokens unless
@@ -27,7 +28,7 @@ pub(crate) fn check_prompts(
             max: max_len,
         });
     }
-    if longest + opts.max_new_tokens > max_len && !opts.slide {
+    if longest.saturating_add(opts.max_new_tokens) > max_len && !opts.slide {
         return Err(WickError::Unsupported(format!(
             "a prompt of {longest} tokens plus {} new tokens exceeds the model's context of \
              {max_len} tokens (use --slide to keep going on the most recent tokens, or \
@@ -36,87 +37,6 @@ pub(crate) fn check_prompts(
         )));
     }
     Ok(())
-}
-
-/// Rows left-padded to one length, with their key-padding masks (1 = token).
-pub(crate) struct Padded {
-    pub tokens: Vec<Vec<u32>>,
-    pub mask: Vec<Vec<u32>>,
-    /// Whether any row holds padding (no mask is needed otherwise).
-    pub ragged: bool,
-}
-
-impl Padded {
-    pub fn new(prompts: &[Vec<u32>], pad: u32) -> Self {
-        let longest = prompts.iter().map(Vec::len).max().unwrap_or(0);
-        let tokens = prompts
-            .iter()
-            .map(|p| {
-                let mut row = vec![pad; longest - p.len()];
-                row.extend_from_slice(p);
-                row
-            })
-            .collect();
-        let mask = prompts
-            .iter()
-            .map(|p| {
-                let mut row = vec![0; longest - p.len()];
-                row.resize(longest, 1);
-                row
-            })
-            .collect();
-        Self {
-            tokens,
-            mask,
-            ragged: prompts.iter().any(|p| p.len() != longest),
-        }
-    }
-
-    pub fn len(&self) -> usize {
-        self.tokens.first().map_or(0, Vec::len)
-    }
-
-    pub fn push(&mut self, next: &[u32]) {
-        for ((row, m), &t) in self.tokens.iter_mut().zip(&mut self.mask).zip(next) {
-            row.push(t);
-            m.push(1);
-        }
-    }
-
-    /// Keeps rows `rows`, in that order (beam search reorders its hypotheses).
-    pub fn reorder(&mut self, rows: &[u32]) {
-        self.tokens = rows
-            .iter()
-            .map(|&r| self.tokens[r as usize].clone())
-            .collect();
-        self.mask = rows
-            .iter()
-            .map(|&r| self.mask[r as usize].clone())
-            .collect();
-    }
-
-    /// Columns `from..` of the tokens: (B, T).
-    pub fn tokens_from(&self, from: usize, device: &Device) -> Result<Tensor> {
-        Ok(columns(&self.tokens, from, device)?)
-    }
-
-    /// Columns `from..` of the mask, when there is padding: (B, T).
-    pub fn mask_from(&self, from: usize, device: &Device) -> Result<Option<Tensor>> {
-        Ok(if self.ragged {
-            Some(columns(&self.mask, from, device)?)
-        } else {
-            None
-        })
-    }
-}
-
-fn columns(rows: &[Vec<u32>], from: usize, device: &Device) -> candle_core::Result<Tensor> {
-    let t = rows.first().map_or(0, Vec::len) - from;
-    let flat: Vec<u32> = rows
-        .iter()
-        .flat_map(|r| r[from..].iter().copied())
-        .collect();
-    Tensor::from_vec(flat, (rows.len(), t), device)
 }
 
 /// Feeds what the decoder has not seen yet and returns the last logits (B, V) as rows.

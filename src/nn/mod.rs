@@ -12,6 +12,7 @@ pub mod kernels;
 pub mod kv_cache;
 pub mod layer_norm;
 pub mod linear;
+pub mod loss;
 pub mod mask;
 pub mod packing;
 pub mod residual;

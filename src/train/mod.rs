@@ -3,8 +3,6 @@
 
 pub mod checkpoints;
 pub mod config;
-pub mod evaluate;
-pub mod loss;
 pub mod metrics;
 pub mod objectives;
 pub mod optim;

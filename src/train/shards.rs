@@ -1,6 +1,7 @@
 //! Data parallelism on one CPU: a causal LM's batch split by rows into shards that run
 //! side by side, one per thread, every op of a shard kept on its thread
-//! ([`crate::nn::kernels::parallel`]).
+//! ([`crate::nn::kernels::parallel`]). Here: their gradients; evaluation's forward-only
+//! twin is [`crate::eval::mean_loss`].
 //!
 //! Why: at the default preset's sizes a single op is too small to split well across
 //! threads (each hand-off costs about what it saves), while whole shards keep every
@@ -10,59 +11,12 @@
 //! count, which follows the thread count: the same machine repeats a run exactly.
 
 use candle_core::backprop::GradStore;
-use candle_core::{Device, Tensor, Var};
-use rayon::prelude::*;
+use candle_core::{Tensor, Var};
 
-use super::loss::lm_loss;
 use crate::error::Result;
 use crate::models::Gpt2;
-
-/// How many shards a batch of `batch` rows runs as: one per thread of the pool, as many
-/// as divide the batch evenly; one on a GPU, which parallelises inside each op.
-pub fn shard_count(batch: usize, device: &Device) -> usize {
-    if !device.is_cpu() {
-        return 1;
-    }
-    let threads = rayon::current_num_threads().clamp(1, batch.max(1));
-    (1..=threads)
-        .rev()
-        .find(|s| batch.is_multiple_of(*s))
-        .unwrap_or(1)
-}
-
-/// `f(shard, x rows, y rows)` for every shard of (x, y), side by side; results in
-/// shard order.
-fn over_shards<R: Send>(
-    x: &Tensor,
-    y: &Tensor,
-    f: impl Fn(usize, &Tensor, &Tensor) -> Result<R> + Sync,
-) -> Result<Vec<R>> {
-    let shards = shard_count(x.dim(0)?, x.device());
-    if shards == 1 {
-        return Ok(vec![f(0, x, y)?]);
-    }
-    let rows = x.dim(0)? / shards;
-    (0..shards)
-        .into_par_iter()
-        .map(|s| {
-            crate::nn::kernels::parallel::serial(|| {
-                f(
-                    s,
-                    &x.narrow(0, s * rows, rows)?,
-                    &y.narrow(0, s * rows, rows)?,
-                )
-            })
-        })
-        .collect()
-}
-
-/// Mean next-token loss of inputs x (B, T) against targets y (B, T), dropout off.
-pub fn mean_loss(model: &Gpt2, x: &Tensor, y: &Tensor) -> Result<f64> {
-    let losses = over_shards(x, y, |_, x, y| {
-        Ok(lm_loss(&model.forward(x, None, None, false)?, y)?.to_scalar::<f32>()? as f64)
-    })?;
-    Ok(losses.iter().sum::<f64>() / losses.len() as f64)
-}
+use crate::nn::kernels::parallel::{over_shards, shard_count};
+use crate::nn::loss::lm_loss;
 
 /// Mean next-token loss of (x, y) with dropout on (seeded from `seed`, shard by shard),
 /// and the gradients of `vars` for that loss scaled by `weight`.
@@ -122,8 +76,9 @@ pub fn accumulate(
 mod tests {
     use super::*;
     use crate::checkpoint::WeightSource;
+    use crate::eval::mean_loss;
     use crate::models::{Model, ModelConfig};
-    use candle_core::DType;
+    use candle_core::{DType, Device};
 
     /// A tiny GPT-2 in f32 with its variables, and a batch of 4 rows.
     fn tiny() -> (Gpt2, Vec<(String, Var)>, Tensor, Tensor) {
@@ -173,21 +128,5 @@ mod tests {
                 assert!((p - q).abs() < 1e-5 * scale, "{name}: {p} vs {q}");
             }
         }
-    }
-
-    #[test]
-    fn shards_divide_the_batch_and_follow_the_threads() {
-        let pool = rayon::ThreadPoolBuilder::new()
-            .num_threads(4)
-            .build()
-            .unwrap();
-        pool.install(|| {
-            let cpu = Device::Cpu;
-            assert_eq!(shard_count(12, &cpu), 4);
-            assert_eq!(shard_count(6, &cpu), 3);
-            assert_eq!(shard_count(7, &cpu), 1);
-            assert_eq!(shard_count(2, &cpu), 2);
-            assert_eq!(shard_count(1, &cpu), 1);
-        });
     }
 }

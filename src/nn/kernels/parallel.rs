@@ -1,4 +1,5 @@
-//! Whether a kernel may split its work across threads.
+//! Whether a kernel may split its work across threads, and the shards of a batch that
+//! run side by side instead.
 //!
 //! Why: at the default preset's sizes (768 tokens, n_embd 128) one op is too small to
 //! split well over threads: the hand-offs cost more than they save, and a 2-core step
@@ -32,6 +33,46 @@ pub(crate) fn may_split() -> bool {
     !SERIAL.with(Cell::get) && rayon::current_num_threads() > 1
 }
 
+/// How many shards a batch of `batch` rows runs as: one per thread of the pool, as many
+/// as divide the batch evenly; one on a GPU, which parallelises inside each op.
+pub fn shard_count(batch: usize, device: &candle_core::Device) -> usize {
+    if !device.is_cpu() {
+        return 1;
+    }
+    let threads = rayon::current_num_threads().clamp(1, batch.max(1));
+    (1..=threads)
+        .rev()
+        .find(|s| batch.is_multiple_of(*s))
+        .unwrap_or(1)
+}
+
+/// `f(shard, x rows, y rows)` for every shard of (x, y) ([`shard_count`]), side by
+/// side, each shard's kernels kept on its thread ([`serial`]); results in shard order.
+pub fn over_shards<R: Send>(
+    x: &candle_core::Tensor,
+    y: &candle_core::Tensor,
+    f: impl Fn(usize, &candle_core::Tensor, &candle_core::Tensor) -> crate::error::Result<R> + Sync,
+) -> crate::error::Result<Vec<R>> {
+    use rayon::prelude::*;
+    let shards = shard_count(x.dim(0)?, x.device());
+    if shards == 1 {
+        return Ok(vec![f(0, x, y)?]);
+    }
+    let rows = x.dim(0)? / shards;
+    (0..shards)
+        .into_par_iter()
+        .map(|s| {
+            serial(|| {
+                f(
+                    s,
+                    &x.narrow(0, s * rows, rows)?,
+                    &y.narrow(0, s * rows, rows)?,
+                )
+            })
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -50,6 +91,22 @@ mod tests {
                 assert!(!may_split());
             });
             assert!(may_split());
+        });
+    }
+
+    #[test]
+    fn shards_divide_the_batch_and_follow_the_threads() {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(4)
+            .build()
+            .unwrap();
+        pool.install(|| {
+            let cpu = candle_core::Device::Cpu;
+            assert_eq!(shard_count(12, &cpu), 4);
+            assert_eq!(shard_count(6, &cpu), 3);
+            assert_eq!(shard_count(7, &cpu), 1);
+            assert_eq!(shard_count(2, &cpu), 2);
+            assert_eq!(shard_count(1, &cpu), 1);
         });
     }
 }

@@ -11,10 +11,10 @@ use rand::{rngs::StdRng, seq::SliceRandom, SeedableRng};
 use super::{does_not_fit, held_out, Built, Eval, Objective, Setup, Task};
 use crate::data::labeled::{label_set, read_examples, ClassifyBatches, Example};
 use crate::error::Result;
+use crate::eval::classify_over;
 use crate::models::{Bert, BertHeads, Model, ModelConfig};
+use crate::nn::loss::cross_entropy;
 use crate::train::config::TrainConfig;
-use crate::train::evaluate::classify_over;
-use crate::train::loss::cross_entropy;
 
 /// The training examples, once [`Objective::prepare`] has read them.
 #[derive(Default)]

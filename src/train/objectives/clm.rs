@@ -11,10 +11,12 @@ use candle_core::{Device, Tensor, Var};
 use super::{does_not_fit, Built, Eval, Objective, Setup, Task, TokenSplit};
 use crate::data::{LmBatches, TokenBuffer};
 use crate::error::Result;
+use crate::eval::{lm_loss_over, mean_loss};
 use crate::models::{BertHeads, Gpt2, Model, ModelConfig};
+use crate::nn::kernels::parallel::shard_count;
+use crate::nn::loss::lm_loss;
 use crate::train::config::TrainConfig;
-use crate::train::loss::lm_loss;
-use crate::train::{evaluate, shards};
+use crate::train::shards;
 
 pub struct Clm;
 
@@ -69,7 +71,7 @@ impl Objective for Clm {
                 block: cfg.block_size,
                 batch: final_batch(cfg, s.config.vocab_size()),
             }),
-            shards: shards::shard_count(cfg.batch_size, s.device),
+            shards: shard_count(cfg.batch_size, s.device),
         };
         Ok(Built {
             steps_per_epoch: split.steps_per_epoch(cfg),
@@ -131,7 +133,7 @@ impl Task for ClmTask<'_> {
         let mut total = 0f64;
         for i in 0..iters {
             let (x, y) = val.batch(i, device)?;
-            total += shards::mean_loss(self.model, &x, &y)?;
+            total += mean_loss(self.model, &x, &y)?;
         }
         Ok(Some(Eval::loss(total / iters as f64)))
     }
@@ -141,7 +143,7 @@ impl Task for ClmTask<'_> {
         let Some(v) = &self.val_split else {
             return self.evaluate(iters, device);
         };
-        let loss = evaluate::lm_loss_over(
+        let loss = lm_loss_over(
             self.model,
             v.tokens.clone(),
             v.start,

@@ -10,8 +10,8 @@ use super::{bert_heads, does_not_fit, Built, Eval, Objective, Setup, Task, Token
 use crate::data::mlm::MlmBatches;
 use crate::error::Result;
 use crate::models::{Bert, BertHeads, Model, ModelConfig};
+use crate::nn::loss::{cross_entropy, labelled_positions, masked_lm_loss};
 use crate::train::config::TrainConfig;
-use crate::train::loss::{cross_entropy, labelled_positions, masked_lm_loss};
 
 pub struct Mlm;
 

@@ -13,8 +13,8 @@ use crate::data::nsp::{draw_pairs, split_sentences, NspBatch, NspBatches, IS_NEX
 use crate::data::read_documents;
 use crate::error::{Result, WickError};
 use crate::models::{Bert, BertHeads, Model, ModelConfig};
+use crate::nn::loss::cross_entropy;
 use crate::train::config::TrainConfig;
-use crate::train::loss::cross_entropy;
 
 pub struct MlmNsp;
 

@@ -11,10 +11,10 @@ use rand::{rngs::StdRng, seq::SliceRandom, Rng, SeedableRng};
 use super::{does_not_fit, held_out, Built, Eval, Objective, Setup, Task};
 use crate::data::pairs::{encode_pairs, read_pairs, PairBatch, PairBatches};
 use crate::error::Result;
+use crate::eval::seq2seq_loss_over;
 use crate::models::{BertHeads, Model, ModelConfig, Seq2Seq as Seq2SeqModel};
+use crate::nn::loss::smoothed_loss;
 use crate::train::config::TrainConfig;
-use crate::train::evaluate::seq2seq_loss_over;
-use crate::train::loss::smoothed_loss;
 
 pub struct Seq2Seq;
 

@@ -1,72 +1,11 @@
-//! Held-out figures over a whole split, in order: a causal LM's loss, a classifier's
-//! loss, accuracy and macro-F1.
+//! A classifier's held-out loss, accuracy and macro-F1 over every example, in order.
 
-use std::sync::Arc;
+use candle_core::{Device, D};
 
-use candle_core::Device;
-
-use candle_core::D;
-
-use super::loss::cross_entropy;
 use crate::data::labeled::ClassifyBatches;
-use crate::data::{LmBatches, TokenBuffer};
 use crate::error::Result;
-use crate::models::{Bert, Gpt2};
-
-/// Mean next-token loss over every full window of tokens[start..start + len].
-pub fn lm_loss_over(
-    model: &Gpt2,
-    tokens: Arc<TokenBuffer>,
-    start: usize,
-    len: usize,
-    block_size: usize,
-    batch_size: usize,
-    device: &Device,
-) -> Result<f64> {
-    let mut windows = LmBatches::new(tokens, start, len, block_size, 1, 0, false)?;
-    let n = windows.windows_per_epoch();
-    let (mut total, mut count) = (0f64, 0usize);
-    let mut i = 0;
-    while i < n {
-        let b = batch_size.min(n - i);
-        let (xs, ys): (Vec<_>, Vec<_>) = (i..i + b)
-            .map(|k| windows.batch(k, device))
-            .collect::<Result<Vec<_>>>()?
-            .into_iter()
-            .unzip();
-        let x = candle_core::Tensor::cat(&xs, 0)?;
-        let y = candle_core::Tensor::cat(&ys, 0)?;
-        let loss = super::shards::mean_loss(model, &x, &y)?;
-        total += loss * b as f64;
-        count += b;
-        i += b;
-    }
-    Ok(total / count as f64)
-}
-
-/// Token-weighted mean cross-entropy of the encoder-decoder over every pair, in order.
-pub fn seq2seq_loss_over(
-    model: &crate::models::Seq2Seq,
-    batches: &mut crate::data::pairs::PairBatches,
-    device: &Device,
-) -> Result<f64> {
-    let (mut total, mut tokens) = (0f64, 0usize);
-    for i in 0..batches.batches_per_pass() {
-        let b = batches.batch(i, device)?;
-        let logits = model.forward(
-            &b.src,
-            Some(&b.src_mask),
-            &b.tgt_in,
-            Some(&b.tgt_mask),
-            false,
-        )?;
-        let n = b.tgt_mask.sum_all()?.to_scalar::<u32>()? as usize;
-        total +=
-            super::loss::masked_lm_loss(&logits, &b.labels)?.to_scalar::<f32>()? as f64 * n as f64;
-        tokens += n;
-    }
-    Ok(total / tokens.max(1) as f64)
-}
+use crate::models::Bert;
+use crate::nn::loss::cross_entropy;
 
 /// Held-out scores of a classifier.
 #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
