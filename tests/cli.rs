@@ -319,9 +319,8 @@ fn hub_ids_resolve_offline_from_the_cache() {
     for f in ["config.json", "model.safetensors", "tokenizer.json"] {
         std::fs::copy(fixture("tiny-gpt2").join(f), snap.join(f)).unwrap();
     }
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_wick"))
+    let out = wick_command()
         .args(["info", "--model", "wick-test/tiny-gpt2", "--json"])
-        .env("HF_HUB_OFFLINE", "1")
         .env("HF_HOME", home.path())
         .output()
         .unwrap();
@@ -566,8 +565,13 @@ fn quantize_writes_a_folder_every_command_loads() {
         "--json",
     ]);
     assert_eq!(ids(&g["token_ids"]).len(), 5);
-    // Quantizing a quantized folder, a BERT, or an unknown format: clear errors.
-    let (code, _, err) = wick(&["quantize", "--model", q, "--out", q, "--format", "q8_0"]);
+    // Quantizing a quantized folder, a BERT, or an unknown format: clear errors (into a
+    // new folder: `q` itself is refused as an --out that holds a model).
+    let fresh = dir.path().join("fresh");
+    let (q_model, q) = (q, fresh.to_str().unwrap());
+    let (code, _, err) = wick(&[
+        "quantize", "--model", q_model, "--out", q, "--format", "q8_0",
+    ]);
     assert_ne!(code, 0);
     assert!(err.contains("already quantized"), "{err}");
     let (code, _, err) = wick(&[
@@ -592,6 +596,11 @@ fn quantize_writes_a_folder_every_command_loads() {
     ]);
     assert_ne!(code, 0);
     assert!(err.contains("--format"), "{err}");
+    assert!(
+        !fresh.exists(),
+        "a refused quantize wrote {}",
+        fresh.display()
+    );
 }
 
 #[test]

@@ -553,7 +553,7 @@ fn ctrl_c_saves_a_checkpoint_that_resume_continues() {
 fn interrupt_saves_and_resumes(signal: &str) {
     let s = Setup::new();
     let out = s.p("int");
-    let child = std::process::Command::new(env!("CARGO_BIN_EXE_wick"))
+    let child = wick_command()
         .args([
             "train",
             "--model",

@@ -98,6 +98,12 @@ pub fn load(model: &str, opts: &LoadOptions) -> Result<Pretrained> {
         Err(WickError::MissingFile { .. }) => None,
         Err(e) => return Err(e),
     };
+    if let Some(tok) = &tokenizer {
+        vocab_fits(&config, tok).map_err(|message| WickError::Config {
+            path: config_path.clone(),
+            message,
+        })?;
+    }
     Ok(Pretrained {
         dir,
         config,
@@ -105,4 +111,37 @@ pub fn load(model: &str, opts: &LoadOptions) -> Result<Pretrained> {
         tokenizer,
         weights,
     })
+}
+
+/// Whether every id the tokenizer can produce has a row in the model's embedding (each
+/// side of a translator with two vocabularies); the message names both sizes. Checked
+/// at load and before training: otherwise the first such id fails deep in an
+/// index-select.
+pub fn vocab_fits(config: &ModelConfig, tok: &Tokenizer) -> std::result::Result<(), String> {
+    if let ModelConfig::Seq2Seq(c) = config {
+        let (src, rows) = (
+            tok.source_side().vocab_size(),
+            c.src_vocab_size.unwrap_or(c.vocab_size),
+        );
+        if src > rows {
+            return Err(format!(
+                "the source tokenizer has {src} tokens but the model's source vocabulary \
+                 ({}) is {rows}: ids from {rows} up have no embedding",
+                if c.src_vocab_size.is_some() {
+                    "src_vocab_size"
+                } else {
+                    "vocab_size"
+                }
+            ));
+        }
+    }
+    let (n, rows) = (tok.vocab_size(), config.vocab_size());
+    if n > rows {
+        return Err(format!(
+            "the tokenizer ({}) has {n} tokens but vocab_size is {rows}: ids from {rows} up \
+             have no embedding",
+            tok.source().display()
+        ));
+    }
+    Ok(())
 }

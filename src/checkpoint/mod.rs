@@ -8,7 +8,7 @@ pub mod save;
 pub mod source;
 pub mod store;
 
-pub use load::{load, LoadOptions, Model, Pretrained};
+pub use load::{load, vocab_fits, LoadOptions, Model, Pretrained};
 pub use quantize::{quantize_model, save_quantized, QuantFormat};
 pub use resolve::resolve;
 pub use save::save_pretrained;

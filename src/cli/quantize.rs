@@ -19,6 +19,13 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> Result<()> {
+    if let Some(file) = crate::files::holds_model(&args.out) {
+        anyhow::bail!(
+            "--out {} already holds a model or run ({file}): choose a new folder; nothing was \
+             overwritten",
+            args.out.display()
+        );
+    }
     let mut p = args.model.load(LoadOptions::default())?;
     if p.weights.store().and_then(|s| s.quantization()).is_some() {
         anyhow::bail!(

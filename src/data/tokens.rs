@@ -1,6 +1,9 @@
 //! Token ids of a corpus, computed once and cached on disk as raw little-endian u16 (when
 //! the vocabulary fits) or u32, memory-mapped on later runs. The cache name carries a hash
-//! of the tokenizer and the corpus files' sizes and times, so a changed input is re-read.
+//! of the tokenizer and the corpus files' paths, sizes and times, so a changed input is
+//! re-read. The cache lives in wick's cache folder ([`crate::files::cache_dir`]), or the
+//! run's folder without one: never beside the corpus, whose folder may be shared or
+//! read-only.
 
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
@@ -50,7 +53,9 @@ fn cache_key(files: &[PathBuf], tok: &Tokenizer) -> u64 {
         .unwrap_or_default()
         .hash(&mut h);
     for f in files {
-        f.hash(&mut h);
+        std::fs::canonicalize(f)
+            .unwrap_or_else(|_| f.clone())
+            .hash(&mut h);
         if let Ok(m) = std::fs::metadata(f) {
             m.len().hash(&mut h);
             m.modified().ok().hash(&mut h);
@@ -60,8 +65,9 @@ fn cache_key(files: &[PathBuf], tok: &Tokenizer) -> u64 {
 }
 
 /// Tokenizes the documents of `data` (joined by `separator`, e.g. GPT-2's
-/// <|endoftext|>), caching the ids next to the data, or in `fallback_dir` when that
-/// folder is read-only. Returns the ids and the cache file used.
+/// <|endoftext|>), caching the ids in wick's cache folder, or in `fallback_dir` (the
+/// run's folder) when there is none or it cannot be written. Returns the ids and the
+/// cache file used.
 pub fn tokenize_cached(
     data: &Path,
     tok: &Tokenizer,
@@ -78,8 +84,11 @@ pub fn tokenize_cached(
         cache_key(&files, tok),
         if wide { "u32" } else { "u16" }
     );
-    let beside = data.parent().unwrap_or(Path::new(".")).join(&name);
-    let candidates = [beside, fallback_dir.join(&name)];
+    let cached = crate::files::cache_dir("tokens").map(|d| d.join(&name));
+    let candidates: Vec<PathBuf> = cached
+        .into_iter()
+        .chain([fallback_dir.join(&name)])
+        .collect();
     for c in &candidates {
         if let Ok(f) = std::fs::File::open(c) {
             // SAFETY: read-only map of a cache file only wick writes (atomically).

@@ -77,17 +77,43 @@ pub fn save_checkpoint(out: &Path, snap: &Snapshot, keep_last: usize) -> Result<
     let state = serde_json::to_string_pretty(&snap.state).expect("state serialises");
     atomic_write(&tmp.join("trainer_state.json"), state.as_bytes())?;
     if final_dir.exists() {
-        std::fs::remove_dir_all(&final_dir).map_err(|e| WickError::io(&final_dir, e))?;
+        remove_aside(&final_dir, |d| std::fs::remove_dir_all(d))?;
     }
     std::fs::rename(&tmp, &final_dir).map_err(|e| WickError::io(&final_dir, e))?;
     publish(&final_dir, out)?;
+    prune(out, keep_last, |d| std::fs::remove_dir_all(d));
+    Ok(final_dir)
+}
+
+/// Keeps the newest `keep_last` checkpoints (all when 0) and sweeps away what an earlier
+/// removal left half done.
+fn prune(out: &Path, keep_last: usize, remove: impl Fn(&Path) -> std::io::Result<()>) {
+    let leftovers = std::fs::read_dir(out).into_iter().flatten().flatten();
+    for e in leftovers {
+        if e.file_name().to_string_lossy().ends_with(DELETING) {
+            let _ = remove(&e.path());
+        }
+    }
     if keep_last > 0 {
         let all = list(out);
         for (_, dir) in all.iter().take(all.len().saturating_sub(keep_last)) {
-            let _ = std::fs::remove_dir_all(dir);
+            let _ = remove_aside(dir, &remove);
         }
     }
-    Ok(final_dir)
+}
+
+/// The suffix of a checkpoint folder being deleted.
+const DELETING: &str = ".deleting";
+
+/// Deletes a checkpoint folder by first renaming it to a hidden `.<name>.deleting`, so a
+/// kill during the deletion leaves no `checkpoint-*` folder with some of its files gone
+/// (which `--resume` or a user would take for a checkpoint); the next save sweeps it.
+fn remove_aside(dir: &Path, remove: impl Fn(&Path) -> std::io::Result<()>) -> Result<()> {
+    let name = dir.file_name().unwrap_or_default().to_string_lossy();
+    let aside = dir.with_file_name(format!(".{name}{DELETING}"));
+    let _ = remove(&aside);
+    std::fs::rename(dir, &aside).map_err(|e| WickError::io(dir, e))?;
+    remove(&aside).map_err(|e| WickError::io(&aside, e))
 }
 
 /// Copies a checkpoint's model files (config, weights, tokenizer) into `dest`, each
@@ -117,4 +143,64 @@ pub fn load_state(dir: &Path) -> Result<(TrainerState, HashMap<String, Tensor>)>
             message: e.to_string(),
         })?;
     Ok((state, tensors))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A checkpoint folder as `list` sees one, with the files a model needs.
+    fn fake_checkpoint(out: &Path, step: usize) -> PathBuf {
+        let dir = checkpoint_dir(out, step);
+        std::fs::create_dir_all(&dir).unwrap();
+        for f in [
+            "config.json",
+            "model.safetensors",
+            "tokenizer.json",
+            "trainer_state.json",
+        ] {
+            std::fs::write(dir.join(f), "{}").unwrap();
+        }
+        dir
+    }
+
+    #[test]
+    fn a_removal_cut_short_leaves_no_half_checkpoint_and_is_swept_later() {
+        let out = tempfile::tempdir().unwrap();
+        for step in [10, 20, 30] {
+            fake_checkpoint(out.path(), step);
+        }
+        // A deletion killed after its first file: the tokenizer is gone, then it stops.
+        let killed = |d: &Path| -> std::io::Result<()> {
+            std::fs::remove_file(d.join("tokenizer.json"))?;
+            Err(std::io::Error::other("killed"))
+        };
+        prune(out.path(), 1, killed);
+        for (_, dir) in list(out.path()) {
+            assert!(
+                dir.join("tokenizer.json").is_file(),
+                "{} is half gone",
+                dir.display()
+            );
+        }
+        let names = |out: &Path| -> Vec<String> {
+            let mut v: Vec<String> = std::fs::read_dir(out)
+                .unwrap()
+                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect();
+            v.sort();
+            v
+        };
+        assert_eq!(
+            names(out.path()),
+            [
+                ".checkpoint-000010.deleting",
+                ".checkpoint-000020.deleting",
+                "checkpoint-000030"
+            ]
+        );
+        // The next prune, with a removal that completes, sweeps the leftovers.
+        prune(out.path(), 1, |d| std::fs::remove_dir_all(d));
+        assert_eq!(names(out.path()), ["checkpoint-000030"]);
+    }
 }

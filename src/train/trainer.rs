@@ -111,7 +111,7 @@ fn source_of(model: &str) -> Result<Source> {
 /// Refuses to write into a folder that holds a model or a run unless resuming it.
 fn check_out_dir(out: &Path, resume: bool) -> Result<()> {
     let has_run = !checkpoints::list(out).is_empty() || out.join("trainer_state.json").exists();
-    let has_model = out.join("config.json").exists();
+    let has_model = crate::files::holds_model(out);
     if resume {
         if !has_run {
             return Err(WickError::Unsupported(format!(
@@ -124,9 +124,9 @@ fn check_out_dir(out: &Path, resume: bool) -> Result<()> {
             "{} already holds a training run: pass --resume to continue it, or choose another --out",
             out.display()
         )));
-    } else if has_model {
+    } else if let Some(file) = has_model {
         return Err(WickError::Unsupported(format!(
-            "{} holds another model (config.json): choose another --out; nothing was overwritten",
+            "{} holds another model ({file}): choose another --out; nothing was overwritten",
             out.display()
         )));
     }
@@ -348,21 +348,8 @@ fn check_fits(model_config: &ModelConfig, tokenizer: &Tokenizer, cfg: &TrainConf
                 "--separate-vocab applies when wick learns the BPE (a preset with \"tokenizer\": \"bpe\"); this model has one joint vocabulary".into(),
             ));
         }
-        let src = tokenizer.source_side().vocab_size();
-        if src > c.src_vocab_size.unwrap_or(c.vocab_size) {
-            return Err(WickError::Unsupported(format!(
-                "the source tokenizer has {src} tokens but the model's source vocabulary is {}",
-                c.src_vocab_size.unwrap_or(c.vocab_size)
-            )));
-        }
     }
-    if tokenizer.vocab_size() > model_config.vocab_size() {
-        return Err(WickError::Unsupported(format!(
-            "the tokenizer has {} tokens but the model's vocab_size is {}",
-            tokenizer.vocab_size(),
-            model_config.vocab_size()
-        )));
-    }
+    crate::checkpoint::vocab_fits(model_config, tokenizer).map_err(WickError::Unsupported)?;
     if cfg.block_size > model_config.max_positions() {
         return Err(WickError::Unsupported(format!(
             "--block-size {} is over the model's context of {} positions",

@@ -83,18 +83,23 @@ pub fn scratch_cwd() -> &'static Path {
         .path()
 }
 
-/// Runs the `wick` binary in [`scratch_cwd`]; returns (exit code, stdout, stderr).
-pub fn wick(args: &[&str]) -> (i32, String, String) {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_wick"))
-        .current_dir(scratch_cwd())
-        .args(args)
+/// The `wick` binary set to run in [`scratch_cwd`], offline, with an empty hub cache and
+/// its own token cache, so that a test never touches the checkout or the user's caches.
+pub fn wick_command() -> std::process::Command {
+    let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_wick"));
+    c.current_dir(scratch_cwd())
         .env("HF_HUB_OFFLINE", "1")
         .env(
             "HF_HOME",
             std::env::temp_dir().join("wick-test-empty-hf-home"),
         )
-        .output()
-        .expect("run wick");
+        .env("WICK_CACHE_DIR", scratch_cwd().join("cache"));
+    c
+}
+
+/// Runs the `wick` binary ([`wick_command`]); returns (exit code, stdout, stderr).
+pub fn wick(args: &[&str]) -> (i32, String, String) {
+    let out = wick_command().args(args).output().expect("run wick");
     (
         out.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&out.stdout).into_owned(),
