@@ -259,3 +259,172 @@ fn the_token_cache_stays_out_of_the_data_folder() {
         .iter()
         .any(|n| n.contains(".wick-tokens-")));
 }
+
+#[test]
+fn errors_stay_one_line_with_rust_backtrace_set() {
+    let dir = copy_fixture("tiny-gpt2");
+    let path = dir.path().join("config.json");
+    let mut c: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    c["n_layer"] = (c["n_layer"].as_u64().unwrap() + 1).into();
+    std::fs::write(&path, c.to_string()).unwrap();
+    let out = wick_command()
+        .args([
+            "score",
+            "--model",
+            dir.path().to_str().unwrap(),
+            "--text",
+            "To be",
+        ])
+        .env("RUST_BACKTRACE", "1")
+        .env_remove("RUST_LIB_BACKTRACE")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("is missing from the checkpoint"), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+}
+
+#[test]
+fn classification_data_needs_two_classes_and_no_blank_label() {
+    let dir = tempfile::tempdir().unwrap();
+    let bert = fixture("tiny-bert");
+    let train = |name: &str, rows: &str, needles: &[&str]| {
+        let data = dir.path().join(name);
+        std::fs::write(&data, rows).unwrap();
+        let out = dir.path().join(format!("{name}-run"));
+        wick_fails(
+            &[
+                "train",
+                "--model",
+                bert.to_str().unwrap(),
+                "--objective",
+                "classify",
+                "--data",
+                data.to_str().unwrap(),
+                "--out",
+                out.to_str().unwrap(),
+                "--max-iters",
+                "1",
+            ],
+            needles,
+        );
+        assert!(!out.exists(), "a refused run created {}", out.display());
+    };
+    train(
+        "one.tsv",
+        "sentence\tlabel\nthe quick fox\tpositive\nthe lazy dog\tpositive\n",
+        &["one.tsv", "`positive`", "at least two classes"],
+    );
+    train(
+        "blank.tsv",
+        "sentence\tlabel\nthe quick fox\tpositive\nthe lazy dog\t\nto be\tnegative\n",
+        &["blank.tsv", "row 3", "empty label"],
+    );
+    train(
+        "blank.jsonl",
+        "{\"text\": \"a\", \"label\": \"x\"}\n{\"text\": \"b\", \"label\": \" \"}\n",
+        &["blank.jsonl", "line 2", "empty label"],
+    );
+    // Data refused after the checks of flags and model (too short a corpus): the run's
+    // folder, new for this run, goes again.
+    let short = dir.path().join("short.txt");
+    std::fs::write(&short, "abc").unwrap();
+    let out = dir.path().join("short-run");
+    wick_fails(
+        &[
+            "train",
+            "--data",
+            short.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+            "--max-iters",
+            "1",
+        ],
+        &["too few"],
+    );
+    assert!(!out.exists(), "a refused run left {}", out.display());
+}
+
+#[test]
+fn flags_that_would_do_nothing_or_be_misread_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let corpus = dir.path().join("corpus.txt");
+    std::fs::write(
+        &corpus,
+        "To be, or not to be, that is the question.\n".repeat(40),
+    )
+    .unwrap();
+    let tiny = dir.path().join("tiny.json");
+    std::fs::write(
+        &tiny,
+        r#"{"model_type": "gpt2", "vocab_size": 0, "n_positions": 16, "n_embd": 16,
+            "n_layer": 1, "n_head": 2}"#,
+    )
+    .unwrap();
+    let out = dir.path().join("run");
+    let (o, c) = (out.to_str().unwrap(), corpus.to_str().unwrap());
+    let base = [
+        "train",
+        "--model",
+        tiny.to_str().unwrap(),
+        "--tokenizer",
+        "char",
+        "--data",
+        c,
+        "--batch-size",
+        "2",
+        "--block-size",
+        "8",
+        "--sample-tokens",
+        "0",
+        "--out",
+        o,
+    ];
+    let run = |extra: &[&str]| wick(&[&base[..], extra].concat());
+    // --eval-iters 0 would report a NaN validation loss.
+    wick_fails(
+        &[&base[..], &["--eval-iters", "0"]].concat(),
+        &["--eval-iters"],
+    );
+    assert!(!out.exists());
+    let (code, _, err) = run(&["--max-iters", "4", "--save-every", "4"]);
+    assert_eq!(code, 0, "{err}");
+    // Resuming a run at step 4 to --max-iters 2 would do nothing.
+    wick_fails(
+        &["train", "--resume", "--out", o, "--max-iters", "2"],
+        &["at step 4", "--max-iters is 2", "nothing to train"],
+    );
+    // Fine-tuning a checkpoint: "char" is not a tokenizer file to read.
+    wick_fails(
+        &[
+            "train",
+            "--model",
+            o,
+            "--tokenizer",
+            "char",
+            "--data",
+            c,
+            "--out",
+            dir.path().join("ft").to_str().unwrap(),
+            "--max-iters",
+            "1",
+        ],
+        &["--tokenizer char", "brings its own tokenizer"],
+    );
+    // fill-mask --top-k 0 would print nothing and succeed.
+    let bert = fixture("tiny-bert-mlm");
+    wick_fails(
+        &[
+            "fill-mask",
+            "--model",
+            bert.to_str().unwrap(),
+            "--text",
+            "the [MASK] fox",
+            "--top-k",
+            "0",
+        ],
+        &["--top-k"],
+    );
+}

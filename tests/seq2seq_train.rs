@@ -156,6 +156,35 @@ fn assert_translates_the_pairs(dir: &std::path::Path, out: &std::path::Path) {
         .map(|t| t["text"].as_str().unwrap().to_string())
         .collect();
     assert_eq!(got, targets, "exact reproduction of the training pairs");
+    assert!(greedy["translations"][0]["source_truncated_from"].is_null());
+    // A source longer than the context (32) is cut, and the user is told.
+    let long = "We are here. ".repeat(20);
+    let (code, stdout, stderr) = wick(&[
+        "translate",
+        "--model",
+        out.to_str().unwrap(),
+        "--json",
+        "--text",
+        "Go.",
+        "--text",
+        &long,
+    ]);
+    assert_eq!(code, 0, "{stderr}");
+    let v: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    let from = v["translations"][1]["source_truncated_from"]
+        .as_u64()
+        .unwrap();
+    assert!(from > 32, "{v}");
+    assert!(
+        v["translations"][0]["source_truncated_from"].is_null(),
+        "{v}"
+    );
+    assert!(
+        stderr.contains(&format!(
+            "input 2 is {from} tokens, over the model's context of 32"
+        )),
+        "{stderr}"
+    );
     // One beam is greedy; four beams find the same memorised translations.
     for beams in ["1", "4"] {
         let mut a = args.clone();

@@ -93,7 +93,7 @@ fn eval_classifier(args: &Args, p: &Pretrained) -> Result<()> {
     let data = || format!("--data {}", args.data.display());
     let examples = read_examples(&args.data, &cols).with_context(data)?;
     let labels = model.config().labels();
-    label_set(&examples, &labels).with_context(data)?;
+    label_set(&examples, &labels, &args.data).with_context(data)?;
     let max_len = args
         .block_size
         .unwrap_or(p.config.max_positions())

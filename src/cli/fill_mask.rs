@@ -17,6 +17,9 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> Result<()> {
+    if args.top_k == 0 {
+        anyhow::bail!("--top-k must be at least 1");
+    }
     let p = args.model.load(LoadOptions::default())?;
     let model = as_bert(&p, "fill-mask")?;
     let per_mask = fill_mask(

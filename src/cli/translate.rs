@@ -53,10 +53,23 @@ pub fn run(args: Args) -> Result<()> {
             translate(model, tok, b, &opts, &device)
         })
         .context("translating")?;
+    let context = model.config().max_position_embeddings;
+    for (i, t) in out.iter().enumerate() {
+        if let Some(n) = t.source_truncated_from {
+            eprintln!(
+                "warning: input {} is {n} tokens, over the model's context of {context}: only \
+                 its first {context} were translated",
+                i + 1
+            );
+        }
+    }
     let items: Vec<_> = texts
         .iter()
         .zip(&out)
-        .map(|(s, t)| json!({"source": s, "text": t.text, "token_ids": t.token_ids, "score": t.score}))
+        .map(|(s, t)| {
+            json!({"source": s, "text": t.text, "token_ids": t.token_ids, "score": t.score,
+                   "source_truncated_from": t.source_truncated_from})
+        })
         .collect();
     emit(args.model.json, &json!({"translations": items}), || {
         out.iter()

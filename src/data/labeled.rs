@@ -64,6 +64,17 @@ fn pick_text(path: &Path, cols: &Columns, present: &[String]) -> Result<String> 
     }
 }
 
+/// A label cell, refused when blank: it would become a class named "".
+fn nonempty_label(path: &Path, row: &str, cols: &Columns, label: String) -> Result<String> {
+    if label.trim().is_empty() {
+        return Err(bad(
+            path,
+            format!("{row}: empty label in column `{}`", cols.label),
+        ));
+    }
+    Ok(label)
+}
+
 /// Reads labelled examples; the format follows the extension (.csv, .tsv, .jsonl).
 pub fn read_examples(path: &Path, cols: &Columns) -> Result<Vec<Example>> {
     let ext = path
@@ -103,7 +114,7 @@ pub fn read_examples(path: &Path, cols: &Columns) -> Result<Vec<Example>> {
             out.push(Example {
                 text: field(&tcol)?,
                 pair: cols.pair.as_deref().map(field).transpose()?,
-                label: field(&cols.label)?,
+                label: nonempty_label(path, &format!("line {}", i + 1), cols, field(&cols.label)?)?,
             });
         }
     } else {
@@ -144,7 +155,7 @@ pub fn read_examples(path: &Path, cols: &Columns) -> Result<Vec<Example>> {
             out.push(Example {
                 text: get(ti)?,
                 pair: pi.map(get).transpose()?,
-                label: get(li)?,
+                label: nonempty_label(path, &format!("row {}", i + 2), cols, get(li)?)?,
             });
         }
     }
@@ -164,8 +175,9 @@ pub fn label_id(label: &str, labels: &[String]) -> Option<u32> {
         .map(|i| i as u32)
 }
 
-/// Label names in class-id order: the model's own when it has them, else sorted.
-pub fn label_set(examples: &[Example], existing: &[String]) -> Result<Vec<String>> {
+/// Label names in class-id order: the model's own when it has them, else the sorted
+/// labels of `examples` (read from `source`), at least two.
+pub fn label_set(examples: &[Example], existing: &[String], source: &Path) -> Result<Vec<String>> {
     if !existing.is_empty() {
         if let Some(e) = examples
             .iter()
@@ -180,6 +192,14 @@ pub fn label_set(examples: &[Example], existing: &[String]) -> Result<Vec<String
         return Ok(existing.to_vec());
     }
     let set: BTreeSet<&str> = examples.iter().map(|e| e.label.as_str()).collect();
+    if set.len() < 2 {
+        // transformers would read num_labels = 1 as a regression head.
+        return Err(WickError::Unsupported(format!(
+            "{}: every example has the label `{}`: a classifier needs at least two classes",
+            source.display(),
+            set.first().copied().unwrap_or_default()
+        )));
+    }
     Ok(set.into_iter().map(String::from).collect())
 }
 
@@ -293,7 +313,10 @@ mod tests {
         .unwrap();
         let ex = read_examples(&p.join("b.csv"), &Columns::default()).unwrap();
         assert_eq!(ex[0].text, "fine, really");
-        assert_eq!(label_set(&ex, &[]).unwrap(), vec!["neg", "pos"]);
+        assert_eq!(
+            label_set(&ex, &[], Path::new("t.tsv")).unwrap(),
+            vec!["neg", "pos"]
+        );
         std::fs::write(p.join("c.jsonl"), "{\"text\": \"x\", \"label\": 2}\n").unwrap();
         assert_eq!(
             read_examples(&p.join("c.jsonl"), &Columns::default()).unwrap()[0].label,
@@ -307,7 +330,7 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("a.tsv") && e.contains("stars"), "{e}");
-        assert!(label_set(&ex, &["neg".into()])
+        assert!(label_set(&ex, &["neg".into()], Path::new("t.tsv"))
             .unwrap_err()
             .to_string()
             .contains("pos"));

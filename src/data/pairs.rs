@@ -53,10 +53,17 @@ pub struct EncodedPair {
 
 /// Encodes text for either side: its tokens cut to `max_len - 1`, then EOS.
 pub fn encode_side(tok: &Tokenizer, text: &str, eos: u32, max_len: usize) -> Result<Vec<u32>> {
-    let mut ids = tok.encode(text, false)?;
+    Ok(cut_with_eos(tok.encode(text, false)?, eos, max_len).0)
+}
+
+/// Token ids cut to `max_len - 1`, then EOS; and the length with EOS they had when they
+/// were cut (None when they fit).
+pub fn cut_with_eos(mut ids: Vec<u32>, eos: u32, max_len: usize) -> (Vec<u32>, Option<usize>) {
+    let full = ids.len() + 1;
     ids.truncate(max_len.saturating_sub(1));
     ids.push(eos);
-    Ok(ids)
+    let cut = (full > ids.len()).then_some(full);
+    (ids, cut)
 }
 
 /// Every pair encoded: the source with `tok`'s source side, the target with `tok`, each

@@ -5,7 +5,7 @@
 use candle_core::Device;
 use serde::Serialize;
 
-use crate::data::pairs::encode_side;
+use crate::data::pairs::cut_with_eos;
 use crate::data::{pad_batch, Padding};
 use crate::error::Result;
 use crate::generation::{beam_search, search, Flow, GenerateOptions, Seq2SeqDecoder};
@@ -18,6 +18,9 @@ pub struct Translation {
     pub token_ids: Vec<u32>,
     /// Beam search's length-normalised log-probability.
     pub score: Option<f64>,
+    /// The source's length in tokens (with EOS) when it was longer than the model's
+    /// context and cut to fit: only the first `max_position_embeddings` were translated.
+    pub source_truncated_from: Option<usize>,
 }
 
 /// Translates `sources` in one batch. `opts.max_new_tokens` bounds each output; EOS and
@@ -30,17 +33,14 @@ pub fn translate(
     device: &Device,
 ) -> Result<Vec<Translation>> {
     let c = model.config();
-    let src: Vec<Vec<u32>> = sources
-        .iter()
-        .map(|s| {
-            encode_side(
-                tok.source_side(),
-                s,
-                c.eos_token_id,
-                c.max_position_embeddings,
-            )
-        })
-        .collect::<Result<_>>()?;
+    let mut cut = Vec::with_capacity(sources.len());
+    let mut src = Vec::with_capacity(sources.len());
+    for s in sources {
+        let ids = tok.source_side().encode(s, false)?;
+        let (ids, full) = cut_with_eos(ids, c.eos_token_id, c.max_position_embeddings);
+        src.push(ids);
+        cut.push(full);
+    }
     let (src, src_mask) = pad_batch(&src, c.pad_token_id, Padding::Right, device)?;
     let mut opts = opts.clone();
     opts.processors.eos_token_ids = vec![c.eos_token_id];
@@ -68,11 +68,13 @@ pub fn translate(
     };
     outputs
         .into_iter()
-        .map(|(ids, score)| {
+        .zip(cut)
+        .map(|((ids, score), cut)| {
             Ok(Translation {
                 text: tok.decode(&ids, true)?.trim().to_string(),
                 token_ids: ids,
                 score,
+                source_truncated_from: cut,
             })
         })
         .collect()

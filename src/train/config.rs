@@ -192,8 +192,8 @@ impl TrainConfig {
                 self.scheduled_sampling
             ));
         }
-        if self.eval_every == 0 || self.log_every == 0 {
-            return bad("--eval-every and --log-every must be at least 1".into());
+        if self.eval_every == 0 || self.log_every == 0 || self.eval_iters == 0 {
+            return bad("--eval-every, --eval-iters and --log-every must be at least 1".into());
         }
         Ok(())
     }

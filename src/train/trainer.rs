@@ -198,22 +198,28 @@ pub fn train(req: TrainRequest) -> Result<TrainSummary> {
         eprintln!("resuming {} from step {start_step}", dir.display());
     }
 
-    // 4. Data: the objective's batches, split into train and validation.
+    // 4. Data: the objective's batches, split into train and validation. The run's
+    //    folder appears now, after every check of flags and model (it holds the token
+    //    cache and held-out pairs), and goes again if the data is refused.
+    let created = !out.exists();
+    std::fs::create_dir_all(&out).map_err(|e| WickError::io(&out, e))?;
+    let setup = Setup {
+        cfg: &cfg,
+        data: &data,
+        tokenizer: &tokenizer,
+        config: &model_config,
+        out: &out,
+        device: &device,
+    };
     let Built {
         mut task,
         data_line,
         steps_per_epoch,
-    } = objective.build(
-        &model,
-        &Setup {
-            cfg: &cfg,
-            data: &data,
-            tokenizer: &tokenizer,
-            config: &model_config,
-            out: &out,
-            device: &device,
-        },
-    )?;
+    } = objective.build(&model, &setup).inspect_err(|_| {
+        if created {
+            let _ = std::fs::remove_dir_all(&out);
+        }
+    })?;
 
     // 5. The numbers up front, and the effective config stored with the run.
     let run = Run {
@@ -439,6 +445,16 @@ fn plan(req: &TrainRequest) -> Result<Plan> {
                 })?;
             let (state, moments) = checkpoints::load_state(&dir)?;
             let cfg = merge(&state.train_config, &req.overrides, flags)?;
+            if cfg.max_iters <= state.step {
+                return Err(WickError::Unsupported(format!(
+                    "--resume: {} is at step {} and --max-iters is {}: nothing to train; \
+                     raise --max-iters past {}",
+                    dir.display(),
+                    state.step,
+                    cfg.max_iters,
+                    state.step
+                )));
+            }
             let data = req.data.clone().or_else(|| Some(state.data.clone()));
             let start = Start::Resume {
                 dir,
@@ -454,7 +470,15 @@ fn plan(req: &TrainRequest) -> Result<Plan> {
                     let cfg = merge(&base, &req.overrides, flags)?;
                     (cfg, req.data.clone().or(data.clone()))
                 }
-                Source::Checkpoint { .. } => {
+                Source::Checkpoint { dir } => {
+                    if let Some(t @ ("char" | "bpe")) = req.tokenizer.as_deref() {
+                        return Err(WickError::Unsupported(format!(
+                            "--tokenizer {t} learns a new vocabulary, which applies to training \
+                             from scratch; the checkpoint {} brings its own tokenizer (omit \
+                             --tokenizer, or give a tokenizer.json)",
+                            dir.display()
+                        )));
+                    }
                     let cfg = merge(&TrainConfig::default(), &req.overrides, flags)?;
                     (cfg, req.data.clone())
                 }
@@ -469,7 +493,6 @@ fn plan(req: &TrainRequest) -> Result<Plan> {
     if let Start::New(_) = start {
         check_out_dir(&out, false)?;
     }
-    std::fs::create_dir_all(&out).map_err(|e| WickError::io(&out, e))?;
     Ok(Plan {
         start,
         out,

@@ -33,7 +33,7 @@ impl Objective for Classify {
             return Err(does_not_fit("classify", config));
         };
         self.examples = read_examples(data, &cfg.columns())?;
-        let labels = label_set(&self.examples, &c.labels())?;
+        let labels = label_set(&self.examples, &c.labels(), data)?;
         c.set_labels(&labels);
         c.architecture = Some("BertForSequenceClassification".into());
         Ok(Some(BertHeads {
@@ -51,6 +51,7 @@ impl Objective for Classify {
         let cfg = s.cfg;
         let mut examples = self.examples;
         let labels = model.config().labels();
+        let eval_source = cfg.eval_data.as_deref().unwrap_or(s.data);
         let eval_examples = match &cfg.eval_data {
             Some(p) => read_examples(p, &cfg.columns())?,
             None => {
@@ -60,7 +61,7 @@ impl Objective for Classify {
                 examples.split_off(examples.len() - n_val)
             }
         };
-        label_set(&eval_examples, &labels)?;
+        label_set(&eval_examples, &labels, eval_source)?;
         let pad = model.config().pad_token_id.unwrap_or(0);
         let data_line = format!(
             "{} examples, {} labels ({}), {} held out{}",
