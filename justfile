@@ -49,6 +49,16 @@ compare-nanogpt:
     python3 -c "import json; print('wick training loop (s):', [json.loads(l) for l in open('runs/bench-nanogpt-compare/metrics.jsonl')][-1]['elapsed_s'])"
     /usr/bin/time -v python3 benches/peers/nanogpt_shakespeare_char.py 2>&1 | grep -E "step|nanoGPT|Maximum resident|Elapsed"
 
+# What wick trains opens in the Python tools: tokenizers, AutoTokenizer and
+# pipeline("text-generation") on a short default run and a GPT-2 fine-tune.
+check-interop:
+    cargo build --release
+    rm -rf /tmp/wick-interop && mkdir -p /tmp/wick-interop
+    target/release/wick train --max-iters 50 --out /tmp/wick-interop/char --sample-tokens 0
+    python3 tests/fixtures/check_run_in_transformers.py /tmp/wick-interop/char
+    target/release/wick train --model ../shared/data/gpt2-shakespeare-small --data data/tinyshakespeare.txt --max-iters 5 --block-size 64 --batch-size 2 --sample-tokens 0 --out /tmp/wick-interop/ft
+    python3 tests/fixtures/check_run_in_transformers.py /tmp/wick-interop/ft
+
 # Regenerate the parity fixtures (needs torch + transformers + sentence-transformers).
 fixtures:
     python3 tests/fixtures/make_fixtures.py

@@ -5,6 +5,7 @@ pub mod load;
 pub mod quantize;
 pub mod resolve;
 pub mod save;
+pub mod side_files;
 pub mod source;
 pub mod store;
 

@@ -99,8 +99,9 @@ pub fn safetensors_bytes(tensors: &[(String, Tensor)]) -> Result<Vec<u8>> {
         .map_err(|e| WickError::Unsupported(format!("safetensors: {e}")))
 }
 
-/// Writes a checkpoint folder: weights first, then tokenizer, then config.json (the file
-/// that makes a folder a checkpoint), each atomically.
+/// Writes a checkpoint folder: weights first, then the tokenizer with its
+/// tokenizer_config.json, generation_config.json, then config.json (the file that makes
+/// a folder a checkpoint), each atomically.
 pub fn save_pretrained(
     dir: &Path,
     config: &ModelConfig,
@@ -109,9 +110,15 @@ pub fn save_pretrained(
 ) -> Result<()> {
     std::fs::create_dir_all(dir).map_err(|e| WickError::io(dir, e))?;
     atomic_write(&dir.join("model.safetensors"), &safetensors_bytes(tensors)?)?;
+    let pretty = |v: &serde_json::Value| serde_json::to_string_pretty(v).expect("json serialises");
     if let Some(tok) = tokenizer {
         tok.save(&dir.join("tokenizer.json"))?;
+        let t = super::side_files::tokenizer_config(config, tok);
+        atomic_write(&dir.join("tokenizer_config.json"), pretty(&t).as_bytes())?;
     }
-    let json = serde_json::to_string_pretty(&config.to_json()).expect("config serialises");
+    if let Some(g) = super::side_files::generation_config(config) {
+        atomic_write(&dir.join("generation_config.json"), pretty(&g).as_bytes())?;
+    }
+    let json = pretty(&config.to_json());
     atomic_write(&dir.join("config.json"), json.as_bytes())
 }

@@ -205,7 +205,9 @@ impl Tokenizer {
             .build()
             .map_err(|e| tok_err(Path::new("<char-level>"), e))?;
         let split = Split::new(
-            SplitPattern::Regex("(?s).".into()),
+            // Every character, newlines included, in a pattern both the Rust regex engine
+            // and Python tokenizers' Oniguruma accept (`(?s).` is not valid Oniguruma).
+            SplitPattern::Regex(r"[\s\S]".into()),
             SplitDelimiterBehavior::Isolated,
             false,
         )
@@ -311,6 +313,11 @@ mod tests {
             back.encode("hello world", false)?,
             tok.encode("hello world", false)?
         );
+        // Python tokenizers (Oniguruma) rejects `(?s).`, the pattern this once saved;
+        // tests/fixtures/check_run_in_transformers.py loads the file in Python itself.
+        let saved: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        assert_eq!(saved["pre_tokenizer"]["pattern"]["Regex"], r"[\s\S]");
         Ok(())
     }
 }

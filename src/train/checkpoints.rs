@@ -119,11 +119,17 @@ fn remove_aside(dir: &Path, remove: impl Fn(&Path) -> std::io::Result<()>) -> Re
 /// Copies a checkpoint's model files (config, weights, tokenizer) into `dest`, each
 /// atomically, so `dest` is always a loadable model folder.
 pub fn publish(checkpoint: &Path, dest: &Path) -> Result<()> {
-    // The source-side tokenizer first: config.json, written last, marks the folder whole.
-    let separate = crate::tokenizer::SOURCE_TOKENIZER;
-    let source_side = checkpoint.join(separate).is_file().then_some(separate);
+    // The optional files first: config.json, written last, marks the folder whole.
+    let optional = [
+        crate::tokenizer::SOURCE_TOKENIZER,
+        "tokenizer_config.json",
+        "generation_config.json",
+    ];
+    let present = optional
+        .into_iter()
+        .filter(|f| checkpoint.join(f).is_file());
     let files = ["model.safetensors", "tokenizer.json", "config.json"];
-    for f in source_side.into_iter().chain(files) {
+    for f in present.chain(files) {
         let src = checkpoint.join(f);
         let bytes = std::fs::read(&src).map_err(|e| WickError::io(&src, e))?;
         atomic_write(&dest.join(f), &bytes)?;
