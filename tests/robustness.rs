@@ -428,3 +428,60 @@ fn flags_that_would_do_nothing_or_be_misread_are_refused() {
         &["--top-k"],
     );
 }
+
+/// Peak resident memory (bytes) of `wick args`, from wait4's rusage.
+#[cfg(target_os = "linux")]
+#[allow(clippy::zombie_processes)] // reaped by wait4 below
+fn peak_rss(args: &[&str]) -> u64 {
+    let child = wick_command()
+        .args(args)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let (mut status, mut usage) = (0, unsafe { std::mem::zeroed::<libc::rusage>() });
+    // SAFETY: waits for our own child; `usage` is a valid out-pointer.
+    let r = unsafe { libc::wait4(child.id() as i32, &mut status, 0, &mut usage) };
+    assert_eq!(r, child.id() as i32);
+    assert_eq!(status, 0, "wick {args:?} failed");
+    usage.ru_maxrss as u64 * 1024
+}
+
+/// Scoring a long single-line file: memory grows with the token ids (4 bytes each, a
+/// few copies), not with the tokenizer's per-token records (~260 bytes each before).
+/// `cargo test --release --test robustness -- --ignored` (about 15 s).
+#[test]
+#[ignore]
+#[cfg(target_os = "linux")]
+fn scoring_a_long_line_keeps_memory_near_the_token_ids() {
+    let dir = tempfile::tempdir().unwrap();
+    let line = "To be, or not to be, that is the question: whether 'tis nobler in the mind ";
+    let write = |name: &str, bytes: usize| {
+        let p = dir.path().join(name);
+        std::fs::write(&p, line.repeat(bytes / line.len())).unwrap();
+        p
+    };
+    let (small, big) = (write("small.txt", 40_000), write("big.txt", 4_000_000));
+    let m = fx("tiny-gpt2");
+    let run = |f: &std::path::Path| {
+        peak_rss(&[
+            "score",
+            "--model",
+            &m,
+            "--file",
+            f.to_str().unwrap(),
+            "--stride",
+            "48",
+        ])
+    };
+    // Measured first: a child's peak counts this process's memory when it was forked.
+    let (base, peak) = (run(&small), run(&big));
+    let tok = wick::tokenizer::Tokenizer::from_file(&fixture("tiny-gpt2/tokenizer.json")).unwrap();
+    let tokens = tok
+        .encode(&std::fs::read_to_string(&big).unwrap(), false)
+        .unwrap()
+        .len();
+    let per_token = peak.saturating_sub(base) as f64 / tokens as f64;
+    eprintln!("{tokens} tokens: peak {peak} B, {per_token:.1} B a token above a short file");
+    assert!(per_token < 40.0, "{per_token:.1} bytes a token");
+}

@@ -12,6 +12,8 @@ mod score;
 mod train;
 mod translate;
 
+use std::io::Write;
+
 use anyhow::{Context, Result};
 use candle_core::Device;
 use clap::{Parser, Subcommand};
@@ -238,7 +240,11 @@ pub(crate) fn emit<T: Serialize>(
     human: impl FnOnce() -> String,
 ) -> Result<()> {
     if json {
-        println!("{}", serde_json::to_string(value)?);
+        // Written as it serialises: a long text's scores are never one string in memory.
+        let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+        serde_json::to_writer(&mut out, value)?;
+        writeln!(out)?;
+        out.flush()?;
     } else {
         println!("{}", human());
     }

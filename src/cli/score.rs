@@ -1,4 +1,4 @@
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 
@@ -23,16 +23,19 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> Result<()> {
-    let text = match (&args.text, &args.file) {
-        (Some(t), _) => t.clone(),
+    let p = args.model.load(LoadOptions::default())?;
+    let model = as_gpt2(&p, "score")?;
+    let tok = p.tokenizer()?;
+    // Read and encoded piece by piece: memory follows the token ids, not the text.
+    let ids = match (&args.text, &args.file) {
+        (Some(t), _) => tok.encode_stream(t.as_bytes(), Path::new("--text"))?,
         (None, Some(f)) => {
-            std::fs::read_to_string(f).with_context(|| format!("--file {}", f.display()))?
+            let file = std::fs::File::open(f).with_context(|| format!("--file {}", f.display()))?;
+            tok.encode_stream(std::io::BufReader::new(file), f)
+                .with_context(|| format!("--file {}", f.display()))?
         }
         (None, None) => unreachable!("clap requires one"),
     };
-    let p = args.model.load(LoadOptions::default())?;
-    let model = as_gpt2(&p, "score")?;
-    let ids = p.tokenizer()?.encode(&text, false)?;
     let s = crate::tasks::score::score_strided(model, &ids, args.stride, &args.model.device()?)
         .with_context(|| match args.stride {
             None => "scoring --text/--file (give --stride to score a longer text in windows)",

@@ -1,7 +1,7 @@
 //! Scoring text with a causal LM: the log-probability of each token given the ones
 //! before it, and the mean negative log-likelihood / perplexity.
 
-use candle_core::{Device, IndexOp, Tensor, D};
+use candle_core::{Device, Tensor};
 use serde::Serialize;
 
 use crate::error::{Result, WickError};
@@ -58,14 +58,17 @@ pub fn score_strided(
     loop {
         let end = (begin + max).min(ids.len());
         let window = &ids[begin..end];
+        // Tokens up to ids[logprobs.len()] were scored by an earlier window: only the
+        // positions predicting the rest go through the vocabulary projection.
+        let first_new = logprobs.len() - begin; // in window positions
         let x = Tensor::new(window, device)?.unsqueeze(0)?; // (1, W)
-        let logits = model.forward(&x, None, None, false)?.i(0)?; // (W, V)
-        let logp = candle_nn::ops::log_softmax(&logits.narrow(0, 0, window.len() - 1)?, D::Minus1)?;
-        let targets = Tensor::new(&window[1..], device)?.unsqueeze(1)?; // (W-1, 1)
-        let lp = logp.gather(&targets, 1)?.squeeze(1)?.to_vec1::<f32>()?;
-        // Tokens up to ids[1 + logprobs.len()] were scored by an earlier window.
-        let first_new = 1 + logprobs.len() - (begin + 1);
-        logprobs.extend_from_slice(&lp[first_new..]);
+        let hidden = model.hidden_states(&x, None, None, false)?; // (1, W, C)
+        let n = window.len() - 1 - first_new;
+        let hidden = hidden.narrow(1, first_new, n)?; // (1, N, C)
+        let logits = model.lm_logits(&hidden)?.squeeze(0)?; // (N, V)
+        let targets = Tensor::new(&window[first_new + 1..], device)?; // (N,)
+        let nll = crate::nn::kernels::cross_entropy_rows(&logits, &targets)?; // (N,)
+        logprobs.extend(nll.to_vec1::<f32>()?.into_iter().map(|v| -v));
         if end == ids.len() {
             break;
         }

@@ -20,6 +20,8 @@ use tokenizers::{AddedToken, SplitDelimiterBehavior};
 
 use crate::error::{Result, WickError};
 
+mod stream;
+
 #[derive(Clone)]
 pub struct Tokenizer {
     inner: tokenizers::Tokenizer,
