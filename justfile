@@ -103,3 +103,18 @@ bench-llama-cpp:
     for q in Q8_0 Q4_K_M; do "$src/build/bin/llama-quantize" /tmp/gpt2-f32.gguf /tmp/gpt2-$q.gguf $q; done
     for m in f32 Q8_0 Q4_K_M; do "$src/build/bin/llama-bench" -m /tmp/gpt2-$m.gguf -t 2 -p 32 -n 128; done
     cargo bench --bench generate
+
+# llama.cpp runs `wick export`'s GGUF: same greedy text as wick generate in f32, and the
+# f16/q8_0/q4k exports load and generate (LLAMA_CPP=checkout, else the llama-cpp-python
+# sdist's vendor/llama.cpp).
+check-llama-cpp:
+    #!/usr/bin/env bash
+    set -euo pipefail
+    src=${LLAMA_CPP:-}
+    if [ -z "$src" ]; then
+      python3 -m pip download --no-deps --no-binary :all: llama-cpp-python==0.3.36 -d /tmp/lcp
+      tar -xzf /tmp/lcp/llama_cpp_python-0.3.36.tar.gz -C /tmp/lcp
+      src=/tmp/lcp/llama_cpp_python-0.3.36/vendor/llama.cpp
+    fi
+    (cd "$src" && cmake -B build -DLLAMA_CURL=OFF -DGGML_NATIVE=ON && cmake --build build -j2 --target llama-simple)
+    LLAMA_CPP_BIN="$src/build/bin" cargo test --release --test gguf_export -- --ignored --nocapture

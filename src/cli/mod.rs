@@ -4,6 +4,7 @@
 mod classify;
 mod embed;
 mod eval;
+mod export;
 mod fill_mask;
 mod generate;
 mod info;
@@ -56,6 +57,8 @@ enum Command {
     Translate(translate::Args),
     /// Quantize a GPT-2's linear layers (q8_0 or q4k) for faster CPU generation.
     Quantize(quantize::Args),
+    /// Write a GPT-2 as a GGUF file in llama.cpp's gpt2 layout (llama.cpp, ollama).
+    Export(export::Args),
 }
 
 /// What every subcommand that runs a model takes.
@@ -264,5 +267,6 @@ pub fn run() -> Result<()> {
         Command::Eval(a) => eval::run(a),
         Command::Translate(a) => translate::run(a),
         Command::Quantize(a) => quantize::run(a),
+        Command::Export(a) => export::run(a),
     }
 }
