@@ -268,6 +268,109 @@ fn fine_tuning_starts_from_a_checkpoint_and_keeps_its_tokenizer() {
     ]);
 }
 
+/// Multi-label classification: label cells with comma-separated names make the head a
+/// sigmoid per label; a tiny separable set is learnt to 100% exact match, the config
+/// says `multi_label_classification`, `wick classify` returns each label over the
+/// threshold and `wick eval` the set metrics.
+#[test]
+fn multi_label_fine_tuning_learns_label_sets() {
+    let s = Setup::new();
+    // Words decide labels independently: "quick" → fast, "fox" → animal, "red" → colour.
+    let mut rows = String::new();
+    for (text, labels) in [
+        ("the quick fox", "fast,animal"),
+        ("the quick car", "fast"),
+        ("the red fox", "animal,colour"),
+        ("the red car", "colour"),
+        ("the quick red fox", "fast,animal,colour"),
+        ("the slow car", "none"),
+    ] {
+        rows += &format!("{text}\t{labels}\n");
+    }
+    std::fs::write(
+        s.p("ml.tsv"),
+        format!("sentence\tlabel\n{}", rows.repeat(2)),
+    )
+    .unwrap();
+    let out = s.p("ml");
+    let data = s.p("ml.tsv");
+    let (code, stdout, e) = wick(&[
+        "train",
+        "--model",
+        fixture("tiny-bert").to_str().unwrap(),
+        "--objective",
+        "classify",
+        "--data",
+        data.to_str().unwrap(),
+        "--eval-data",
+        data.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--max-iters",
+        "300",
+        "--batch-size",
+        "6",
+        "--block-size",
+        "16",
+        "--learning-rate",
+        "0.005",
+        "--warmup-iters",
+        "2",
+        "--eval-every",
+        "100",
+        "--log-every",
+        "50",
+    ]);
+    assert_eq!(code, 0, "{e}");
+    assert!(stdout.contains("multi-label"), "{stdout}");
+    assert!(stdout.contains("exact match  100.00%"), "{stdout}");
+    let cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("config.json")).unwrap()).unwrap();
+    assert_eq!(cfg["problem_type"], "multi_label_classification");
+    assert_eq!(cfg["id2label"].as_object().unwrap().len(), 4);
+    let v = wick_json(&[
+        "classify",
+        "--model",
+        out.to_str().unwrap(),
+        "--text",
+        "the quick red fox",
+        "--text",
+        "the slow car",
+        "--json",
+    ]);
+    let labels = |i: usize| -> Vec<String> {
+        let mut l: Vec<String> = v["predictions"][i]["labels"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_str().unwrap().to_string())
+            .collect();
+        l.sort();
+        l
+    };
+    assert_eq!(labels(0), ["animal", "colour", "fast"]);
+    assert_eq!(labels(1), ["none"]);
+    let p = v["predictions"][0]["scores"]["fast"].as_f64().unwrap();
+    assert!(p > 0.5 && p < 1.0, "a sigmoid probability: {p}");
+    let v = wick_json(&[
+        "eval",
+        "--model",
+        out.to_str().unwrap(),
+        "--data",
+        data.to_str().unwrap(),
+        "--json",
+    ]);
+    assert_eq!(
+        (
+            v["exact_match"].as_f64(),
+            v["micro_f1"].as_f64(),
+            v["macro_f1"].as_f64()
+        ),
+        (Some(1.0), Some(1.0), Some(1.0)),
+        "{v}"
+    );
+}
+
 /// Classification fine-tuning: BERT + a fresh linear head on [CLS] learns a tiny
 /// separable set to 100% accuracy, with string labels saved as id2label, and the saved
 /// classifier round-trips through `wick classify`.

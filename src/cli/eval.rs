@@ -32,6 +32,9 @@ pub struct Args {
     block_size: Option<usize>,
     #[arg(long, default_value_t = 8)]
     batch_size: usize,
+    /// Multi-label classifier: predict a label when its probability reaches this.
+    #[arg(long, default_value_t = 0.5, value_parser = super::finite_f64)]
+    threshold: f64,
     /// Translator: beams for the BLEU translations (1 = greedy).
     #[arg(long, default_value_t = 1)]
     num_beams: usize,
@@ -40,6 +43,12 @@ pub struct Args {
 pub fn run(args: Args) -> Result<()> {
     if args.batch_size == 0 {
         anyhow::bail!("--batch-size must be at least 1");
+    }
+    if !(0.0..=1.0).contains(&args.threshold) {
+        anyhow::bail!(
+            "--threshold must be between 0 and 1, got {}",
+            args.threshold
+        );
     }
     let p = args.model.load(LoadOptions::default())?;
     if matches!(&p.model, Model::Bert(b) if b.has_classifier()) {
@@ -93,7 +102,8 @@ fn eval_classifier(args: &Args, p: &Pretrained) -> Result<()> {
     let data = || format!("--data {}", args.data.display());
     let examples = read_examples(&args.data, &cols).with_context(data)?;
     let labels = model.config().labels();
-    label_set(&examples, &labels, &args.data).with_context(data)?;
+    let multi = model.config().multi_label();
+    label_set(&examples, &labels, &args.data, multi).with_context(data)?;
     let max_len = args
         .block_size
         .unwrap_or(p.config.max_positions())
@@ -108,7 +118,28 @@ fn eval_classifier(args: &Args, p: &Pretrained) -> Result<()> {
         0,
         false,
         pad,
+        multi,
     )?;
+    if multi {
+        let s = crate::eval::multi_label_over(
+            model,
+            &mut batches,
+            args.threshold,
+            &args.model.device()?,
+        )
+        .with_context(data)?;
+        return emit(args.model.json, &s, || {
+            format!(
+                "loss         {:.4}\nmicro-F1     {:.4}\nmacro-F1     {:.4}\nexact match  {:.2}%\nexamples     {} (threshold {})",
+                s.loss,
+                s.micro_f1,
+                s.macro_f1,
+                s.exact_match * 100.0,
+                s.examples,
+                s.threshold
+            )
+        });
+    }
     let s = crate::eval::classify_over(model, &mut batches, &args.model.device()?)
         .with_context(data)?;
     emit(args.model.json, &s, || {

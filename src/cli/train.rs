@@ -118,6 +118,20 @@ struct Settings {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     label_column: Option<String>,
+    /// Classification: one sigmoid per label with binary cross-entropy (label cells
+    /// hold comma-separated labels; detected from such cells too).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    multi_label: bool,
+    /// Classification: a file with one label name per line; the data's labels are those
+    /// names or their line numbers (0-based).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    label_names: Option<PathBuf>,
+    /// Multi-label: predict a label when its probability reaches this (default 0.5).
+    #[arg(long, value_parser = super::finite_f64)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    threshold: Option<f64>,
     /// Seq2seq: label smoothing ε.
     #[arg(long, value_parser = super::finite_f64)]
     #[serde(skip_serializing_if = "Option::is_none")]

@@ -175,23 +175,48 @@ pub fn label_id(label: &str, labels: &[String]) -> Option<u32> {
         .map(|i| i as u32)
 }
 
-/// Label names in class-id order: the model's own when it has them, else the sorted
-/// labels of `examples` (read from `source`), at least two.
-pub fn label_set(examples: &[Example], existing: &[String], source: &Path) -> Result<Vec<String>> {
+/// The labels a cell holds: one, or for multi-label data several, comma-separated.
+pub fn label_parts(cell: &str, multi: bool) -> Vec<&str> {
+    if !multi {
+        return vec![cell];
+    }
+    cell.split(',')
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+        .collect()
+}
+
+/// Whether any example carries several comma-separated labels.
+pub fn looks_multi_label(examples: &[Example]) -> bool {
+    examples.iter().any(|e| e.label.contains(','))
+}
+
+/// Label names in class-id order: the model's own when it has them, else the labels of
+/// `examples` (read from `source`), at least two, sorted (as numbers when all are).
+pub fn label_set(
+    examples: &[Example],
+    existing: &[String],
+    source: &Path,
+    multi: bool,
+) -> Result<Vec<String>> {
     if !existing.is_empty() {
-        if let Some(e) = examples
-            .iter()
-            .find(|e| label_id(&e.label, existing).is_none())
-        {
-            return Err(WickError::Unsupported(format!(
-                "label `{}` is not one of the model's labels ({})",
-                e.label,
-                existing.join(", ")
-            )));
+        for e in examples {
+            for part in label_parts(&e.label, multi) {
+                if label_id(part, existing).is_none() {
+                    return Err(WickError::Unsupported(format!(
+                        "{}: label `{part}` is not one of the model's labels ({})",
+                        source.display(),
+                        existing.join(", ")
+                    )));
+                }
+            }
         }
         return Ok(existing.to_vec());
     }
-    let set: BTreeSet<&str> = examples.iter().map(|e| e.label.as_str()).collect();
+    let set: BTreeSet<&str> = examples
+        .iter()
+        .flat_map(|e| label_parts(&e.label, multi))
+        .collect();
     if set.len() < 2 {
         // transformers would read num_labels = 1 as a regression head.
         return Err(WickError::Unsupported(format!(
@@ -200,13 +225,20 @@ pub fn label_set(examples: &[Example], existing: &[String], source: &Path) -> Re
             set.first().copied().unwrap_or_default()
         )));
     }
-    Ok(set.into_iter().map(String::from).collect())
+    let mut labels: Vec<String> = set.into_iter().map(String::from).collect();
+    if labels.iter().all(|l| l.parse::<u64>().is_ok()) {
+        labels.sort_by_key(|l| l.parse::<u64>().unwrap_or(u64::MAX));
+    }
+    Ok(labels)
 }
 
 /// Tokenized examples served as padded batches, shuffled per epoch with a seed.
 pub struct ClassifyBatches {
     ids: Vec<(Vec<u32>, Vec<u32>)>, // (token ids, token types)
-    labels: Vec<u32>,
+    /// Each example's class ids (one, unless multi-label).
+    labels: Vec<Vec<u32>>,
+    /// Multi-label: the number of classes (targets are 0/1 rows of that width).
+    multi_hot: Option<usize>,
     batch_size: usize,
     pad: u32,
     order: super::order::EpochOrder,
@@ -223,6 +255,7 @@ impl ClassifyBatches {
         seed: u64,
         shuffle: bool,
         pad: u32,
+        multi_label: bool,
     ) -> Result<Self> {
         let mut ids = Vec::with_capacity(examples.len());
         let mut ys = Vec::with_capacity(examples.len());
@@ -242,17 +275,23 @@ impl ClassifyBatches {
                 *t.last_mut().unwrap() = last;
             }
             ids.push((t, tt));
-            ys.push(label_id(&e.label, labels).ok_or_else(|| {
-                WickError::Unsupported(format!(
-                    "label `{}` is not one of the model's labels ({})",
-                    e.label,
-                    labels.join(", ")
-                ))
-            })?);
+            let ids_of = label_parts(&e.label, multi_label)
+                .into_iter()
+                .map(|part| {
+                    label_id(part, labels).ok_or_else(|| {
+                        WickError::Unsupported(format!(
+                            "label `{part}` is not one of the model's labels ({})",
+                            labels.join(", ")
+                        ))
+                    })
+                })
+                .collect::<Result<Vec<u32>>>()?;
+            ys.push(ids_of);
         }
         Ok(Self {
             ids,
             labels: ys,
+            multi_hot: multi_label.then_some(labels.len()),
             batch_size,
             pad,
             order: super::order::EpochOrder::new(examples.len(), seed, shuffle),
@@ -267,18 +306,30 @@ impl ClassifyBatches {
         self.labels.is_empty()
     }
 
-    /// Batch `n`: (ids, token types, mask, labels); the last batch of a pass over the data
-    /// in order may be short.
+    /// Batch `n`: (ids, token types, mask, labels); labels are class ids (B,) u32, or for
+    /// multi-label 0/1 rows (B, classes) f32. The last batch of a pass over the data in
+    /// order may be short.
     pub fn batch(&mut self, n: usize, device: &Device) -> Result<(Tensor, Tensor, Tensor, Tensor)> {
         let picks = self.order.batch(n, self.batch_size);
         let seqs: Vec<Vec<u32>> = picks.iter().map(|&i| self.ids[i].0.clone()).collect();
         let types: Vec<Vec<u32>> = picks.iter().map(|&i| self.ids[i].1.clone()).collect();
         let (ids, mask) = super::pad_batch(&seqs, self.pad, super::Padding::Right, device)?;
         let (tt, _) = super::pad_batch(&types, 0, super::Padding::Right, device)?;
-        let y = Tensor::new(
-            picks.iter().map(|&i| self.labels[i]).collect::<Vec<_>>(),
-            device,
-        )?;
+        let y = match self.multi_hot {
+            None => Tensor::new(
+                picks.iter().map(|&i| self.labels[i][0]).collect::<Vec<_>>(),
+                device,
+            )?,
+            Some(c) => {
+                let mut hot = vec![0f32; picks.len() * c];
+                for (row, &i) in picks.iter().enumerate() {
+                    for &l in &self.labels[i] {
+                        hot[row * c + l as usize] = 1.0;
+                    }
+                }
+                Tensor::from_vec(hot, (picks.len(), c), device)?
+            }
+        };
         Ok((ids, tt, mask, y))
     }
 
@@ -314,7 +365,7 @@ mod tests {
         let ex = read_examples(&p.join("b.csv"), &Columns::default()).unwrap();
         assert_eq!(ex[0].text, "fine, really");
         assert_eq!(
-            label_set(&ex, &[], Path::new("t.tsv")).unwrap(),
+            label_set(&ex, &[], Path::new("t.tsv"), false).unwrap(),
             vec!["neg", "pos"]
         );
         std::fs::write(p.join("c.jsonl"), "{\"text\": \"x\", \"label\": 2}\n").unwrap();
@@ -330,7 +381,7 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("a.tsv") && e.contains("stars"), "{e}");
-        assert!(label_set(&ex, &["neg".into()], Path::new("t.tsv"))
+        assert!(label_set(&ex, &["neg".into()], Path::new("t.tsv"), false)
             .unwrap_err()
             .to_string()
             .contains("pos"));

@@ -1,11 +1,13 @@
-//! A classifier's held-out loss, accuracy and macro-F1 over every example, in order.
+//! A classifier's held-out figures over every example, in order: loss, accuracy and
+//! macro-F1 for one label per text; for multi-label (a sigmoid per label) loss,
+//! micro- and macro-F1, exact match and each label's F1.
 
 use candle_core::{Device, D};
 
 use crate::data::labeled::ClassifyBatches;
 use crate::error::Result;
 use crate::models::Bert;
-use crate::nn::loss::cross_entropy;
+use crate::nn::loss::{bce_with_logits, cross_entropy};
 
 /// Held-out scores of a classifier.
 #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
@@ -68,6 +70,114 @@ pub fn classify_over(
     })
 }
 
+/// Held-out scores of a multi-label classifier at one threshold.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct MultiLabelScores {
+    pub loss: f64,
+    /// F1 of every (example, label) decision pooled.
+    pub micro_f1: f64,
+    /// Mean of the labels' F1, every label counted (0 for a label never present nor
+    /// predicted, as scikit-learn's `f1_score(average="macro")`).
+    pub macro_f1: f64,
+    /// Fraction of examples whose predicted label set is exactly the gold one.
+    pub exact_match: f64,
+    pub threshold: f64,
+    pub examples: usize,
+    /// Each label's F1 and how many examples carry it.
+    pub per_label: Vec<LabelF1>,
+}
+
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct LabelF1 {
+    pub label: String,
+    pub f1: f64,
+    pub support: usize,
+}
+
+/// Multi-label figures from gold and predicted 0/1 rows (examples × labels).
+pub fn multi_label_scores(
+    gold: &[Vec<bool>],
+    pred: &[Vec<bool>],
+    labels: &[String],
+) -> (f64, f64, f64, Vec<LabelF1>) {
+    let c = labels.len();
+    let (mut tp, mut fp, mut fn_) = (vec![0usize; c], vec![0usize; c], vec![0usize; c]);
+    let mut exact = 0;
+    for (g, p) in gold.iter().zip(pred) {
+        exact += usize::from(g == p);
+        for k in 0..c {
+            match (g[k], p[k]) {
+                (true, true) => tp[k] += 1,
+                (false, true) => fp[k] += 1,
+                (true, false) => fn_[k] += 1,
+                (false, false) => {}
+            }
+        }
+    }
+    let f1 = |tp: usize, fp: usize, fn_: usize| {
+        let d = 2 * tp + fp + fn_;
+        if d == 0 {
+            0.0
+        } else {
+            2.0 * tp as f64 / d as f64
+        }
+    };
+    let per_label: Vec<LabelF1> = (0..c)
+        .map(|k| LabelF1 {
+            label: labels[k].clone(),
+            f1: f1(tp[k], fp[k], fn_[k]),
+            support: tp[k] + fn_[k],
+        })
+        .collect();
+    let micro = f1(tp.iter().sum(), fp.iter().sum(), fn_.iter().sum());
+    let macro_ = per_label.iter().map(|l| l.f1).sum::<f64>() / c.max(1) as f64;
+    (
+        micro,
+        macro_,
+        exact as f64 / gold.len().max(1) as f64,
+        per_label,
+    )
+}
+
+/// Loss, micro-/macro-F1 and exact match of a multi-label classifier over every
+/// example, a label predicted when its sigmoid reaches `threshold`.
+pub fn multi_label_over(
+    model: &Bert,
+    batches: &mut ClassifyBatches,
+    threshold: f64,
+    device: &Device,
+) -> Result<MultiLabelScores> {
+    let (mut loss, mut gold, mut pred) = (0f64, Vec::new(), Vec::new());
+    for i in 0..batches.batches_per_pass() {
+        let (x, tt, mask, y) = batches.batch(i, device)?;
+        let logits =
+            model.classifier_logits(&model.forward(&x, Some(&tt), Some(&mask), false)?, false)?;
+        let b = y.dim(0)?;
+        loss += bce_with_logits(&logits, &y)?.to_scalar::<f32>()? as f64 * b as f64;
+        let p = candle_nn::ops::sigmoid(&logits)?.to_vec2::<f32>()?;
+        pred.extend(
+            p.iter()
+                .map(|r| r.iter().map(|&v| v as f64 >= threshold).collect::<Vec<_>>()),
+        );
+        gold.extend(
+            y.to_vec2::<f32>()?
+                .iter()
+                .map(|r| r.iter().map(|&v| v > 0.5).collect::<Vec<_>>()),
+        );
+    }
+    let labels = model.config().labels();
+    let (micro_f1, macro_f1, exact_match, per_label) = multi_label_scores(&gold, &pred, &labels);
+    Ok(MultiLabelScores {
+        loss: loss / gold.len().max(1) as f64,
+        micro_f1,
+        macro_f1,
+        exact_match,
+        threshold,
+        examples: gold.len(),
+        per_label,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -80,5 +190,22 @@ mod tests {
         assert!((f - 0.655_555_556).abs() < 1e-6, "{f}");
         // A label absent from both sides does not count.
         assert_eq!(macro_f1(&[0, 1], &[0, 1], 5), 1.0);
+    }
+
+    #[test]
+    fn multi_label_scores_match_scikit_learn() {
+        // y_true = [[1,0,1],[0,1,0],[1,1,0]], y_pred = [[1,0,0],[0,1,0],[1,0,1]]:
+        // f1_score(average="micro") = 2·3/(2·3+1+2) = 0.6666…, average="macro" =
+        // mean(1.0, 2/3, 0.0) = 0.5555…, accuracy_score (exact match) = 1/3.
+        let b = |r: [u8; 3]| r.iter().map(|&v| v == 1).collect::<Vec<_>>();
+        let gold = vec![b([1, 0, 1]), b([0, 1, 0]), b([1, 1, 0])];
+        let pred = vec![b([1, 0, 0]), b([0, 1, 0]), b([1, 0, 1])];
+        let labels: Vec<String> = ["a", "b", "c"].map(String::from).to_vec();
+        let (micro, macro_, exact, per) = multi_label_scores(&gold, &pred, &labels);
+        assert!((micro - 2.0 / 3.0).abs() < 1e-12, "{micro}");
+        assert!((macro_ - 5.0 / 9.0).abs() < 1e-12, "{macro_}");
+        assert!((exact - 1.0 / 3.0).abs() < 1e-12);
+        assert_eq!(per[0].support, 2);
+        assert_eq!(per[2].f1, 0.0);
     }
 }

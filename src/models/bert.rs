@@ -60,7 +60,14 @@ pub struct BertConfig {
     /// transformers' `architectures[0]`: which head the checkpoint is for.
     #[serde(skip)]
     pub architecture: Option<String>,
+    /// transformers' `problem_type`: "multi_label_classification" for one sigmoid per
+    /// label (any other value, or none, is one softmax over the labels).
+    #[serde(skip)]
+    pub problem_type: Option<String>,
 }
+
+/// transformers' `problem_type` of a multi-label classifier.
+pub const MULTI_LABEL: &str = "multi_label_classification";
 
 mod defaults {
     use crate::nn::Activation;
@@ -121,6 +128,10 @@ impl BertConfig {
             .and_then(|a| a.get(0))
             .and_then(|a| a.as_str())
             .map(String::from);
+        cfg.problem_type = obj
+            .get("problem_type")
+            .and_then(|p| p.as_str())
+            .map(String::from);
         // `num_labels` alone (no label names) means LABEL_0..LABEL_{n-1}, as transformers.
         if cfg.id2label.is_none() {
             if let Some(n) = obj.get("num_labels").and_then(|n| n.as_u64()) {
@@ -135,6 +146,11 @@ impl BertConfig {
             .architecture
             .clone()
             .unwrap_or_else(|| "BertModel".into())]
+    }
+
+    /// Whether the classifier scores each label on its own (a sigmoid per label).
+    pub fn multi_label(&self) -> bool {
+        self.problem_type.as_deref() == Some(MULTI_LABEL)
     }
 
     pub fn num_labels(&self) -> usize {

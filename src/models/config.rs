@@ -70,6 +70,11 @@ impl ModelConfig {
         let mut out = obj.cloned().unwrap_or_default();
         out.insert("model_type".into(), model_type.into());
         out.insert("architectures".into(), arch.into());
+        if let Self::Bert(c) = self {
+            if let Some(p) = &c.problem_type {
+                out.insert("problem_type".into(), p.clone().into());
+            }
+        }
         Value::Object(out)
     }
 

@@ -17,6 +17,18 @@ pub fn lm_loss(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
     cross_entropy(&logits.reshape(((), v))?, &targets.flatten_all()?)
 }
 
+/// Mean binary cross-entropy of logits (N, C) against 0/1 targets (N, C), one sigmoid per
+/// class (transformers' `multi_label_classification`, torch's `BCEWithLogitsLoss`): per
+/// element softplus(x) − x·y. softplus(x) = m + log(e^(x−m) + e^(−m)) with m = max(x, 0)
+/// held constant: nothing large is exponentiated, and the gradient is σ(x) − y
+/// everywhere (a relu and an abs would each take a zero subgradient at x = 0).
+pub fn bce_with_logits(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
+    let y = targets.to_dtype(logits.dtype())?;
+    let m = logits.relu()?.detach();
+    let soft = (((logits - &m)?.exp()? + m.neg()?.exp()?)?.log()? + &m)?;
+    (soft - (logits * y)?)?.mean_all()
+}
+
 /// Indices of the flat labels that are not [`IGNORE`].
 fn labelled_rows(labels: &Tensor) -> Result<Vec<u32>> {
     Ok(labels
@@ -79,7 +91,50 @@ pub fn smoothed_loss(logits: &Tensor, labels: &Tensor, eps: f64) -> Result<Tenso
 #[cfg(test)]
 mod smoothing_tests {
     use super::*;
-    use candle_core::Device;
+    use candle_core::{Device, Var};
+
+    #[test]
+    fn bce_matches_the_formula_and_finite_differences() {
+        let x = [[2.0f32, -1.0, 0.5], [-30.0, 40.0, 0.0]];
+        let y = [[1.0f32, 0.0, 1.0], [0.0, 1.0, 1.0]];
+        let xv = Var::new(&x, &Device::Cpu).unwrap();
+        let yt = Tensor::new(&y, &Device::Cpu).unwrap();
+        let loss = bce_with_logits(xv.as_tensor(), &yt).unwrap();
+        // torch: -(y log σ(x) + (1 − y) log(1 − σ(x))), averaged.
+        let reference = |x: &[[f32; 3]; 2]| -> f64 {
+            let mut s = 0.0;
+            for (xr, yr) in x.iter().zip(&y) {
+                for (&a, &b) in xr.iter().zip(yr) {
+                    let (a, b) = (a as f64, b as f64);
+                    let p = 1.0 / (1.0 + (-a).exp());
+                    s -= b * p.max(1e-300).ln() + (1.0 - b) * (1.0 - p).max(1e-300).ln();
+                }
+            }
+            s / 6.0
+        };
+        let got = loss.to_scalar::<f32>().unwrap() as f64;
+        assert!(
+            (got - reference(&x)).abs() < 1e-6,
+            "{got} vs {}",
+            reference(&x)
+        );
+        let grads = loss.backward().unwrap();
+        let g = grads.get(&xv).unwrap().to_vec2::<f32>().unwrap();
+        for i in 0..2 {
+            for j in 0..3 {
+                let h = 1e-3;
+                let (mut up, mut down) = (x, x);
+                up[i][j] += h;
+                down[i][j] -= h;
+                let fd = (reference(&up) - reference(&down)) / (2.0 * h as f64);
+                assert!(
+                    (g[i][j] as f64 - fd).abs() < 1e-4,
+                    "({i},{j}): {} vs {fd}",
+                    g[i][j]
+                );
+            }
+        }
+    }
 
     #[test]
     fn label_smoothing_matches_torch() {

@@ -73,6 +73,14 @@ pub struct TrainConfig {
     pub text_column: Option<String>,
     pub pair_column: Option<String>,
     pub label_column: String,
+    /// Classification: one sigmoid per label (comma-separated label cells); also on
+    /// when the data has such cells or the model's problem_type says so.
+    pub multi_label: bool,
+    /// Classification: a file naming the labels, one per line; the data's labels are
+    /// then these names or their line numbers from 0.
+    pub label_names: Option<PathBuf>,
+    /// Multi-label: the probability from which a label is predicted.
+    pub threshold: f64,
     /// Masked LM: choose whole words (a WordPiece token and its `##` continuations)
     /// rather than single tokens.
     pub whole_word_mask: bool,
@@ -121,6 +129,9 @@ impl Default for TrainConfig {
             text_column: None,
             pair_column: None,
             label_column: "label".into(),
+            multi_label: false,
+            label_names: None,
+            threshold: 0.5,
         }
     }
 }
@@ -191,6 +202,16 @@ impl TrainConfig {
                 "--scheduled-sampling must be in [0, 1], got {}",
                 self.scheduled_sampling
             ));
+        }
+        if !(self.threshold > 0.0 && self.threshold < 1.0) {
+            return bad(format!(
+                "--threshold must be in (0, 1), got {}",
+                self.threshold
+            ));
+        }
+        if (self.multi_label || self.label_names.is_some()) && self.objective != Objective::Classify
+        {
+            return bad("--multi-label and --label-names apply to --objective classify".into());
         }
         if self.eval_every == 0 || self.log_every == 0 || self.eval_iters == 0 {
             return bad("--eval-every, --eval-iters and --log-every must be at least 1".into());

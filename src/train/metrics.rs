@@ -26,6 +26,10 @@ pub struct Record {
     pub accuracy: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub macro_f1: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub micro_f1: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub exact_match: Option<f64>,
 }
 
 pub struct Metrics {

@@ -766,6 +766,10 @@ impl Run<'_> {
         let val_loss = eval.map(|e| e.loss);
         let accuracy = eval.and_then(|e| e.accuracy);
         let macro_f1 = eval.and_then(|e| e.macro_f1);
+        let (micro_f1, exact_match) = (
+            eval.and_then(|e| e.micro_f1),
+            eval.and_then(|e| e.exact_match),
+        );
         pb.set_message(format!("loss {mean:.4} lr {lr:.2e} {tps:.0} tok/s"));
         metrics.push(Record {
             step: done,
@@ -778,6 +782,8 @@ impl Run<'_> {
             elapsed_s: log.elapsed_s,
             accuracy,
             macro_f1,
+            micro_f1,
+            exact_match,
         })?;
         let Some(v) = val_loss else {
             return Ok(false);
@@ -785,8 +791,14 @@ impl Run<'_> {
         let acc = accuracy
             .map(|a| format!(", accuracy {:.2}%", a * 100.0))
             .unwrap_or_default()
+            + &micro_f1
+                .map(|f| format!(", micro-F1 {f:.4}"))
+                .unwrap_or_default()
             + &macro_f1
                 .map(|f| format!(", macro-F1 {f:.4}"))
+                .unwrap_or_default()
+            + &exact_match
+                .map(|f| format!(", exact match {:.2}%", f * 100.0))
                 .unwrap_or_default();
         let line = format!("step {done:>6}: train loss {mean:.4}, val loss {v:.4}{acc}, lr {lr:.2e}, {tps:.0} tokens/s");
         if self.progress {
@@ -844,8 +856,14 @@ impl Run<'_> {
         if let Some(a) = final_eval.and_then(|e| e.accuracy) {
             println!("accuracy     {:.2}% (validation)", a * 100.0);
         }
+        if let Some(f) = final_eval.and_then(|e| e.micro_f1) {
+            println!("micro-F1     {f:.4} (validation)");
+        }
         if let Some(f) = final_eval.and_then(|e| e.macro_f1) {
             println!("macro-F1     {f:.4} (validation)");
+        }
+        if let Some(f) = final_eval.and_then(|e| e.exact_match) {
+            println!("exact match  {:.2}% (validation)", f * 100.0);
         }
         Ok(summary)
     }

@@ -1,7 +1,9 @@
 //! Sequence classification (BertForSequenceClassification): a linear head on the pooled
-//! [CLS] state, cross-entropy over the labels, accuracy and macro-F1 held out. The
-//! labels found in the data size the head, so the examples are read before the model
-//! is built.
+//! [CLS] state; cross-entropy over the labels with accuracy and macro-F1 held out, or
+//! for multi-label data (comma-separated label cells, transformers'
+//! `multi_label_classification`) a sigmoid per label with binary cross-entropy and
+//! micro-/macro-F1 and exact match held out. The labels found in the data (or named by
+//! `--label-names`) size the head, so the examples are read before the model is built.
 
 use std::path::Path;
 
@@ -9,11 +11,12 @@ use candle_core::{Device, Tensor};
 use rand::{rngs::StdRng, seq::SliceRandom, SeedableRng};
 
 use super::{does_not_fit, held_out, Built, Eval, Objective, Setup, Task};
-use crate::data::labeled::{label_set, read_examples, ClassifyBatches, Example};
-use crate::error::Result;
-use crate::eval::classify_over;
+use crate::data::labeled::{label_set, looks_multi_label, read_examples, ClassifyBatches, Example};
+use crate::error::{Result, WickError};
+use crate::eval::{classify_over, multi_label_over};
+use crate::models::bert::MULTI_LABEL;
 use crate::models::{Bert, BertHeads, Model, ModelConfig};
-use crate::nn::loss::cross_entropy;
+use crate::nn::loss::{bce_with_logits, cross_entropy};
 use crate::train::config::TrainConfig;
 
 /// The training examples, once [`Objective::prepare`] has read them.
@@ -33,8 +36,14 @@ impl Objective for Classify {
             return Err(does_not_fit("classify", config));
         };
         self.examples = read_examples(data, &cfg.columns())?;
-        let labels = label_set(&self.examples, &c.labels(), data)?;
+        let multi = cfg.multi_label || c.multi_label() || looks_multi_label(&self.examples);
+        let existing = match &cfg.label_names {
+            Some(f) => read_label_names(f)?,
+            None => c.labels(),
+        };
+        let labels = label_set(&self.examples, &existing, data, multi)?;
         c.set_labels(&labels);
+        c.problem_type = multi.then(|| MULTI_LABEL.to_string());
         c.architecture = Some("BertForSequenceClassification".into());
         Ok(Some(BertHeads {
             pooler: true,
@@ -51,6 +60,7 @@ impl Objective for Classify {
         let cfg = s.cfg;
         let mut examples = self.examples;
         let labels = model.config().labels();
+        let multi = model.config().multi_label();
         let eval_source = cfg.eval_data.as_deref().unwrap_or(s.data);
         let eval_examples = match &cfg.eval_data {
             Some(p) => read_examples(p, &cfg.columns())?,
@@ -61,12 +71,13 @@ impl Objective for Classify {
                 examples.split_off(examples.len() - n_val)
             }
         };
-        label_set(&eval_examples, &labels, eval_source)?;
+        label_set(&eval_examples, &labels, eval_source, multi)?;
         let pad = model.config().pad_token_id.unwrap_or(0);
         let data_line = format!(
-            "{} examples, {} labels ({}), {} held out{}",
+            "{} examples, {} labels{} ({}), {} held out{}",
             examples.len(),
             labels.len(),
+            if multi { ", multi-label" } else { "" },
             labels.join(", "),
             eval_examples.len(),
             cfg.eval_data
@@ -85,10 +96,12 @@ impl Objective for Classify {
                 cfg.seed,
                 shuffle,
                 pad,
+                multi,
             )
         };
         let task = ClassifyTask {
             model,
+            threshold: multi.then_some(cfg.threshold),
             train: batches(&examples, true)?,
             val: (!eval_examples.is_empty())
                 .then(|| batches(&eval_examples, false))
@@ -104,6 +117,8 @@ impl Objective for Classify {
 
 struct ClassifyTask<'m> {
     model: &'m Bert,
+    /// Multi-label: the probability from which a label is predicted.
+    threshold: Option<f64>,
     train: ClassifyBatches,
     val: Option<ClassifyBatches>,
 }
@@ -112,7 +127,11 @@ impl Task for ClassifyTask<'_> {
     fn train_loss(&mut self, n: usize, device: &Device) -> Result<Tensor> {
         let (x, tt, mask, y) = self.train.batch(n, device)?;
         let h = self.model.forward(&x, Some(&tt), Some(&mask), true)?;
-        Ok(cross_entropy(&self.model.classifier_logits(&h, true)?, &y)?)
+        let logits = self.model.classifier_logits(&h, true)?; // (B, labels)
+        Ok(match self.threshold {
+            Some(_) => bce_with_logits(&logits, &y)?,
+            None => cross_entropy(&logits, &y)?,
+        })
     }
 
     /// The whole validation set: loss, accuracy and macro-F1.
@@ -120,11 +139,40 @@ impl Task for ClassifyTask<'_> {
         let Some(val) = &mut self.val else {
             return Ok(None);
         };
+        if let Some(t) = self.threshold {
+            let s = multi_label_over(self.model, val, t, device)?;
+            return Ok(Some(Eval {
+                loss: s.loss,
+                macro_f1: Some(s.macro_f1),
+                micro_f1: Some(s.micro_f1),
+                exact_match: Some(s.exact_match),
+                ..Default::default()
+            }));
+        }
         let s = classify_over(self.model, val, device)?;
         Ok(Some(Eval {
             loss: s.loss,
             accuracy: Some(s.accuracy),
             macro_f1: Some(s.macro_f1),
+            ..Default::default()
         }))
     }
+}
+
+/// `--label-names`: one label name per line, blank lines skipped.
+pub fn read_label_names(path: &Path) -> Result<Vec<String>> {
+    let text = std::fs::read_to_string(path).map_err(|e| WickError::io(path, e))?;
+    let names: Vec<String> = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .map(String::from)
+        .collect();
+    if names.len() < 2 {
+        return Err(WickError::Unsupported(format!(
+            "--label-names {}: needs at least two label names, one per line",
+            path.display()
+        )));
+    }
+    Ok(names)
 }

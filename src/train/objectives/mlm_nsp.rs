@@ -139,7 +139,7 @@ impl Task for MlmNspTask<'_> {
         Ok(Some(Eval {
             loss: loss / n as f64,
             accuracy: Some(correct as f64 / seen as f64),
-            macro_f1: None,
+            ..Default::default()
         }))
     }
 }

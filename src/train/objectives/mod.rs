@@ -115,6 +115,9 @@ pub struct Eval {
     pub loss: f64,
     pub accuracy: Option<f64>,
     pub macro_f1: Option<f64>,
+    /// Multi-label classification.
+    pub micro_f1: Option<f64>,
+    pub exact_match: Option<f64>,
 }
 
 impl Eval {
