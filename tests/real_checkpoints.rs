@@ -115,7 +115,8 @@ fn categorium_classifier_logits_match_batched() {
     for (t, c) in texts.iter().zip(cases) {
         assert_eq!(tok.encode(t, true).unwrap(), common::ids(&c["input_ids"]));
     }
-    let got = classify(bert, tok, &texts, None, 0.5, &Device::Cpu).unwrap();
+    let all = wick::eval::Thresholds::All(0.5);
+    let got = classify(bert, tok, &texts, None, &all, &Device::Cpu).unwrap();
     for (g, c) in got.iter().zip(cases) {
         assert_close(&g.logits, &floats(&c["logits"]), 1e-4, "logits");
         assert_eq!(g.label, c["label"].as_str().unwrap());

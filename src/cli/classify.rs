@@ -13,19 +13,14 @@ pub struct Args {
     input: TextArgs,
     #[command(flatten)]
     batch: BatchArgs,
-    /// Multi-label models: predict every label whose probability reaches this.
-    #[arg(long, default_value_t = 0.5, value_parser = super::finite_f64)]
-    threshold: f64,
+    /// Multi-label models: predict every label whose probability reaches this
+    /// (default: the folder's thresholds.json, one per label, else 0.5).
+    #[arg(long, value_parser = super::finite_f64)]
+    threshold: Option<f64>,
 }
 
 pub fn run(args: Args) -> Result<()> {
     args.batch.check()?;
-    if !(0.0..=1.0).contains(&args.threshold) {
-        anyhow::bail!(
-            "--threshold must be between 0 and 1, got {}",
-            args.threshold
-        );
-    }
     let texts = args.input.texts()?;
     let p = args.model.load(LoadOptions::default())?;
     let model = as_bert(&p, "classify")?;
@@ -36,15 +31,9 @@ pub fn run(args: Args) -> Result<()> {
         );
     }
     let (tok, device) = (p.tokenizer()?, args.model.device()?);
+    let thresholds = super::thresholds(&p, args.threshold)?;
     let preds = args.batch.run(&texts, "classifying", |b| {
-        classify(
-            model,
-            tok,
-            b,
-            args.batch.max_length,
-            args.threshold,
-            &device,
-        )
+        classify(model, tok, b, args.batch.max_length, &thresholds, &device)
     })?;
     emit(args.model.json, &json!({"predictions": preds}), || {
         preds

@@ -32,9 +32,18 @@ pub struct Args {
     block_size: Option<usize>,
     #[arg(long, default_value_t = 8)]
     batch_size: usize,
-    /// Multi-label classifier: predict a label when its probability reaches this.
-    #[arg(long, default_value_t = 0.5, value_parser = super::finite_f64)]
-    threshold: f64,
+    /// Multi-label classifier: predict a label when its probability reaches this
+    /// (default: the folder's thresholds.json, one per label, else 0.5).
+    #[arg(long, value_parser = super::finite_f64)]
+    threshold: Option<f64>,
+    /// Multi-label classifier: choose each label's threshold on --data (the one that
+    /// maximises its F1) and report the figures there.
+    #[arg(long)]
+    tune_thresholds: bool,
+    /// With --tune-thresholds: write them to this file (put it in the model folder as
+    /// thresholds.json for classify and eval to use).
+    #[arg(long, requires = "tune_thresholds")]
+    save_thresholds: Option<PathBuf>,
     /// Translator: beams for the BLEU translations (1 = greedy).
     #[arg(long, default_value_t = 1)]
     num_beams: usize,
@@ -43,12 +52,6 @@ pub struct Args {
 pub fn run(args: Args) -> Result<()> {
     if args.batch_size == 0 {
         anyhow::bail!("--batch-size must be at least 1");
-    }
-    if !(0.0..=1.0).contains(&args.threshold) {
-        anyhow::bail!(
-            "--threshold must be between 0 and 1, got {}",
-            args.threshold
-        );
     }
     let p = args.model.load(LoadOptions::default())?;
     if matches!(&p.model, Model::Bert(b) if b.has_classifier()) {
@@ -121,24 +124,37 @@ fn eval_classifier(args: &Args, p: &Pretrained) -> Result<()> {
         multi,
     )?;
     if multi {
-        let s = crate::eval::multi_label_over(
-            model,
-            &mut batches,
-            args.threshold,
-            &args.model.device()?,
-        )
-        .with_context(data)?;
+        let device = args.model.device()?;
+        let s = if args.tune_thresholds {
+            let s =
+                crate::eval::tune_thresholds(model, &mut batches, &device).with_context(data)?;
+            if let Some(f) = &args.save_thresholds {
+                s.threshold
+                    .save(f, &model.config().labels())
+                    .with_context(|| format!("--save-thresholds {}", f.display()))?;
+            }
+            s
+        } else {
+            let t = super::thresholds(p, args.threshold)?;
+            crate::eval::multi_label_over(model, &mut batches, &t, &device).with_context(data)?
+        };
+        let shown = match &s.threshold {
+            crate::eval::Thresholds::All(t) => format!("threshold {t}"),
+            crate::eval::Thresholds::PerLabel(_) => "a threshold per label".into(),
+        };
         return emit(args.model.json, &s, || {
             format!(
-                "loss         {:.4}\nmicro-F1     {:.4}\nmacro-F1     {:.4}\nexact match  {:.2}%\nexamples     {} (threshold {})",
+                "loss         {:.4}\nmicro-F1     {:.4}\nmacro-F1     {:.4}\nexact match  {:.2}%\nexamples     {} ({shown})",
                 s.loss,
                 s.micro_f1,
                 s.macro_f1,
                 s.exact_match * 100.0,
                 s.examples,
-                s.threshold
             )
         });
+    }
+    if args.tune_thresholds {
+        anyhow::bail!("--tune-thresholds applies to a multi-label classifier");
     }
     let s = crate::eval::classify_over(model, &mut batches, &args.model.device()?)
         .with_context(data)?;

@@ -173,6 +173,28 @@ pub(crate) fn finite_f32(s: &str) -> std::result::Result<f32, String> {
     }
 }
 
+/// A multi-label model's thresholds: `--threshold` for every label when given, else
+/// the model folder's `thresholds.json` (one per label, from `wick eval
+/// --tune-thresholds --save-thresholds`), else 0.5.
+pub(crate) fn thresholds(p: &Pretrained, flag: Option<f64>) -> Result<crate::eval::Thresholds> {
+    use crate::eval::Thresholds;
+    if let Some(t) = flag {
+        if !(0.0..=1.0).contains(&t) {
+            anyhow::bail!("--threshold must be between 0 and 1, got {t}");
+        }
+        return Ok(Thresholds::All(t));
+    }
+    let file = p.dir.join("thresholds.json");
+    let labels = match &p.model {
+        Model::Bert(b) => b.config().labels(),
+        _ => vec![],
+    };
+    Ok(match file.is_file() {
+        true => Thresholds::load(&file, &labels)?,
+        false => Thresholds::All(0.5),
+    })
+}
+
 /// Beam search, for every command that decodes.
 #[derive(clap::Args, Debug, Clone)]
 pub struct BeamArgs {

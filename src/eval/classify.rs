@@ -2,10 +2,13 @@
 //! macro-F1 for one label per text; for multi-label (a sigmoid per label) loss,
 //! micro- and macro-F1, exact match and each label's F1.
 
+use std::collections::BTreeMap;
+use std::path::Path;
+
 use candle_core::{Device, D};
 
 use crate::data::labeled::ClassifyBatches;
-use crate::error::Result;
+use crate::error::{Result, WickError};
 use crate::models::Bert;
 use crate::nn::loss::{bce_with_logits, cross_entropy};
 
@@ -70,7 +73,55 @@ pub fn classify_over(
     })
 }
 
-/// Held-out scores of a multi-label classifier at one threshold.
+/// Where a label's sigmoid counts as predicted: one threshold for every label, or one
+/// per label (tuned on held-out data: rare labels rarely reach 0.5).
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[serde(untagged)]
+pub enum Thresholds {
+    All(f64),
+    PerLabel(Vec<f64>),
+}
+
+impl Thresholds {
+    pub fn at(&self, label: usize) -> f64 {
+        match self {
+            Thresholds::All(t) => *t,
+            Thresholds::PerLabel(ts) => ts[label],
+        }
+    }
+
+    /// A `thresholds.json` ({label: threshold}) for the model's `labels`.
+    pub fn load(path: &Path, labels: &[String]) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|e| WickError::io(path, e))?;
+        let map: BTreeMap<String, f64> =
+            serde_json::from_str(&text).map_err(|e| WickError::config(path, e.to_string()))?;
+        let ts = labels
+            .iter()
+            .map(|l| {
+                map.get(l)
+                    .copied()
+                    .filter(|t| (0.0..=1.0).contains(t))
+                    .ok_or_else(|| {
+                        WickError::config(path, format!("no threshold in [0, 1] for label `{l}`"))
+                    })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Thresholds::PerLabel(ts))
+    }
+
+    /// Writes {label: threshold} to `path`, atomically.
+    pub fn save(&self, path: &Path, labels: &[String]) -> Result<()> {
+        let map: BTreeMap<&str, f64> = labels
+            .iter()
+            .enumerate()
+            .map(|(k, l)| (l.as_str(), self.at(k)))
+            .collect();
+        let json = serde_json::to_string_pretty(&map).expect("thresholds serialise");
+        crate::files::atomic_write(path, json.as_bytes())
+    }
+}
+
+/// Held-out scores of a multi-label classifier at its thresholds.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct MultiLabelScores {
     pub loss: f64,
@@ -81,7 +132,7 @@ pub struct MultiLabelScores {
     pub macro_f1: f64,
     /// Fraction of examples whose predicted label set is exactly the gold one.
     pub exact_match: f64,
-    pub threshold: f64,
+    pub threshold: Thresholds,
     pub examples: usize,
     /// Each label's F1 and how many examples carry it.
     pub per_label: Vec<LabelF1>,
@@ -139,43 +190,127 @@ pub fn multi_label_scores(
     )
 }
 
-/// Loss, micro-/macro-F1 and exact match of a multi-label classifier over every
-/// example, a label predicted when its sigmoid reaches `threshold`.
-pub fn multi_label_over(
+/// The threshold of 0.05, 0.10, …, 0.95 at which one label's (probability, gold)
+/// pairs have the highest F1; ties go to the one nearest 0.5.
+fn best_threshold(column: &[(f32, bool)]) -> f64 {
+    let f1 = |t: f64| {
+        let (mut tp, mut fp, mut fn_) = (0usize, 0usize, 0usize);
+        for &(p, g) in column {
+            match (p as f64 >= t, g) {
+                (true, true) => tp += 1,
+                (true, false) => fp += 1,
+                (false, true) => fn_ += 1,
+                _ => {}
+            }
+        }
+        2.0 * tp as f64 / (2 * tp + fp + fn_).max(1) as f64
+    };
+    (1..20)
+        .map(|i| (i * 5) as f64 / 100.0)
+        .max_by(|&a, &b| {
+            f1(a)
+                .total_cmp(&f1(b))
+                .then((b - 0.5).abs().total_cmp(&(a - 0.5).abs()))
+        })
+        .unwrap_or(0.5)
+}
+
+/// The mean loss, each example's sigmoids and each example's gold labels.
+type Probs = (f64, Vec<Vec<f32>>, Vec<Vec<bool>>);
+
+/// A multi-label classifier over every example: the mean loss, each example's
+/// sigmoids and its gold labels.
+fn multi_label_probs(
     model: &Bert,
     batches: &mut ClassifyBatches,
-    threshold: f64,
     device: &Device,
-) -> Result<MultiLabelScores> {
-    let (mut loss, mut gold, mut pred) = (0f64, Vec::new(), Vec::new());
+) -> Result<Probs> {
+    let (mut loss, mut probs, mut gold) = (0f64, Vec::new(), Vec::new());
     for i in 0..batches.batches_per_pass() {
         let (x, tt, mask, y) = batches.batch(i, device)?;
         let logits =
             model.classifier_logits(&model.forward(&x, Some(&tt), Some(&mask), false)?, false)?;
         let b = y.dim(0)?;
         loss += bce_with_logits(&logits, &y)?.to_scalar::<f32>()? as f64 * b as f64;
-        let p = candle_nn::ops::sigmoid(&logits)?.to_vec2::<f32>()?;
-        pred.extend(
-            p.iter()
-                .map(|r| r.iter().map(|&v| v as f64 >= threshold).collect::<Vec<_>>()),
-        );
+        probs.extend(candle_nn::ops::sigmoid(&logits)?.to_vec2::<f32>()?);
         gold.extend(
             y.to_vec2::<f32>()?
                 .iter()
                 .map(|r| r.iter().map(|&v| v > 0.5).collect::<Vec<_>>()),
         );
     }
-    let labels = model.config().labels();
-    let (micro_f1, macro_f1, exact_match, per_label) = multi_label_scores(&gold, &pred, &labels);
-    Ok(MultiLabelScores {
-        loss: loss / gold.len().max(1) as f64,
+    Ok((loss / gold.len().max(1) as f64, probs, gold))
+}
+
+fn scores_at(
+    loss: f64,
+    probs: &[Vec<f32>],
+    gold: &[Vec<bool>],
+    labels: &[String],
+    threshold: Thresholds,
+) -> MultiLabelScores {
+    let pred: Vec<Vec<bool>> = probs
+        .iter()
+        .map(|r| {
+            r.iter()
+                .enumerate()
+                .map(|(k, &p)| p as f64 >= threshold.at(k))
+                .collect()
+        })
+        .collect();
+    let (micro_f1, macro_f1, exact_match, per_label) = multi_label_scores(gold, &pred, labels);
+    MultiLabelScores {
+        loss,
         micro_f1,
         macro_f1,
         exact_match,
         threshold,
         examples: gold.len(),
         per_label,
-    })
+    }
+}
+
+/// Loss, micro-/macro-F1 and exact match of a multi-label classifier over every
+/// example, a label predicted when its sigmoid reaches its threshold.
+pub fn multi_label_over(
+    model: &Bert,
+    batches: &mut ClassifyBatches,
+    threshold: &Thresholds,
+    device: &Device,
+) -> Result<MultiLabelScores> {
+    let (loss, probs, gold) = multi_label_probs(model, batches, device)?;
+    Ok(scores_at(
+        loss,
+        &probs,
+        &gold,
+        &model.config().labels(),
+        threshold.clone(),
+    ))
+}
+
+/// Each label's threshold chosen on these examples (the one of 0.05, 0.10, …, 0.95
+/// that maximises the label's F1; ties to the one nearest 0.5), and the figures there.
+pub fn tune_thresholds(
+    model: &Bert,
+    batches: &mut ClassifyBatches,
+    device: &Device,
+) -> Result<MultiLabelScores> {
+    let (loss, probs, gold) = multi_label_probs(model, batches, device)?;
+    let labels = model.config().labels();
+    let best = (0..labels.len())
+        .map(|k| {
+            let column: Vec<(f32, bool)> =
+                probs.iter().zip(&gold).map(|(p, g)| (p[k], g[k])).collect();
+            best_threshold(&column)
+        })
+        .collect();
+    Ok(scores_at(
+        loss,
+        &probs,
+        &gold,
+        &labels,
+        Thresholds::PerLabel(best),
+    ))
 }
 
 #[cfg(test)]
@@ -207,5 +342,15 @@ mod tests {
         assert!((exact - 1.0 / 3.0).abs() < 1e-12);
         assert_eq!(per[0].support, 2);
         assert_eq!(per[2].f1, 0.0);
+    }
+
+    #[test]
+    fn the_tuned_threshold_separates_a_label_and_prefers_the_middle_on_ties() {
+        // Positives at 0.2 and 0.3, negatives at 0.1 and 0.05: any t in (0.1, 0.2] is
+        // perfect; 0.15 and 0.2 tie, and 0.2 is nearer 0.5.
+        let col = [(0.2f32, true), (0.3, true), (0.1, false), (0.05, false)];
+        assert_eq!(best_threshold(&col), 0.2);
+        // Perfectly separable at 0.5 and above: 0.5 itself wins the tie.
+        assert_eq!(best_threshold(&[(0.9, true), (0.4, false)]), 0.5);
     }
 }

@@ -8,8 +8,8 @@ mod lm;
 mod seq2seq;
 
 pub use classify::{
-    classify_over, macro_f1, multi_label_over, multi_label_scores, ClassifyScores, LabelF1,
-    MultiLabelScores,
+    classify_over, macro_f1, multi_label_over, multi_label_scores, tune_thresholds, ClassifyScores,
+    LabelF1, MultiLabelScores, Thresholds,
 };
 pub use lm::{lm_loss_over, mean_loss};
 pub use seq2seq::seq2seq_loss_over;

@@ -8,6 +8,7 @@ use serde::Serialize;
 use super::embed::encode_all;
 use crate::data::{pad_batch, Padding};
 use crate::error::Result;
+use crate::eval::Thresholds;
 use crate::models::Bert;
 use crate::tokenizer::Tokenizer;
 
@@ -27,13 +28,13 @@ pub struct Classification {
 
 /// Classifies the texts as one padded batch, each cut to `max_length` tokens (default:
 /// the model's context). A multi-label model predicts each label whose probability
-/// reaches `threshold`.
+/// reaches its threshold.
 pub fn classify(
     model: &Bert,
     tok: &Tokenizer,
     texts: &[String],
     max_length: Option<usize>,
-    threshold: f64,
+    threshold: &Thresholds,
     device: &Device,
 ) -> Result<Vec<Classification>> {
     let max_length = max_length.unwrap_or(model.config().max_position_embeddings);
@@ -58,7 +59,7 @@ pub fn classify(
                 .unwrap_or(0);
             let predicted = match multi {
                 true => (0..p.len())
-                    .filter(|&k| p[k] as f64 >= threshold)
+                    .filter(|&k| p[k] as f64 >= threshold.at(k))
                     .map(|k| labels[k].clone())
                     .collect(),
                 false => vec![labels[best].clone()],

@@ -13,7 +13,7 @@ use rand::{rngs::StdRng, seq::SliceRandom, SeedableRng};
 use super::{does_not_fit, held_out, Built, Eval, Objective, Setup, Task};
 use crate::data::labeled::{label_set, looks_multi_label, read_examples, ClassifyBatches, Example};
 use crate::error::{Result, WickError};
-use crate::eval::{classify_over, multi_label_over};
+use crate::eval::{classify_over, multi_label_over, Thresholds};
 use crate::models::bert::MULTI_LABEL;
 use crate::models::{Bert, BertHeads, Model, ModelConfig};
 use crate::nn::loss::{bce_with_logits, cross_entropy};
@@ -140,7 +140,7 @@ impl Task for ClassifyTask<'_> {
             return Ok(None);
         };
         if let Some(t) = self.threshold {
-            let s = multi_label_over(self.model, val, t, device)?;
+            let s = multi_label_over(self.model, val, &Thresholds::All(t), device)?;
             return Ok(Some(Eval {
                 loss: s.loss,
                 macro_f1: Some(s.macro_f1),
