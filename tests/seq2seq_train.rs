@@ -38,8 +38,12 @@ fn corpus_bleu_matches_sacrebleu() {
 const PAIRS: &str = "Go.\tVa !\tattribution\nI won!\tJ'ai gagné !\nHe is tall.\tIl est grand.\nWe are here.\tNous sommes ici.\nThank you.\tMerci.\nWho are you?\tQui êtes-vous ?\n";
 
 fn train(dir: &std::path::Path, name: &str, extra: &[&str]) -> std::path::PathBuf {
-    let data = dir.join("pairs.tsv");
-    std::fs::write(&data, PAIRS.repeat(3)).unwrap();
+    train_on(dir, name, &PAIRS.repeat(3), extra)
+}
+
+fn train_on(dir: &std::path::Path, name: &str, pairs: &str, extra: &[&str]) -> std::path::PathBuf {
+    let data = dir.join(format!("{name}-pairs.tsv"));
+    std::fs::write(&data, pairs).unwrap();
     let cfg = dir.join("tiny-s2s.json");
     std::fs::write(
         &cfg,
@@ -80,6 +84,59 @@ fn a_tiny_transformer_learns_pairs_by_heart_and_translates_them() {
     let out = train(dir.path(), "s2s", &["--max-iters", "150"]);
     assert!(!out.join("source_tokenizer.json").exists());
     assert_translates_the_pairs(dir.path(), &out);
+}
+
+/// Multi-label classification as generation: `--labels-as-target` turns label-id cells
+/// into label names in one order; the model learns to write each text's set, and `wick
+/// eval --labels-as-target` scores the decoded sets.
+#[test]
+fn label_sets_are_learnt_as_targets_and_scored_as_sets() {
+    let dir = tempfile::tempdir().unwrap();
+    let names = dir.path().join("labels.txt");
+    std::fs::write(&names, "anger\njoy\nlove\n").unwrap();
+    let rows = "I am so happy\t1\tx\nI love you\t2,1\tx\nThis is awful\t0\tx\nHow dare you\t0\tx\nYou are my joy\t1,2\tx\nGreat day\t1\tx\n";
+    let out = train_on(
+        dir.path(),
+        "labels",
+        &rows.repeat(3),
+        &[
+            "--max-iters",
+            "150",
+            "--labels-as-target",
+            "--label-names",
+            names.to_str().unwrap(),
+        ],
+    );
+    std::fs::write(dir.path().join("test.tsv"), rows).unwrap();
+    let v = wick_json(&[
+        "translate",
+        "--model",
+        out.to_str().unwrap(),
+        "--text",
+        "I love you",
+        "--json",
+    ]);
+    assert_eq!(v["translations"][0]["text"], "joy, love", "{v}");
+    let v = wick_json(&[
+        "eval",
+        "--model",
+        out.to_str().unwrap(),
+        "--data",
+        dir.path().join("test.tsv").to_str().unwrap(),
+        "--labels-as-target",
+        "--label-names",
+        names.to_str().unwrap(),
+        "--json",
+    ]);
+    assert_eq!(
+        (
+            v["exact_match"].as_f64(),
+            v["micro_f1"].as_f64(),
+            v["macro_f1"].as_f64()
+        ),
+        (Some(1.0), Some(1.0), Some(1.0)),
+        "{v}"
+    );
 }
 
 /// With `--separate-vocab`, each side gets its own BPE (source_tokenizer.json beside

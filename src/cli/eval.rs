@@ -44,6 +44,13 @@ pub struct Args {
     /// thresholds.json for classify and eval to use).
     #[arg(long, requires = "tune_thresholds")]
     save_thresholds: Option<PathBuf>,
+    /// Translator: targets are label sets (as trained with --labels-as-target); also
+    /// reports micro-/macro-F1 and exact match of the decoded sets.
+    #[arg(long)]
+    labels_as_target: bool,
+    /// With --labels-as-target: one label name per line, naming the data's numeric ids.
+    #[arg(long)]
+    label_names: Option<PathBuf>,
     /// Translator: beams for the BLEU translations (1 = greedy).
     #[arg(long, default_value_t = 1)]
     num_beams: usize,
@@ -174,7 +181,15 @@ fn eval_classifier(args: &Args, p: &Pretrained) -> Result<()> {
 fn eval_translator(args: &Args, p: &Pretrained, model: &crate::models::Seq2Seq) -> Result<()> {
     use crate::data::pairs::{encode_pairs, read_pairs, PairBatches};
     let data = || format!("--data {}", args.data.display());
-    let pairs = read_pairs(&args.data).with_context(data)?;
+    let mut pairs = read_pairs(&args.data).with_context(data)?;
+    let names = args
+        .label_names
+        .as_deref()
+        .map(crate::data::labeled::read_label_names)
+        .transpose()?;
+    if args.labels_as_target {
+        crate::data::pairs::labels_as_target(&mut pairs, names.as_deref()).with_context(data)?;
+    }
     let (tok, device, c) = (p.tokenizer()?, args.model.device()?, model.config());
     let max = c.max_position_embeddings;
     let encoded = encode_pairs(tok, &pairs, c.eos_token_id, max)?;
@@ -206,15 +221,54 @@ fn eval_translator(args: &Args, p: &Pretrained, model: &crate::models::Seq2Seq) 
         .collect();
     let refs: Vec<String> = pairs.into_iter().map(|(_, t)| t).collect();
     let bleu = crate::tasks::bleu::corpus_bleu(&hyps, &refs);
-    let v = json!({"loss": loss, "perplexity": loss.exp(), "bleu": bleu.score,
+    let mut v = json!({"loss": loss, "perplexity": loss.exp(), "bleu": bleu.score,
                    "bleu_detail": bleu, "pairs": refs.len(), "num_beams": opts.num_beams});
+    let mut sets = String::new();
+    if args.labels_as_target {
+        let s = label_set_scores(&hyps, &refs, names.as_deref().unwrap_or(&[]));
+        sets = format!(
+            "\nmicro-F1    {:.4}\nmacro-F1    {:.4}\nexact match {:.2}% (label sets)",
+            s.0,
+            s.1,
+            s.2 * 100.0
+        );
+        v["micro_f1"] = s.0.into();
+        v["macro_f1"] = s.1.into();
+        v["exact_match"] = s.2.into();
+        v["per_label"] = serde_json::to_value(&s.3)?;
+    }
     emit(args.model.json, &v, || {
         format!(
-            "loss        {loss:.4}\nperplexity  {:.3}\nBLEU        {:.2} (sacreBLEU 13a, {} beam(s))\npairs       {}",
+            "loss        {loss:.4}\nperplexity  {:.3}\nBLEU        {:.2} (sacreBLEU 13a, {} beam(s))\npairs       {}{sets}",
             loss.exp(),
             bleu.score,
             opts.num_beams,
             refs.len()
         )
     })
+}
+
+/// Set metrics of decoded label sets against the references' (micro-F1, macro-F1, exact
+/// match, per label), over `names` and every label either side writes.
+fn label_set_scores(
+    hyps: &[String],
+    refs: &[String],
+    names: &[String],
+) -> (f64, f64, f64, Vec<crate::eval::LabelF1>) {
+    use crate::data::pairs::label_set_of;
+    let (h, r): (Vec<Vec<String>>, Vec<Vec<String>>) = (
+        hyps.iter().map(|t| label_set_of(t)).collect(),
+        refs.iter().map(|t| label_set_of(t)).collect(),
+    );
+    let mut universe: Vec<String> = names.to_vec();
+    let mut seen: Vec<String> = h.iter().chain(&r).flatten().cloned().collect();
+    seen.sort();
+    seen.dedup();
+    universe.extend(seen.into_iter().filter(|l| !names.contains(l)));
+    let rows = |sets: &[Vec<String>]| -> Vec<Vec<bool>> {
+        sets.iter()
+            .map(|s| universe.iter().map(|l| s.contains(l)).collect())
+            .collect()
+    };
+    crate::eval::multi_label_scores(&rows(&r), &rows(&h), &universe)
 }

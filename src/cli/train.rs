@@ -123,8 +123,8 @@ struct Settings {
     #[arg(long)]
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     multi_label: bool,
-    /// Classification: a file with one label name per line; the data's labels are those
-    /// names or their line numbers (0-based).
+    /// Classification and --labels-as-target: a file with one label name per line; the
+    /// data's labels are those names or their line numbers (0-based).
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     label_names: Option<PathBuf>,
@@ -132,6 +132,11 @@ struct Settings {
     #[arg(long, value_parser = super::finite_f64)]
     #[serde(skip_serializing_if = "Option::is_none")]
     threshold: Option<f64>,
+    /// Seq2seq: targets are comma-separated labels (ids with --label-names, or names),
+    /// learnt as label names in one order: multi-label classification as generation.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    labels_as_target: bool,
     /// Seq2seq: label smoothing ε.
     #[arg(long, value_parser = super::finite_f64)]
     #[serde(skip_serializing_if = "Option::is_none")]

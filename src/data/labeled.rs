@@ -175,6 +175,24 @@ pub fn label_id(label: &str, labels: &[String]) -> Option<u32> {
         .map(|i| i as u32)
 }
 
+/// `--label-names`: one label name per line, blank lines skipped.
+pub fn read_label_names(path: &Path) -> Result<Vec<String>> {
+    let text = std::fs::read_to_string(path).map_err(|e| WickError::io(path, e))?;
+    let names: Vec<String> = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .map(String::from)
+        .collect();
+    if names.len() < 2 {
+        return Err(WickError::Unsupported(format!(
+            "--label-names {}: needs at least two label names, one per line",
+            path.display()
+        )));
+    }
+    Ok(names)
+}
+
 /// The labels a cell holds: one, or for multi-label data several, comma-separated.
 pub fn label_parts(cell: &str, multi: bool) -> Vec<&str> {
     if !multi {

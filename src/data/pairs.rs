@@ -51,6 +51,56 @@ pub struct EncodedPair {
     pub tgt: Vec<u32>,
 }
 
+/// `--labels-as-target`: each target cell of comma-separated labels (names, or with
+/// `names` also their 0-based ids) rewritten as the label names in one canonical order
+/// (the names' order, else alphabetical), "joy, love", so that a translator learns to
+/// write a text's label set and decides itself how many.
+pub fn labels_as_target(pairs: &mut [(String, String)], names: Option<&[String]>) -> Result<()> {
+    for (i, (_, target)) in pairs.iter_mut().enumerate() {
+        let mut set: Vec<(usize, String)> = Vec::new();
+        for part in target.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            let entry = match names {
+                None => (0, part.to_string()),
+                Some(names) => {
+                    let k = names
+                        .iter()
+                        .position(|n| n == part)
+                        .or_else(|| part.parse::<usize>().ok().filter(|&k| k < names.len()))
+                        .ok_or_else(|| {
+                            WickError::Unsupported(format!(
+                                "pair {}: label `{part}` is neither a name in --label-names nor an id below {}",
+                                i + 1,
+                                names.len()
+                            ))
+                        })?;
+                    (k, names[k].clone())
+                }
+            };
+            if !set.contains(&entry) {
+                set.push(entry);
+            }
+        }
+        set.sort();
+        *target = set
+            .into_iter()
+            .map(|(_, n)| n)
+            .collect::<Vec<_>>()
+            .join(", ");
+    }
+    Ok(())
+}
+
+/// A decoded label set: the comma-separated names, trimmed, without repeats.
+pub fn label_set_of(text: &str) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for p in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        if !out.iter().any(|o| o == p) {
+            out.push(p.to_string());
+        }
+    }
+    out
+}
+
 /// Encodes text for either side: its tokens cut to `max_len - 1`, then EOS.
 pub fn encode_side(tok: &Tokenizer, text: &str, eos: u32, max_len: usize) -> Result<Vec<u32>> {
     Ok(cut_with_eos(tok.encode(text, false)?, eos, max_len).0)
@@ -223,5 +273,20 @@ mod tests {
             x.src_mask.to_vec2::<u32>().unwrap(),
             vec![vec![1, 1, 1], vec![1, 1, 0]]
         );
+    }
+
+    #[test]
+    fn label_targets_are_names_in_one_order() {
+        let names: Vec<String> = ["anger", "joy", "love"].map(String::from).to_vec();
+        let mut pairs = vec![
+            ("a".to_string(), "2,1".to_string()),
+            ("b".into(), "joy, 0, joy".into()),
+        ];
+        labels_as_target(&mut pairs, Some(&names)).unwrap();
+        assert_eq!(pairs[0].1, "joy, love");
+        assert_eq!(pairs[1].1, "anger, joy");
+        let mut bad = vec![("c".to_string(), "7".to_string())];
+        assert!(labels_as_target(&mut bad, Some(&names)).is_err());
+        assert_eq!(label_set_of(" joy,love ,joy"), ["joy", "love"]);
     }
 }

@@ -81,6 +81,9 @@ pub struct TrainConfig {
     pub label_names: Option<PathBuf>,
     /// Multi-label: the probability from which a label is predicted.
     pub threshold: f64,
+    /// Seq2seq: the target column holds comma-separated labels, written as label
+    /// names in one order (`--label-names` names numeric ids).
+    pub labels_as_target: bool,
     /// Masked LM: choose whole words (a WordPiece token and its `##` continuations)
     /// rather than single tokens.
     pub whole_word_mask: bool,
@@ -132,6 +135,7 @@ impl Default for TrainConfig {
             multi_label: false,
             label_names: None,
             threshold: 0.5,
+            labels_as_target: false,
         }
     }
 }
@@ -209,14 +213,41 @@ impl TrainConfig {
                 self.threshold
             ));
         }
-        if (self.multi_label || self.label_names.is_some()) && self.objective != Objective::Classify
+        if self.multi_label && self.objective != Objective::Classify {
+            return bad("--multi-label applies to --objective classify".into());
+        }
+        if self.labels_as_target && self.objective != Objective::Seq2seq {
+            return bad("--labels-as-target applies to --objective seq2seq".into());
+        }
+        if self.label_names.is_some()
+            && !(self.objective == Objective::Classify || self.labels_as_target)
         {
-            return bad("--multi-label and --label-names apply to --objective classify".into());
+            return bad(
+                "--label-names applies to --objective classify or --labels-as-target".into(),
+            );
         }
         if self.eval_every == 0 || self.log_every == 0 || self.eval_iters == 0 {
             return bad("--eval-every, --eval-iters and --log-every must be at least 1".into());
         }
         Ok(())
+    }
+
+    /// The training pairs of a seq2seq run: `source<TAB>target` lines, targets turned
+    /// into label sets with `--labels-as-target`. The tokenizer is learnt on these too.
+    pub fn read_pairs(
+        &self,
+        data: &std::path::Path,
+    ) -> crate::error::Result<Vec<(String, String)>> {
+        let mut pairs = crate::data::pairs::read_pairs(data)?;
+        if self.labels_as_target {
+            let names = self
+                .label_names
+                .as_deref()
+                .map(crate::data::labeled::read_label_names)
+                .transpose()?;
+            crate::data::pairs::labels_as_target(&mut pairs, names.as_deref())?;
+        }
+        Ok(pairs)
     }
 
     pub fn columns(&self) -> crate::data::labeled::Columns {

@@ -262,7 +262,7 @@ fn learn_tokenizer(
             .and_then(Value::as_u64)
             .filter(|&v| v > 0)
             .unwrap_or(8000) as usize;
-        let pairs = crate::data::pairs::read_pairs(data)?;
+        let pairs = cfg.read_pairs(data)?;
         let side = |f: fn(&(String, String)) -> &String| -> Vec<String> {
             pairs.iter().map(|p| f(p).clone()).collect()
         };

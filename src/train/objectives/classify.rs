@@ -11,8 +11,10 @@ use candle_core::{Device, Tensor};
 use rand::{rngs::StdRng, seq::SliceRandom, SeedableRng};
 
 use super::{does_not_fit, held_out, Built, Eval, Objective, Setup, Task};
-use crate::data::labeled::{label_set, looks_multi_label, read_examples, ClassifyBatches, Example};
-use crate::error::{Result, WickError};
+use crate::data::labeled::{
+    label_set, looks_multi_label, read_examples, read_label_names, ClassifyBatches, Example,
+};
+use crate::error::Result;
 use crate::eval::{classify_over, multi_label_over, Thresholds};
 use crate::models::bert::MULTI_LABEL;
 use crate::models::{Bert, BertHeads, Model, ModelConfig};
@@ -157,22 +159,4 @@ impl Task for ClassifyTask<'_> {
             ..Default::default()
         }))
     }
-}
-
-/// `--label-names`: one label name per line, blank lines skipped.
-pub fn read_label_names(path: &Path) -> Result<Vec<String>> {
-    let text = std::fs::read_to_string(path).map_err(|e| WickError::io(path, e))?;
-    let names: Vec<String> = text
-        .lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty())
-        .map(String::from)
-        .collect();
-    if names.len() < 2 {
-        return Err(WickError::Unsupported(format!(
-            "--label-names {}: needs at least two label names, one per line",
-            path.display()
-        )));
-    }
-    Ok(names)
 }

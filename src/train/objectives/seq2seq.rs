@@ -9,7 +9,7 @@ use candle_core::{Device, Tensor};
 use rand::{rngs::StdRng, seq::SliceRandom, Rng, SeedableRng};
 
 use super::{does_not_fit, held_out, Built, Eval, Objective, Setup, Task};
-use crate::data::pairs::{encode_pairs, read_pairs, PairBatch, PairBatches};
+use crate::data::pairs::{encode_pairs, PairBatch, PairBatches};
 use crate::error::Result;
 use crate::eval::seq2seq_loss_over;
 use crate::models::{BertHeads, Model, ModelConfig, Seq2Seq as Seq2SeqModel};
@@ -37,7 +37,7 @@ impl Objective for Seq2Seq {
         };
         let (cfg, tokenizer) = (s.cfg, s.tokenizer);
         let c = model.config();
-        let mut pairs = read_pairs(s.data)?;
+        let mut pairs = cfg.read_pairs(s.data)?;
         // A seeded shuffle, then a fixed held-out tail (val_fraction of the pairs).
         pairs.shuffle(&mut StdRng::seed_from_u64(cfg.seed));
         let n_val = held_out(pairs.len(), cfg);
