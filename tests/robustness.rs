@@ -189,22 +189,28 @@ fn names(dir: &std::path::Path) -> Vec<String> {
     v
 }
 
-#[test]
-fn the_token_cache_stays_out_of_the_data_folder() {
-    let data = tempfile::tempdir().unwrap();
-    let corpus = data.path().join("corpus.txt");
+/// A small corpus and a one-layer GPT-2 config to train from scratch, in `dir`.
+fn tiny_gpt2_run(dir: &std::path::Path) -> (std::path::PathBuf, std::path::PathBuf) {
+    let corpus = dir.join("corpus.txt");
     std::fs::write(
         &corpus,
         "To be, or not to be, that is the question.\n".repeat(40),
     )
     .unwrap();
-    let tiny = data.path().join("tiny.json");
+    let tiny = dir.join("tiny.json");
     std::fs::write(
         &tiny,
         r#"{"model_type": "gpt2", "vocab_size": 0, "n_positions": 16, "n_embd": 16,
             "n_layer": 1, "n_head": 2}"#,
     )
     .unwrap();
+    (corpus, tiny)
+}
+
+#[test]
+fn the_token_cache_stays_out_of_the_data_folder() {
+    let data = tempfile::tempdir().unwrap();
+    let (corpus, tiny) = tiny_gpt2_run(data.path());
     let work = tempfile::tempdir().unwrap();
     let cache = work.path().join("cache");
     let train = |out: &str, cache: Option<&std::path::Path>| {
@@ -350,19 +356,7 @@ fn classification_data_needs_two_classes_and_no_blank_label() {
 #[test]
 fn flags_that_would_do_nothing_or_be_misread_are_refused() {
     let dir = tempfile::tempdir().unwrap();
-    let corpus = dir.path().join("corpus.txt");
-    std::fs::write(
-        &corpus,
-        "To be, or not to be, that is the question.\n".repeat(40),
-    )
-    .unwrap();
-    let tiny = dir.path().join("tiny.json");
-    std::fs::write(
-        &tiny,
-        r#"{"model_type": "gpt2", "vocab_size": 0, "n_positions": 16, "n_embd": 16,
-            "n_layer": 1, "n_head": 2}"#,
-    )
-    .unwrap();
+    let (corpus, tiny) = tiny_gpt2_run(dir.path());
     let out = dir.path().join("run");
     let (o, c) = (out.to_str().unwrap(), corpus.to_str().unwrap());
     let base = [
