@@ -128,15 +128,7 @@ fn label_sets_are_learnt_as_targets_and_scored_as_sets() {
         names.to_str().unwrap(),
         "--json",
     ]);
-    assert_eq!(
-        (
-            v["exact_match"].as_f64(),
-            v["micro_f1"].as_f64(),
-            v["macro_f1"].as_f64()
-        ),
-        (Some(1.0), Some(1.0), Some(1.0)),
-        "{v}"
-    );
+    assert_perfect_label_sets(&v);
 }
 
 /// With `--separate-vocab`, each side gets its own BPE (source_tokenizer.json beside

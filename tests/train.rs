@@ -268,6 +268,47 @@ fn fine_tuning_starts_from_a_checkpoint_and_keeps_its_tokenizer() {
     ]);
 }
 
+/// Fine-tunes the tiny BERT as a classifier on `data` (also held out) into `out`, with
+/// [max-iters, learning-rate, eval-every, log-every]; returns (code, stdout, stderr).
+fn train_tiny_classifier(
+    data: &Path,
+    out: &Path,
+    [iters, lr, eval_every, log_every]: [&str; 4],
+) -> (i32, String, String) {
+    let (model, data, out) = (
+        fixture("tiny-bert"),
+        data.to_str().unwrap(),
+        out.to_str().unwrap(),
+    );
+    wick(&[
+        "train",
+        "--model",
+        model.to_str().unwrap(),
+        "--objective",
+        "classify",
+        "--data",
+        data,
+        "--eval-data",
+        data,
+        "--out",
+        out,
+        "--max-iters",
+        iters,
+        "--batch-size",
+        "6",
+        "--block-size",
+        "16",
+        "--learning-rate",
+        lr,
+        "--warmup-iters",
+        "2",
+        "--eval-every",
+        eval_every,
+        "--log-every",
+        log_every,
+    ])
+}
+
 /// Multi-label classification: label cells with comma-separated names make the head a
 /// sigmoid per label; a tiny separable set is learnt to 100% exact match, the config
 /// says `multi_label_classification`, `wick classify` returns each label over the
@@ -294,33 +335,7 @@ fn multi_label_fine_tuning_learns_label_sets() {
     .unwrap();
     let out = s.p("ml");
     let data = s.p("ml.tsv");
-    let (code, stdout, e) = wick(&[
-        "train",
-        "--model",
-        fixture("tiny-bert").to_str().unwrap(),
-        "--objective",
-        "classify",
-        "--data",
-        data.to_str().unwrap(),
-        "--eval-data",
-        data.to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-        "--max-iters",
-        "300",
-        "--batch-size",
-        "6",
-        "--block-size",
-        "16",
-        "--learning-rate",
-        "0.005",
-        "--warmup-iters",
-        "2",
-        "--eval-every",
-        "100",
-        "--log-every",
-        "50",
-    ]);
+    let (code, stdout, e) = train_tiny_classifier(&data, &out, ["300", "0.005", "100", "50"]);
     assert_eq!(code, 0, "{e}");
     assert!(stdout.contains("multi-label"), "{stdout}");
     assert!(stdout.contains("exact match  100.00%"), "{stdout}");
@@ -360,15 +375,7 @@ fn multi_label_fine_tuning_learns_label_sets() {
         data.to_str().unwrap(),
         "--json",
     ]);
-    assert_eq!(
-        (
-            v["exact_match"].as_f64(),
-            v["micro_f1"].as_f64(),
-            v["macro_f1"].as_f64()
-        ),
-        (Some(1.0), Some(1.0), Some(1.0)),
-        "{v}"
-    );
+    assert_perfect_label_sets(&v);
 }
 
 /// Classification fine-tuning: BERT + a fresh linear head on [CLS] learns a tiny
@@ -394,33 +401,8 @@ fn classification_fine_tuning_learns_a_separable_set() {
     }
     std::fs::write(s.p("sst.tsv"), rows).unwrap();
     let out = s.p("cls");
-    let (code, stdout, e) = wick(&[
-        "train",
-        "--model",
-        fixture("tiny-bert").to_str().unwrap(),
-        "--objective",
-        "classify",
-        "--data",
-        s.p("sst.tsv").to_str().unwrap(),
-        "--eval-data",
-        s.p("sst.tsv").to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-        "--max-iters",
-        "40",
-        "--batch-size",
-        "6",
-        "--block-size",
-        "16",
-        "--learning-rate",
-        "0.003",
-        "--warmup-iters",
-        "2",
-        "--eval-every",
-        "20",
-        "--log-every",
-        "5",
-    ]);
+    let (code, stdout, e) =
+        train_tiny_classifier(&s.p("sst.tsv"), &out, ["40", "0.003", "20", "5"]);
     assert_eq!(code, 0, "{e}");
     assert!(
         stdout.contains("initialised") && stdout.contains("classifier.weight"),

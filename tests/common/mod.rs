@@ -136,6 +136,17 @@ pub fn wick_fails(args: &[&str], needles: &[&str]) -> String {
     stderr
 }
 
+/// `wick eval --json` on label sets got every set exactly right.
+#[track_caller]
+pub fn assert_perfect_label_sets(v: &Value) {
+    let got = (
+        v["exact_match"].as_f64(),
+        v["micro_f1"].as_f64(),
+        v["macro_f1"].as_f64(),
+    );
+    assert_eq!(got, (Some(1.0), Some(1.0), Some(1.0)), "{v}");
+}
+
 /// A copy of a fixture folder to damage.
 pub fn copy_fixture(name: &str) -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
