@@ -21,6 +21,15 @@ pub struct ClassifyScores {
     pub examples: usize,
 }
 
+/// F1 from true positives, false positives and false negatives: 2tp / (2tp + fp + fn),
+/// 0 when there are none of the three (scikit-learn's zero_division=0).
+fn f1(tp: usize, fp: usize, fn_: usize) -> f64 {
+    match 2 * tp + fp + fn_ {
+        0 => 0.0,
+        d => 2.0 * tp as f64 / d as f64,
+    }
+}
+
 /// Mean of the per-class F1 over the classes that occur in the gold labels or the
 /// predictions (scikit-learn's `f1_score(average="macro")`; a class never predicted
 /// nor present is left out rather than counted as 0).
@@ -38,7 +47,7 @@ pub fn macro_f1(gold: &[u32], pred: &[u32], num_labels: usize) -> f64 {
     }
     let f1s: Vec<f64> = (0..num_labels)
         .filter(|&c| tp[c] + fp[c] + fn_[c] > 0)
-        .map(|c| 2.0 * tp[c] as f64 / (2 * tp[c] + fp[c] + fn_[c]) as f64)
+        .map(|c| f1(tp[c], fp[c], fn_[c]))
         .collect();
     if f1s.is_empty() {
         0.0
@@ -165,14 +174,6 @@ pub fn multi_label_scores(
             }
         }
     }
-    let f1 = |tp: usize, fp: usize, fn_: usize| {
-        let d = 2 * tp + fp + fn_;
-        if d == 0 {
-            0.0
-        } else {
-            2.0 * tp as f64 / d as f64
-        }
-    };
     let per_label: Vec<LabelF1> = (0..c)
         .map(|k| LabelF1 {
             label: labels[k].clone(),
@@ -193,7 +194,7 @@ pub fn multi_label_scores(
 /// The threshold of 0.05, 0.10, …, 0.95 at which one label's (probability, gold)
 /// pairs have the highest F1; ties go to the one nearest 0.5.
 fn best_threshold(column: &[(f32, bool)]) -> f64 {
-    let f1 = |t: f64| {
+    let f1_at = |t: f64| {
         let (mut tp, mut fp, mut fn_) = (0usize, 0usize, 0usize);
         for &(p, g) in column {
             match (p as f64 >= t, g) {
@@ -203,13 +204,13 @@ fn best_threshold(column: &[(f32, bool)]) -> f64 {
                 _ => {}
             }
         }
-        2.0 * tp as f64 / (2 * tp + fp + fn_).max(1) as f64
+        f1(tp, fp, fn_)
     };
     (1..20)
         .map(|i| (i * 5) as f64 / 100.0)
         .max_by(|&a, &b| {
-            f1(a)
-                .total_cmp(&f1(b))
+            f1_at(a)
+                .total_cmp(&f1_at(b))
                 .then((b - 0.5).abs().total_cmp(&(a - 0.5).abs()))
         })
         .unwrap_or(0.5)
