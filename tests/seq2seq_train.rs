@@ -307,3 +307,204 @@ fn scheduled_sampling_changes_what_the_decoder_is_fed() {
         &["--scheduled-sampling"],
     );
 }
+
+/// `--objective nat`: the decoder learns the pairs as a conditional masked LM and the
+/// length predictor their lengths (a source's length class, exact on these pairs);
+/// Mask-Predict then reproduces them, and `wick eval` reports it.
+#[test]
+fn a_tiny_nat_model_learns_the_pairs_and_their_lengths() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = train(
+        dir.path(),
+        "nat",
+        &["--objective", "nat", "--max-iters", "300"],
+    );
+    let config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("config.json")).unwrap()).unwrap();
+    assert_eq!(config["nat_max_length"], 24, "the block size: {config}");
+    let mask = config["mask_token_id"].as_u64().unwrap();
+    let tok = wick::tokenizer::Tokenizer::from_dir(&out).unwrap();
+    assert_eq!(tok.id_to_token(mask as u32).as_deref(), Some("<mask>"));
+    std::fs::write(dir.path().join("test.tsv"), PAIRS).unwrap();
+    let eval = |extra: &[&str]| {
+        let m = out.to_str().unwrap();
+        let test = dir.path().join("test.tsv");
+        wick_json(
+            &[
+                &[
+                    "eval",
+                    "--model",
+                    m,
+                    "--data",
+                    test.to_str().unwrap(),
+                    "--json",
+                ],
+                extra,
+            ]
+            .concat(),
+        )
+    };
+    // One length each: on six pairs a length names a pair, so a wrong length's
+    // candidate is another pair written just as confidently, and a length beam (the
+    // default 5) may prefer it; on real data it helps (docs/benchmarks.md).
+    let v = eval(&["--length-beam", "1"]);
+    assert_eq!(v["decoding"], "nat", "{v}");
+    assert_eq!(v["length_accuracy"], 1.0, "{v}");
+    assert!((v["bleu"].as_f64().unwrap() - 100.0).abs() < 1e-6, "{v}");
+    // One pass is enough for pairs learnt by heart.
+    let v = eval(&["--iterations", "1", "--length-beam", "1"]);
+    assert!((v["bleu"].as_f64().unwrap() - 100.0).abs() < 1e-6, "{v}");
+    let v = wick_json(&[
+        "translate",
+        "--model",
+        out.to_str().unwrap(),
+        "--json",
+        "--length-beam",
+        "1",
+        "--text",
+        "He is tall.",
+        "--text",
+        "Thank you.",
+    ]);
+    assert_eq!(v["translations"][0]["text"], "Il est grand.", "{v}");
+    assert_eq!(v["translations"][1]["text"], "Merci.", "{v}");
+    let m = out.to_str().unwrap();
+    wick_fails(
+        &[
+            "translate",
+            "--model",
+            m,
+            "--text",
+            "Go.",
+            "--decoding",
+            "autoregressive",
+        ],
+        &["non-autoregressive", "--decoding nat"],
+    );
+    wick_fails(
+        &[
+            "translate",
+            "--model",
+            m,
+            "--text",
+            "Go.",
+            "--iterations",
+            "0",
+        ],
+        &["--iterations"],
+    );
+    // An autoregressive model is not decoded in parallel, nor trained as one.
+    let at = train(dir.path(), "at", &["--max-iters", "2"]);
+    let a = at.to_str().unwrap();
+    wick_fails(
+        &[
+            "translate",
+            "--model",
+            a,
+            "--text",
+            "Go.",
+            "--decoding",
+            "nat",
+        ],
+        &["--decoding nat", "--objective nat"],
+    );
+    let data = dir.path().join("at-pairs.tsv");
+    wick_fails(
+        &[
+            "train",
+            "--model",
+            a,
+            "--data",
+            data.to_str().unwrap(),
+            "--objective",
+            "nat",
+        ],
+        &["--objective nat", "<mask>"],
+    );
+    wick_fails(
+        &[
+            "train",
+            "--model",
+            m,
+            "--data",
+            data.to_str().unwrap(),
+            "--objective",
+            "seq2seq",
+        ],
+        &["non-autoregressive", "--objective nat"],
+    );
+}
+
+/// `--distill-from`: the student trains on the teacher's translations of the training
+/// sources (kept in distilled.tsv, read back on resume); held-out pairs keep references.
+#[test]
+fn distillation_trains_on_the_teachers_translations() {
+    let dir = tempfile::tempdir().unwrap();
+    // A barely trained teacher, so that its outputs differ from the references.
+    let teacher = train(dir.path(), "teacher", &["--max-iters", "30"]);
+    let t = teacher.to_str().unwrap();
+    let flags = [
+        "--objective",
+        "nat",
+        "--distill-from",
+        t,
+        "--max-iters",
+        "2",
+    ];
+    let student = train(dir.path(), "student", &flags);
+    let distilled = std::fs::read_to_string(student.join("distilled.tsv")).unwrap();
+    let (sources, targets): (Vec<&str>, Vec<&str>) = distilled
+        .lines()
+        .map(|l| l.split_once('\t').unwrap())
+        .unzip();
+    assert_eq!(sources.len(), 18, "every training pair: {distilled}");
+    let mut args = vec!["translate", "--model", t, "--json"];
+    for s in &sources {
+        args.extend(["--text", s]);
+    }
+    let v = wick_json(&args);
+    let teacher_says: Vec<&str> = v["translations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["text"].as_str().unwrap())
+        .collect();
+    assert_eq!(targets, teacher_says);
+    let references: Vec<(&str, &str)> = PAIRS
+        .lines()
+        .map(|l| {
+            let mut c = l.split('\t');
+            (c.next().unwrap(), c.next().unwrap())
+        })
+        .collect();
+    assert!(
+        sources
+            .iter()
+            .zip(&targets)
+            .any(|(&s, &t)| !references.contains(&(s, t))),
+        "the teacher is not the references: {distilled}"
+    );
+    let (code, stdout, e) = wick(&[
+        "train",
+        "--resume",
+        "--out",
+        student.to_str().unwrap(),
+        "--max-iters",
+        "3",
+    ]);
+    assert_eq!(code, 0, "{e}");
+    assert!(stdout.contains("targets read from"), "{stdout}");
+    let data = dir.path().join("teacher-pairs.tsv");
+    wick_fails(
+        &[
+            "train",
+            "--model",
+            "transformer-tiny",
+            "--data",
+            data.to_str().unwrap(),
+            "--distill-from",
+            dir.path().join("nowhere").to_str().unwrap(),
+        ],
+        &["--distill-from"],
+    );
+}

@@ -54,6 +54,8 @@ pub struct Args {
     /// Translator: beams for the BLEU translations (1 = greedy).
     #[arg(long, default_value_t = 1)]
     num_beams: usize,
+    #[command(flatten)]
+    decoding: super::DecodingArgs,
 }
 
 pub fn run(args: Args) -> Result<()> {
@@ -179,7 +181,9 @@ fn eval_classifier(args: &Args, p: &Pretrained) -> Result<()> {
 /// Token loss (teacher-forced) and corpus BLEU (sacreBLEU's definition) of an
 /// encoder-decoder on `source<TAB>target` pairs.
 fn eval_translator(args: &Args, p: &Pretrained, model: &crate::models::Seq2Seq) -> Result<()> {
+    use crate::data::nat::NatBatches;
     use crate::data::pairs::{encode_pairs, read_pairs, PairBatches};
+    use crate::tasks::translate::Decoding;
     let data = || format!("--data {}", args.data.display());
     let mut pairs = read_pairs(&args.data).with_context(data)?;
     let names = args
@@ -191,21 +195,37 @@ fn eval_translator(args: &Args, p: &Pretrained, model: &crate::models::Seq2Seq) 
         crate::data::pairs::labels_as_target(&mut pairs, names.as_deref()).with_context(data)?;
     }
     let (tok, device, c) = (p.tokenizer()?, args.model.device()?, model.config());
-    let max = c.max_position_embeddings;
-    let encoded = encode_pairs(tok, &pairs, c.eos_token_id, max)?;
-    let mut batches = PairBatches::new(
-        encoded,
-        args.batch_size,
-        0,
-        false,
-        c.pad_token_id,
-        c.bos_token_id,
-    );
-    let loss = crate::eval::seq2seq_loss_over(model, &mut batches, &device).with_context(data)?;
-    let opts = crate::generation::GenerateOptions {
-        max_new_tokens: 64,
-        num_beams: args.num_beams.max(1),
-        ..Default::default()
+    let decoding = args.decoding.decoding(
+        model,
+        crate::generation::GenerateOptions {
+            max_new_tokens: 64,
+            num_beams: args.num_beams.max(1),
+            ..Default::default()
+        },
+    )?;
+    // The held-out loss is the one the model trained on: teacher-forced next-token
+    // cross-entropy, or the non-autoregressive masked-target loss (fixed masks).
+    let (loss, length_accuracy) = if c.is_nat() {
+        let max = c.nat_max_length.unwrap_or(c.max_position_embeddings);
+        let mask = c.mask_token_id.unwrap_or(c.pad_token_id);
+        let encoded = encode_pairs(tok, &pairs, c.eos_token_id, max)?;
+        let mut batches = NatBatches::new(encoded, args.batch_size, 0, false, c.pad_token_id, mask);
+        let (loss, acc) =
+            crate::eval::nat_loss_over(model, &mut batches, &device).with_context(data)?;
+        (loss, Some(acc))
+    } else {
+        let encoded = encode_pairs(tok, &pairs, c.eos_token_id, c.max_position_embeddings)?;
+        let mut batches = PairBatches::new(
+            encoded,
+            args.batch_size,
+            0,
+            false,
+            c.pad_token_id,
+            c.bos_token_id,
+        );
+        let loss =
+            crate::eval::seq2seq_loss_over(model, &mut batches, &device).with_context(data)?;
+        (loss, None)
     };
     let sources: Vec<String> = pairs.iter().map(|(s, _)| s.clone()).collect();
     let batch = super::BatchArgs {
@@ -214,15 +234,32 @@ fn eval_translator(args: &Args, p: &Pretrained, model: &crate::models::Seq2Seq) 
     };
     let hyps: Vec<String> = batch
         .run(&sources, "translating", |b| {
-            crate::tasks::translate::translate(model, tok, b, &opts, &device)
+            crate::tasks::translate::translate(model, tok, b, &decoding, &device)
         })?
         .into_iter()
         .map(|t| t.text)
         .collect();
     let refs: Vec<String> = pairs.into_iter().map(|(_, t)| t).collect();
     let bleu = crate::tasks::bleu::corpus_bleu(&hyps, &refs);
+    let (decoded, how) = match &decoding {
+        Decoding::Autoregressive(o) => (
+            json!({"decoding": "autoregressive", "num_beams": o.num_beams}),
+            format!("{} beam(s)", o.num_beams),
+        ),
+        Decoding::MaskPredict(o) => (
+            json!({"decoding": "nat", "iterations": o.iterations, "length_beam": o.length_beam,
+                   "length_accuracy": length_accuracy}),
+            format!(
+                "Mask-Predict, {} iteration(s), {} length(s)",
+                o.iterations, o.length_beam
+            ),
+        ),
+    };
     let mut v = json!({"loss": loss, "perplexity": loss.exp(), "bleu": bleu.score,
-                   "bleu_detail": bleu, "pairs": refs.len(), "num_beams": opts.num_beams});
+                   "bleu_detail": bleu, "pairs": refs.len()});
+    for (k, x) in decoded.as_object().into_iter().flatten() {
+        v[k] = x.clone();
+    }
     let mut sets = String::new();
     if args.labels_as_target {
         let s = label_set_scores(&hyps, &refs, names.as_deref().unwrap_or(&[]));
@@ -239,10 +276,9 @@ fn eval_translator(args: &Args, p: &Pretrained, model: &crate::models::Seq2Seq) 
     }
     emit(args.model.json, &v, || {
         format!(
-            "loss        {loss:.4}\nperplexity  {:.3}\nBLEU        {:.2} (sacreBLEU 13a, {} beam(s))\npairs       {}{sets}",
+            "loss        {loss:.4}\nperplexity  {:.3}\nBLEU        {:.2} (sacreBLEU 13a, {how})\npairs       {}{sets}",
             loss.exp(),
             bleu.score,
-            opts.num_beams,
             refs.len()
         )
     })

@@ -208,6 +208,60 @@ pub struct BeamArgs {
     pub early_stopping: crate::generation::EarlyStopping,
 }
 
+/// How an encoder-decoder writes its target, for translate and eval.
+#[derive(clap::Args, Debug, Clone)]
+pub struct DecodingArgs {
+    /// autoregressive (left to right: greedy, or beams with --num-beams) or nat
+    /// (Mask-Predict, for models trained with --objective nat). Default: the one the
+    /// model was trained for.
+    #[arg(long, value_enum)]
+    pub decoding: Option<DecodingKind>,
+    /// --decoding nat: decoder passes (1 = one parallel argmax).
+    #[arg(long, default_value_t = 10)]
+    pub iterations: usize,
+    /// --decoding nat: target lengths tried per source, the likeliest first.
+    #[arg(long, default_value_t = 5)]
+    pub length_beam: usize,
+}
+
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DecodingKind {
+    Autoregressive,
+    Nat,
+}
+
+impl DecodingArgs {
+    /// The decoding for `model`: `search` (greedy or beams) or Mask-Predict; flags that
+    /// do not fit the model or each other are errors naming them.
+    pub fn decoding(
+        &self,
+        model: &crate::models::Seq2Seq,
+        search: crate::generation::GenerateOptions,
+    ) -> Result<crate::tasks::translate::Decoding> {
+        use crate::tasks::translate::Decoding;
+        let nat = match self.decoding {
+            Some(kind) => kind == DecodingKind::Nat,
+            None => model.config().is_nat(),
+        };
+        let decoding = if nat {
+            if self.iterations == 0 || self.length_beam == 0 {
+                anyhow::bail!("--iterations and --length-beam must be at least 1");
+            }
+            if search.num_beams > 1 {
+                anyhow::bail!("--num-beams applies to --decoding autoregressive; Mask-Predict searches over lengths with --length-beam");
+            }
+            Decoding::MaskPredict(crate::generation::MaskPredictOptions {
+                iterations: self.iterations,
+                length_beam: self.length_beam,
+            })
+        } else {
+            Decoding::Autoregressive(search)
+        };
+        decoding.check(model)?;
+        Ok(decoding)
+    }
+}
+
 /// Batching of many input texts (BERT tasks).
 #[derive(clap::Args, Debug, Clone)]
 pub struct BatchArgs {
@@ -238,23 +292,12 @@ impl BatchArgs {
         what: &str,
         f: impl FnMut(&[String]) -> crate::error::Result<Vec<T>>,
     ) -> Result<Vec<T>> {
-        let pb = if texts.len() > self.batch_size {
-            let pb = indicatif::ProgressBar::new(texts.len() as u64);
-            pb.set_style(
-                indicatif::ProgressStyle::with_template(
-                    "{msg} [{bar:30}] {pos}/{len} texts, {per_sec}, ETA {eta}",
-                )
-                .expect("valid template")
-                .progress_chars("=> "),
-            );
-            pb.set_message(what.to_string());
-            pb
-        } else {
-            indicatif::ProgressBar::hidden()
-        };
-        let out = crate::tasks::map_batches(texts, self.batch_size, f, |n| pb.inc(n as u64))?;
-        pb.finish_and_clear();
-        Ok(out)
+        Ok(crate::tasks::map_batches_shown(
+            texts,
+            self.batch_size,
+            what,
+            f,
+        )?)
     }
 }
 

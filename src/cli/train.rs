@@ -153,6 +153,11 @@ struct Settings {
     #[arg(long)]
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     separate_vocab: bool,
+    /// Seq2seq and nat: train on this translator's greedy translations of the training
+    /// sources (sequence-level knowledge distillation); held-out pairs keep references.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    distill_from: Option<PathBuf>,
 }
 
 pub fn run(a: Args) -> Result<()> {

@@ -1,7 +1,7 @@
 use anyhow::{Context, Result};
 use serde_json::json;
 
-use super::{emit, BeamArgs, ModelArgs, TextArgs};
+use super::{emit, BeamArgs, DecodingArgs, ModelArgs, TextArgs};
 use crate::checkpoint::LoadOptions;
 use crate::generation::GenerateOptions;
 use crate::models::Model;
@@ -15,6 +15,8 @@ pub struct Args {
     input: TextArgs,
     #[command(flatten)]
     beams: BeamArgs,
+    #[command(flatten)]
+    decoding: DecodingArgs,
     /// Longest output, in tokens.
     #[arg(long, default_value_t = 64)]
     max_new_tokens: usize,
@@ -37,20 +39,23 @@ pub fn run(args: Args) -> Result<()> {
         )
     };
     let (tok, device) = (p.tokenizer()?, args.model.device()?);
-    let opts = GenerateOptions {
-        max_new_tokens: args.max_new_tokens,
-        num_beams: args.beams.num_beams,
-        length_penalty: args.beams.length_penalty,
-        early_stopping: args.beams.early_stopping,
-        ..Default::default()
-    };
+    let decoding = args.decoding.decoding(
+        model,
+        GenerateOptions {
+            max_new_tokens: args.max_new_tokens,
+            num_beams: args.beams.num_beams,
+            length_penalty: args.beams.length_penalty,
+            early_stopping: args.beams.early_stopping,
+            ..Default::default()
+        },
+    )?;
     let batch = super::BatchArgs {
         batch_size: args.batch_size,
         max_length: None,
     };
     let out = batch
         .run(&texts, "translating", |b| {
-            translate(model, tok, b, &opts, &device)
+            translate(model, tok, b, &decoding, &device)
         })
         .context("translating")?;
     let context = model.config().max_position_embeddings;

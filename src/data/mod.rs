@@ -5,6 +5,7 @@ pub mod corpus;
 pub mod labeled;
 pub mod lm;
 pub mod mlm;
+pub mod nat;
 pub mod npy;
 pub mod nsp;
 pub mod order;

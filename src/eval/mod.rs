@@ -12,4 +12,4 @@ pub use classify::{
     LabelF1, MultiLabelScores, Thresholds,
 };
 pub use lm::{lm_loss_over, mean_loss};
-pub use seq2seq::seq2seq_loss_over;
+pub use seq2seq::{nat_loss, nat_loss_over, seq2seq_loss_over, NatLoss, LENGTH_LOSS_WEIGHT};

@@ -6,6 +6,7 @@
 
 pub mod beam;
 pub mod decoder;
+pub mod mask_predict;
 pub mod processors;
 pub mod sampler;
 pub mod search;
@@ -15,6 +16,7 @@ use candle_core::Device;
 
 pub use beam::beam_search;
 pub use decoder::{Decoder, Gpt2Decoder, Seq2SeqDecoder};
+pub use mask_predict::{mask_predict, MaskPredictOptions, MaskPredicted};
 pub use processors::ProcessorConfig;
 pub use stream::TextStream;
 

@@ -4,6 +4,11 @@
 //! positions; one embedding shared by source, target and the output projection (or,
 //! with a separate source vocabulary, the source side's own).
 //! Tensor names follow BART/Marian (`shared`, `encoder.layers.N.self_attn.q_proj`, ...).
+//!
+//! The non-autoregressive variant (Mask-Predict, Ghazvininejad et al. 2019) is the same
+//! model with two differences: the decoder's self-attention has no causal mask (it reads
+//! a whole target of `<mask>` placeholders and fills every position at once), and a
+//! length predictor on the mean-pooled encoder output chooses how many positions.
 
 use candle_core::{Result, Tensor};
 use candle_nn::{Module, VarBuilder};
@@ -48,6 +53,21 @@ pub struct Seq2SeqConfig {
     /// Multiply embeddings by sqrt(d_model) before adding positions (paper §3.4).
     #[serde(default = "defaults::yes")]
     pub scale_embedding: bool,
+    /// Non-autoregressive: the longest target (EOS included). Its presence makes the
+    /// decoder attend both ways and adds `length_predictor`, one class per length.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nat_max_length: Option<usize>,
+    /// Non-autoregressive: the placeholder the decoder reads at positions to predict.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mask_token_id: Option<u32>,
+}
+
+impl Seq2SeqConfig {
+    /// Whether the decoder fills every position at once (Mask-Predict) rather than
+    /// writing left to right.
+    pub fn is_nat(&self) -> bool {
+        self.nat_max_length.is_some()
+    }
 }
 
 mod defaults {
@@ -243,6 +263,8 @@ pub struct Seq2Seq {
     positions: SinusoidalPositions,
     encoder: Vec<EncoderLayer>,
     decoder: Vec<DecoderLayer>,
+    /// Non-autoregressive: pooled encoder output -> logits over target lengths 0..=max.
+    length_predictor: Option<Linear>,
     cfg: Seq2SeqConfig,
 }
 
@@ -254,6 +276,23 @@ impl Seq2Seq {
                 cfg.d_model,
                 cfg.num_heads
             )
+        }
+        if let Some(max) = cfg.nat_max_length {
+            if max == 0 || max > cfg.max_position_embeddings {
+                candle_core::bail!(
+                    "nat_max_length {max} must be in 1..={} (max_position_embeddings)",
+                    cfg.max_position_embeddings
+                )
+            }
+            if cfg
+                .mask_token_id
+                .is_none_or(|m| m as usize >= cfg.vocab_size)
+            {
+                candle_core::bail!(
+                    "a non-autoregressive model needs a mask_token_id below vocab_size {}",
+                    cfg.vocab_size
+                )
+            }
         }
         Ok(Self {
             shared: Embedding::load(cfg.vocab_size, cfg.d_model, vb.pp("shared"))?,
@@ -273,6 +312,10 @@ impl Seq2Seq {
             decoder: (0..cfg.decoder_layers)
                 .map(|i| DecoderLayer::load(cfg, vb.pp(format!("decoder.layers.{i}"))))
                 .collect::<Result<_>>()?,
+            length_predictor: cfg
+                .nat_max_length
+                .map(|max| Linear::load(cfg.d_model, max + 1, true, vb.pp("length_predictor")))
+                .transpose()?,
             cfg: cfg.clone(),
         })
     }
@@ -330,7 +373,8 @@ impl Seq2Seq {
     }
 
     /// Next-token logits for target ids (B, T) given the encoder memory: (B, T, V).
-    /// `tgt_mask` (B, past + T) marks target padding; the causal mask is always applied.
+    /// `tgt_mask` (B, past + T) marks target padding; the causal mask is applied unless
+    /// the model is non-autoregressive, whose logits at t are then the token *at* t.
     pub fn decode(
         &self,
         tgt: &Tensor,
@@ -344,7 +388,8 @@ impl Seq2Seq {
         let s = memory.dim(1)?;
         let past = cache.as_ref().map_or(0, |c| c.len());
         let mut x = self.embed(&self.shared, tgt, past, train)?;
-        let self_mask = Mask::new(t, past + t, true, tgt_mask, x.dtype(), x.device())?;
+        let causal = !self.cfg.is_nat();
+        let self_mask = Mask::new(t, past + t, causal, tgt_mask, x.dtype(), x.device())?;
         let cross_mask = Mask::new(t, s, false, src_mask, x.dtype(), x.device())?;
         for (i, layer) in self.decoder.iter().enumerate() {
             let caches = cache.as_deref_mut().map(|c| {
@@ -358,6 +403,28 @@ impl Seq2Seq {
         }
         // The output projection is the shared embedding, transposed.
         Linear::new(self.shared.weight().clone(), None, false).forward(&x)
+    }
+
+    /// Non-autoregressive: logits over target lengths (B, max + 1) from the mean of the
+    /// encoder output over the source's real positions (fairseq's NAT models pool the
+    /// same way; the length loss then trains the encoder too, weighted down).
+    pub fn predict_length(&self, memory: &Tensor, src_mask: Option<&Tensor>) -> Result<Tensor> {
+        let Some(head) = &self.length_predictor else {
+            candle_core::bail!(
+                "this encoder-decoder has no length predictor (not non-autoregressive)"
+            )
+        };
+        let pooled = match src_mask {
+            Some(m) => {
+                let m = m.to_dtype(memory.dtype())?.unsqueeze(2)?; // (B, S, 1); memory (B, S, C)
+                memory
+                    .broadcast_mul(&m)?
+                    .sum(1)?
+                    .broadcast_div(&m.sum(1)?.clamp(1.0, f64::INFINITY)?)?
+            }
+            None => memory.mean(1)?,
+        }; // (B, C)
+        head.forward(&pooled)
     }
 
     /// Teacher-forced logits: encode the source, decode the shifted target.

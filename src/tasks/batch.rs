@@ -26,6 +26,33 @@ pub fn map_batches<T>(
         .collect())
 }
 
+/// [`map_batches`] with a progress bar on stderr (when there is more than one batch):
+/// `what` names the work.
+pub fn map_batches_shown<T>(
+    texts: &[String],
+    batch_size: usize,
+    what: &str,
+    f: impl FnMut(&[String]) -> crate::error::Result<Vec<T>>,
+) -> crate::error::Result<Vec<T>> {
+    let pb = if texts.len() > batch_size {
+        let pb = indicatif::ProgressBar::new(texts.len() as u64);
+        pb.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{msg} [{bar:30}] {pos}/{len} texts, {per_sec}, ETA {eta}",
+            )
+            .expect("valid template")
+            .progress_chars("=> "),
+        );
+        pb.set_message(what.to_string());
+        pb
+    } else {
+        indicatif::ProgressBar::hidden()
+    };
+    let out = map_batches(texts, batch_size, f, |n| pb.inc(n as u64))?;
+    pb.finish_and_clear();
+    Ok(out)
+}
+
 #[cfg(test)]
 mod map_tests {
     use super::*;

@@ -9,4 +9,4 @@ pub mod fill_mask;
 pub mod score;
 pub mod translate;
 
-pub use batch::map_batches;
+pub use batch::{map_batches, map_batches_shown};

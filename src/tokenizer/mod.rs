@@ -155,9 +155,14 @@ impl Tokenizer {
     /// beginning and end of sequence, unknown (the encoder-decoder's defaults 0, 1, 2).
     pub const SEQ2SEQ_SPECIALS: [&'static str; 4] = ["<pad>", "<s>", "</s>", "<unk>"];
 
+    /// The placeholder a non-autoregressive decoder reads where a target token is still
+    /// to be predicted (BART's and RoBERTa's name for it).
+    pub const MASK: &'static str = "<mask>";
+
     /// Trains a byte-level BPE on `texts` (one joint vocabulary for source and target,
-    /// like the paper's shared 37k BPE), with [`Self::SEQ2SEQ_SPECIALS`] first.
-    pub fn train_bpe(texts: &[String], vocab_size: usize) -> Result<Self> {
+    /// like the paper's shared 37k BPE), with [`Self::SEQ2SEQ_SPECIALS`] first and then
+    /// `extra` specials (the non-autoregressive decoder's [`Self::MASK`]).
+    pub fn train_bpe(texts: &[String], vocab_size: usize, extra: &[&str]) -> Result<Self> {
         use tokenizers::models::bpe::BpeTrainerBuilder;
         use tokenizers::models::TrainerWrapper;
         let here = Path::new("<bpe>");
@@ -168,6 +173,7 @@ impl Tokenizer {
         }
         let specials = Self::SEQ2SEQ_SPECIALS
             .iter()
+            .chain(extra)
             .map(|t| AddedToken::from(*t, true))
             .collect();
         let mut trainer: TrainerWrapper = BpeTrainerBuilder::new()

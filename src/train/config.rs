@@ -26,6 +26,16 @@ pub enum Objective {
     Classify,
     /// Translation with the encoder-decoder, teacher-forced, on source<TAB>target pairs.
     Seq2seq,
+    /// Non-autoregressive translation (Mask-Predict): the decoder fills every target
+    /// position at once, trained as a conditional masked LM with a length predictor.
+    Nat,
+}
+
+impl Objective {
+    /// The objectives that read `source<TAB>target` pairs and train the encoder-decoder.
+    pub fn translates(self) -> bool {
+        matches!(self, Self::Seq2seq | Self::Nat)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -94,6 +104,10 @@ pub struct TrainConfig {
     /// Seq2seq from scratch: learn one BPE per side (source and target vocabularies
     /// and embeddings of their own) instead of a joint one.
     pub separate_vocab: bool,
+    /// Translation: train on a trained translator's outputs for the training sources
+    /// instead of the references (sequence-level knowledge distillation, the usual
+    /// recipe for non-autoregressive students). The held-out pairs keep the references.
+    pub distill_from: Option<PathBuf>,
 }
 
 impl Default for TrainConfig {
@@ -136,6 +150,7 @@ impl Default for TrainConfig {
             label_names: None,
             threshold: 0.5,
             labels_as_target: false,
+            distill_from: None,
         }
     }
 }
@@ -198,8 +213,11 @@ impl TrainConfig {
                 self.label_smoothing
             ));
         }
-        if self.separate_vocab && self.objective != Objective::Seq2seq {
-            return bad("--separate-vocab applies to --objective seq2seq".into());
+        if self.separate_vocab && !self.objective.translates() {
+            return bad("--separate-vocab applies to --objective seq2seq or nat".into());
+        }
+        if self.distill_from.is_some() && !self.objective.translates() {
+            return bad("--distill-from applies to --objective seq2seq or nat".into());
         }
         if !(0.0..=1.0).contains(&self.scheduled_sampling) {
             return bad(format!(
@@ -216,8 +234,8 @@ impl TrainConfig {
         if self.multi_label && self.objective != Objective::Classify {
             return bad("--multi-label applies to --objective classify".into());
         }
-        if self.labels_as_target && self.objective != Objective::Seq2seq {
-            return bad("--labels-as-target applies to --objective seq2seq".into());
+        if self.labels_as_target && !self.objective.translates() {
+            return bad("--labels-as-target applies to --objective seq2seq or nat".into());
         }
         if self.label_names.is_some()
             && !(self.objective == Objective::Classify || self.labels_as_target)

@@ -3,6 +3,7 @@
 
 pub mod checkpoints;
 pub mod config;
+pub mod distill;
 pub mod metrics;
 pub mod objectives;
 pub mod optim;

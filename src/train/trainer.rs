@@ -155,7 +155,7 @@ pub fn train(req: TrainRequest) -> Result<TrainSummary> {
         model_config.set_dropout(p);
     }
     let mut objective = objectives::objective(cfg.objective);
-    let heads = objective.prepare(&mut model_config, &cfg, &data)?;
+    let heads = objective.prepare(&mut model_config, &cfg, &data, &tokenizer)?;
     check_fits(&model_config, &tokenizer, &cfg)?;
 
     // 3. Weights and the optimizer, resumed when resuming.
@@ -266,12 +266,17 @@ fn learn_tokenizer(
         let side = |f: fn(&(String, String)) -> &String| -> Vec<String> {
             pairs.iter().map(|p| f(p).clone()).collect()
         };
+        // A non-autoregressive decoder reads `<mask>` where it is still to predict.
+        let extra: &[&str] = match cfg.objective {
+            Objective::Nat => &[Tokenizer::MASK],
+            _ => &[],
+        };
         let tok = if cfg.separate_vocab {
-            let src = Tokenizer::train_bpe(&side(|p| &p.0), size)?;
-            Tokenizer::train_bpe(&side(|p| &p.1), size)?.with_source_side(src)
+            let src = Tokenizer::train_bpe(&side(|p| &p.0), size, &[])?;
+            Tokenizer::train_bpe(&side(|p| &p.1), size, extra)?.with_source_side(src)
         } else {
             let texts: Vec<String> = pairs.into_iter().flat_map(|(s, t)| [s, t]).collect();
-            Tokenizer::train_bpe(&texts, size)?
+            Tokenizer::train_bpe(&texts, size, extra)?
         };
         match cfg.separate_vocab {
             true => println!(

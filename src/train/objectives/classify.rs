@@ -19,6 +19,7 @@ use crate::eval::{classify_over, multi_label_over, Thresholds};
 use crate::models::bert::MULTI_LABEL;
 use crate::models::{Bert, BertHeads, Model, ModelConfig};
 use crate::nn::loss::{bce_with_logits, cross_entropy};
+use crate::tokenizer::Tokenizer;
 use crate::train::config::TrainConfig;
 
 /// The training examples, once [`Objective::prepare`] has read them.
@@ -33,6 +34,7 @@ impl Objective for Classify {
         config: &mut ModelConfig,
         cfg: &TrainConfig,
         data: &Path,
+        _tokenizer: &Tokenizer,
     ) -> Result<Option<BertHeads>> {
         let ModelConfig::Bert(c) = config else {
             return Err(does_not_fit("classify", config));

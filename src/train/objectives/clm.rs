@@ -15,6 +15,7 @@ use crate::eval::{lm_loss_over, mean_loss};
 use crate::models::{BertHeads, Gpt2, Model, ModelConfig};
 use crate::nn::kernels::parallel::shard_count;
 use crate::nn::loss::lm_loss;
+use crate::tokenizer::Tokenizer;
 use crate::train::config::TrainConfig;
 use crate::train::shards;
 
@@ -26,6 +27,7 @@ impl Objective for Clm {
         config: &mut ModelConfig,
         _cfg: &TrainConfig,
         _data: &Path,
+        _tokenizer: &Tokenizer,
     ) -> Result<Option<BertHeads>> {
         match config {
             ModelConfig::Gpt2(_) => Ok(None),

@@ -11,6 +11,7 @@ use crate::data::mlm::MlmBatches;
 use crate::error::Result;
 use crate::models::{Bert, BertHeads, Model, ModelConfig};
 use crate::nn::loss::{cross_entropy, labelled_positions, masked_lm_loss};
+use crate::tokenizer::Tokenizer;
 use crate::train::config::TrainConfig;
 
 pub struct Mlm;
@@ -21,6 +22,7 @@ impl Objective for Mlm {
         config: &mut ModelConfig,
         _cfg: &TrainConfig,
         _data: &Path,
+        _tokenizer: &Tokenizer,
     ) -> Result<Option<BertHeads>> {
         bert_heads(
             config,

@@ -14,6 +14,7 @@ use crate::data::read_documents;
 use crate::error::{Result, WickError};
 use crate::models::{Bert, BertHeads, Model, ModelConfig};
 use crate::nn::loss::cross_entropy;
+use crate::tokenizer::Tokenizer;
 use crate::train::config::TrainConfig;
 
 pub struct MlmNsp;
@@ -24,6 +25,7 @@ impl Objective for MlmNsp {
         config: &mut ModelConfig,
         _cfg: &TrainConfig,
         _data: &Path,
+        _tokenizer: &Tokenizer,
     ) -> Result<Option<BertHeads>> {
         bert_heads(
             config,

@@ -10,6 +10,7 @@ pub mod classify;
 pub mod clm;
 pub mod mlm;
 pub mod mlm_nsp;
+pub mod nat;
 pub mod seq2seq;
 
 use std::path::Path;
@@ -30,6 +31,7 @@ pub fn objective(name: Name) -> Box<dyn Objective> {
         Name::MlmNsp => Box::new(mlm_nsp::MlmNsp),
         Name::Classify => Box::new(classify::Classify::default()),
         Name::Seq2seq => Box::new(seq2seq::Seq2Seq),
+        Name::Nat => Box::new(nat::Nat),
     }
 }
 
@@ -55,13 +57,15 @@ pub struct Built<'m> {
 
 pub trait Objective {
     /// Checks that `config` fits the objective, sets what it must say (BERT's
-    /// architecture, a classifier's labels, read from `data`), and returns the BERT heads
-    /// to build (`None` for the other families).
+    /// architecture, a classifier's labels read from `data`, the non-autoregressive
+    /// decoder's placeholder in `tokenizer`), and returns the BERT heads to build
+    /// (`None` for the other families).
     fn prepare(
         &mut self,
         config: &mut ModelConfig,
         cfg: &TrainConfig,
         data: &Path,
+        tokenizer: &Tokenizer,
     ) -> Result<Option<BertHeads>>;
 
     /// The task over `model`, which [`Objective::prepare`] configured.
@@ -132,7 +136,7 @@ impl Eval {
 /// The error for an objective that does not fit the model's family.
 fn does_not_fit(name: &str, config: &ModelConfig) -> WickError {
     WickError::Unsupported(format!(
-        "--objective {name} does not fit a {} model (clm: gpt2; mlm, mlm+nsp, classify: bert; seq2seq: wick-seq2seq)",
+        "--objective {name} does not fit a {} model (clm: gpt2; mlm, mlm+nsp, classify: bert; seq2seq, nat: wick-seq2seq)",
         config.model_type()
     ))
 }

@@ -10,10 +10,11 @@ use rand::{rngs::StdRng, seq::SliceRandom, Rng, SeedableRng};
 
 use super::{does_not_fit, held_out, Built, Eval, Objective, Setup, Task};
 use crate::data::pairs::{encode_pairs, PairBatch, PairBatches};
-use crate::error::Result;
+use crate::error::{Result, WickError};
 use crate::eval::seq2seq_loss_over;
 use crate::models::{BertHeads, Model, ModelConfig, Seq2Seq as Seq2SeqModel};
 use crate::nn::loss::smoothed_loss;
+use crate::tokenizer::Tokenizer;
 use crate::train::config::TrainConfig;
 
 pub struct Seq2Seq;
@@ -24,8 +25,12 @@ impl Objective for Seq2Seq {
         config: &mut ModelConfig,
         _cfg: &TrainConfig,
         _data: &Path,
+        _tokenizer: &Tokenizer,
     ) -> Result<Option<BertHeads>> {
         match config {
+            ModelConfig::Seq2Seq(c) if c.is_nat() => Err(WickError::Unsupported(
+                "this encoder-decoder is non-autoregressive: train it with --objective nat".into(),
+            )),
             ModelConfig::Seq2Seq(_) => Ok(None),
             c => Err(does_not_fit("seq2seq", c)),
         }
@@ -37,16 +42,11 @@ impl Objective for Seq2Seq {
         };
         let (cfg, tokenizer) = (s.cfg, s.tokenizer);
         let c = model.config();
-        let mut pairs = cfg.read_pairs(s.data)?;
-        // A seeded shuffle, then a fixed held-out tail (val_fraction of the pairs).
-        pairs.shuffle(&mut StdRng::seed_from_u64(cfg.seed));
-        let n_val = held_out(pairs.len(), cfg);
-        let val_pairs = pairs.split_off(pairs.len() - n_val);
-        let heldout: String = val_pairs
-            .iter()
-            .map(|(s, t)| format!("{s}\t{t}\n"))
-            .collect();
-        crate::files::atomic_write(&s.out.join("heldout.tsv"), heldout.as_bytes())?;
+        let PairSplit {
+            train,
+            val,
+            data_line,
+        } = PairSplit::read(s)?;
         let encode =
             |ps: &[(String, String)]| encode_pairs(tokenizer, ps, c.eos_token_id, cfg.block_size);
         let batches = |ps, shuffle| {
@@ -59,18 +59,12 @@ impl Objective for Seq2Seq {
                 c.bos_token_id,
             )
         };
-        let n_train = pairs.len();
-        let data_line = format!(
-            "{} sentence pairs, {} train / {} held out",
-            n_train + n_val,
-            n_train,
-            n_val
-        );
+        let n_train = train.len();
         let task = Seq2SeqTask {
             model,
-            train: batches(encode(&pairs)?, true),
-            val: (n_val > 0)
-                .then(|| encode(&val_pairs).map(|v| batches(v, false)))
+            train: batches(encode(&train)?, true),
+            val: (!val.is_empty())
+                .then(|| encode(&val).map(|v| batches(v, false)))
                 .transpose()?,
             label_smoothing: cfg.label_smoothing,
             scheduled_sampling: cfg.scheduled_sampling,
@@ -80,6 +74,46 @@ impl Objective for Seq2Seq {
             task: Box::new(task),
             data_line,
             steps_per_epoch: super::steps_per_epoch(n_train, cfg),
+        })
+    }
+}
+
+/// A translation run's pairs: shuffled with the seed, a fixed held-out tail
+/// (val_fraction of them) written to `<out>/heldout.tsv` with its references, and the
+/// training targets distilled from `--distill-from` when it is set.
+pub(super) struct PairSplit {
+    pub train: Vec<(String, String)>,
+    pub val: Vec<(String, String)>,
+    /// What the summary says of them.
+    pub data_line: String,
+}
+
+impl PairSplit {
+    pub fn read(s: &Setup) -> Result<Self> {
+        let mut train = s.cfg.read_pairs(s.data)?;
+        train.shuffle(&mut StdRng::seed_from_u64(s.cfg.seed));
+        let n_val = held_out(train.len(), s.cfg);
+        let val = train.split_off(train.len() - n_val);
+        let heldout: String = val.iter().map(|(s, t)| format!("{s}\t{t}\n")).collect();
+        crate::files::atomic_write(&s.out.join("heldout.tsv"), heldout.as_bytes())?;
+        if let Some(teacher) = &s.cfg.distill_from {
+            crate::train::distill::distill(teacher, &mut train, s.out, s.device)?;
+        }
+        let data_line = format!(
+            "{} sentence pairs, {} train{} / {} held out",
+            train.len() + n_val,
+            train.len(),
+            if s.cfg.distill_from.is_some() {
+                " (distilled)"
+            } else {
+                ""
+            },
+            n_val
+        );
+        Ok(Self {
+            train,
+            val,
+            data_line,
         })
     }
 }

@@ -1,0 +1,160 @@
+//! Batches for the conditional masked LM that trains a non-autoregressive decoder
+//! (Mask-Predict): each target (EOS included) has a uniformly drawn number 1..=L of its
+//! L positions replaced by `<mask>`, and the loss reads only those. The decoder input is
+//! the target itself, unshifted: position t predicts the token at t. The same draw
+//! for the same batch number every time, so a resumed run and every evaluation see the
+//! same masks.
+
+use candle_core::{Device, Tensor};
+use rand::{rngs::StdRng, seq::index::sample, Rng, SeedableRng};
+
+use super::order::EpochOrder;
+use super::pairs::EncodedPair;
+use super::{pad_batch, Padding};
+use crate::error::Result;
+use crate::labels::IGNORE;
+
+pub struct NatBatch {
+    pub src: Tensor,
+    pub src_mask: Tensor,
+    /// The targets with their masked positions replaced by the mask token: (B, T).
+    pub tgt_in: Tensor,
+    pub tgt_mask: Tensor,
+    /// The true token at masked positions, [`IGNORE`] elsewhere: (B, T).
+    pub labels: Tensor,
+    /// Each target's length, the length predictor's class: (B,).
+    pub lengths: Tensor,
+}
+
+pub struct NatBatches {
+    pairs: Vec<EncodedPair>,
+    order: EpochOrder,
+    batch_size: usize,
+    seed: u64,
+    pad: u32,
+    mask: u32,
+}
+
+impl NatBatches {
+    pub fn new(
+        pairs: Vec<EncodedPair>,
+        batch_size: usize,
+        seed: u64,
+        shuffle: bool,
+        pad: u32,
+        mask: u32,
+    ) -> Self {
+        Self {
+            order: EpochOrder::new(pairs.len(), seed, shuffle),
+            pairs,
+            batch_size,
+            seed,
+            pad,
+            mask,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.pairs.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.pairs.is_empty()
+    }
+
+    /// Batches in one ordered pass.
+    pub fn batches_per_pass(&self) -> usize {
+        self.len().div_ceil(self.batch_size)
+    }
+
+    /// Batch `n`: shuffled epochs when training, in order (last batch short) otherwise.
+    pub fn batch(&mut self, n: usize, device: &Device) -> Result<NatBatch> {
+        let picks = self.order.batch(n, self.batch_size);
+        let mut rng = StdRng::seed_from_u64(
+            self.seed ^ 0x4e41_5400 ^ (n as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15),
+        );
+        let (mut inputs, mut labels) = (Vec::new(), Vec::new());
+        for &i in &picks {
+            let (input, label) = mask_target(&self.pairs[i].tgt, self.mask, &mut rng);
+            inputs.push(input);
+            labels.push(label);
+        }
+        let src: Vec<Vec<u32>> = picks.iter().map(|&i| self.pairs[i].src.clone()).collect();
+        let lengths: Vec<u32> = picks
+            .iter()
+            .map(|&i| self.pairs[i].tgt.len() as u32)
+            .collect();
+        let (src, src_mask) = pad_batch(&src, self.pad, Padding::Right, device)?;
+        let (tgt_in, tgt_mask) = pad_batch(&inputs, self.pad, Padding::Right, device)?;
+        let (labels, _) = pad_batch(&labels, IGNORE, Padding::Right, device)?;
+        Ok(NatBatch {
+            src,
+            src_mask,
+            tgt_in,
+            tgt_mask,
+            labels,
+            lengths: Tensor::new(lengths, device)?,
+        })
+    }
+}
+
+/// Masks k of the target's L positions, k uniform in 1..=L: (decoder input, labels).
+pub fn mask_target(tgt: &[u32], mask: u32, rng: &mut impl Rng) -> (Vec<u32>, Vec<u32>) {
+    let mut input = tgt.to_vec();
+    let mut labels = vec![IGNORE; tgt.len()];
+    if tgt.is_empty() {
+        return (input, labels);
+    }
+    let k = rng.random_range(1..=tgt.len());
+    for t in sample(rng, tgt.len(), k) {
+        input[t] = mask;
+        labels[t] = tgt[t];
+    }
+    (input, labels)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn masks_between_one_and_every_position_and_labels_only_those() {
+        let tgt: Vec<u32> = (10..20).collect();
+        let mut rng = StdRng::seed_from_u64(7);
+        let mut counts = std::collections::BTreeSet::new();
+        for _ in 0..400 {
+            let (input, labels) = mask_target(&tgt, 3, &mut rng);
+            let masked: Vec<usize> = (0..tgt.len()).filter(|&t| input[t] == 3).collect();
+            assert!(!masked.is_empty());
+            for t in 0..tgt.len() {
+                if input[t] == 3 {
+                    assert_eq!(labels[t], tgt[t]);
+                } else {
+                    assert_eq!((input[t], labels[t]), (tgt[t], IGNORE));
+                }
+            }
+            counts.insert(masked.len());
+        }
+        // Every count from 1 to L turns up.
+        assert_eq!(counts, (1..=10).collect());
+    }
+
+    #[test]
+    fn the_same_batch_number_masks_the_same_way() {
+        let pairs: Vec<EncodedPair> = (0..6)
+            .map(|i| EncodedPair {
+                src: vec![5 + i, 2],
+                tgt: vec![7, 8 + i, 9, 2],
+            })
+            .collect();
+        let mut a = NatBatches::new(pairs.clone(), 4, 1, true, 0, 3);
+        let mut b = NatBatches::new(pairs, 4, 1, true, 0, 3);
+        let d = Device::Cpu;
+        let (x, y) = (a.batch(5, &d).unwrap(), b.batch(5, &d).unwrap());
+        assert_eq!(
+            x.tgt_in.to_vec2::<u32>().unwrap(),
+            y.tgt_in.to_vec2::<u32>().unwrap()
+        );
+        assert_eq!(x.lengths.to_vec1::<u32>().unwrap(), vec![4; 4]);
+    }
+}
