@@ -181,3 +181,46 @@ fn pick_best(cands: Vec<Candidate>, sources: usize, eos: u32, drop: &[u32]) -> V
         .map(|b| b.expect("every source has at least one length candidate"))
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_pass_masks_again_fewer_of_the_least_confident() {
+        let mut c = Candidate {
+            source: 0,
+            tokens: vec![10, 11, 12, 13, 14, 15, 16, 17, 18, 19],
+            logp: vec![-0.1, -3.0, -0.2, -2.0, -0.3, -1.0, -0.4, -0.5, -0.6, -0.7],
+        };
+        // K = 4, pass 1: 10·3/4 = 7 of 10 again, the least confident first.
+        let open = remask(&mut c, 4, 1, 3);
+        assert_eq!(open, vec![1, 3, 5, 9, 8, 7, 6]);
+        assert_eq!(c.tokens, vec![10, 3, 12, 3, 14, 3, 3, 3, 3, 3]);
+        // Pass 3: 10·1/4 = 2.
+        assert_eq!(remask(&mut c, 4, 3, 3).len(), 2);
+    }
+
+    #[test]
+    fn the_best_candidate_is_cut_before_its_first_eos() {
+        let cand = |source, tokens: Vec<u32>, logp: Vec<f32>| Candidate {
+            source,
+            tokens,
+            logp,
+        };
+        let best = pick_best(
+            vec![
+                cand(0, vec![7, 8, 2], vec![-1.0, -1.0, -1.0]),
+                cand(0, vec![7, 3, 9, 2, 8], vec![-0.1, -0.1, -0.1, -0.1, -0.1]),
+                cand(1, vec![2, 5], vec![-0.5, -0.5]),
+            ],
+            2,
+            2,
+            &[0, 3],
+        );
+        assert_eq!(best[0].ids, vec![7, 9]);
+        assert_eq!(best[0].length, 5);
+        assert!((best[0].score + 0.1).abs() < 1e-6);
+        assert_eq!(best[1].ids, Vec::<u32>::new());
+    }
+}

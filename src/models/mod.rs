@@ -60,6 +60,9 @@ impl Model {
                 }
                 parts.join(" + ")
             }
+            Model::Seq2Seq(m) if m.config().is_nat() => {
+                "non-autoregressive encoder-decoder Transformer (Mask-Predict)".into()
+            }
             Model::Seq2Seq(_) => "encoder-decoder Transformer".into(),
         }
     }
