@@ -120,10 +120,16 @@ fn the_nat_decoder_sees_every_position() {
             "earlier positions moved by {earlier}"
         );
     }
-    // One length class per target length 0..=6, from the pooled source.
+    // One length class per offset −6..=6 of the target's length from the source's.
     let memory = nat.encode(&src, None, false).unwrap();
     let lengths = nat.predict_length(&memory, None).unwrap();
-    assert_eq!(lengths.dims(), &[1, 7]);
+    assert_eq!(lengths.dims(), &[1, 13]);
+    assert_eq!(nat.length_class(5, 3), 4);
+    assert_eq!(nat.length_of_class(5, 4), 3);
+    assert_eq!(
+        (nat.length_class(2, 30), nat.length_of_class(2, 0)),
+        (12, 1)
+    );
     assert!(at.predict_length(&memory, None).is_err());
 }
 
@@ -145,9 +151,11 @@ fn mask_predict_with_one_iteration_is_one_parallel_argmax() {
         // The likeliest length (at least 1), all placeholders, one pass, each
         // position's likeliest token other than padding, BOS and the placeholder.
         let scores = lengths.i(row).unwrap().to_vec1::<f32>().unwrap();
-        let len = (1..scores.len())
+        let class = (0..scores.len())
             .max_by(|&a, &b| scores[a].total_cmp(&scores[b]).then(b.cmp(&a)))
             .unwrap();
+        let src_len = [5, 3][row];
+        let len = m.length_of_class(src_len, class);
         assert_eq!(out.length, len);
         let tgt = Tensor::new(vec![3u32; len], &dev)
             .unwrap()

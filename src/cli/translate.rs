@@ -17,7 +17,8 @@ pub struct Args {
     beams: BeamArgs,
     #[command(flatten)]
     decoding: DecodingArgs,
-    /// Longest output, in tokens.
+    /// Longest output, in tokens (autoregressive decoding; Mask-Predict's lengths go up
+    /// to the model's nat_max_length).
     #[arg(long, default_value_t = 64)]
     max_new_tokens: usize,
     /// Sentences per batch.

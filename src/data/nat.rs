@@ -1,9 +1,8 @@
 //! Batches for the conditional masked LM that trains a non-autoregressive decoder
 //! (Mask-Predict): each target (EOS included) has a uniformly drawn number 1..=L of its
 //! L positions replaced by `<mask>`, and the loss reads only those. The decoder input is
-//! the target itself, unshifted: position t predicts the token at t. The same draw
-//! for the same batch number every time, so a resumed run and every evaluation see the
-//! same masks.
+//! the target itself, unshifted: position t predicts the token at t. The draws are
+//! seeded, so a resumed run repeats them and every evaluation sees the same masks.
 
 use candle_core::{Device, Tensor};
 use rand::{rngs::StdRng, seq::index::sample, Rng, SeedableRng};
@@ -22,8 +21,10 @@ pub struct NatBatch {
     pub tgt_mask: Tensor,
     /// The true token at masked positions, [`IGNORE`] elsewhere: (B, T).
     pub labels: Tensor,
-    /// Each target's length, the length predictor's class: (B,).
-    pub lengths: Tensor,
+    /// Each source's and target's length in tokens (EOS included), from which the
+    /// length predictor's classes follow.
+    pub src_lengths: Vec<usize>,
+    pub tgt_lengths: Vec<usize>,
 }
 
 pub struct NatBatches {
@@ -31,6 +32,7 @@ pub struct NatBatches {
     order: EpochOrder,
     batch_size: usize,
     seed: u64,
+    shuffle: bool,
     pad: u32,
     mask: u32,
 }
@@ -49,6 +51,7 @@ impl NatBatches {
             pairs,
             batch_size,
             seed,
+            shuffle,
             pad,
             mask,
         }
@@ -68,22 +71,24 @@ impl NatBatches {
     }
 
     /// Batch `n`: shuffled epochs when training, in order (last batch short) otherwise.
+    /// Each pair's masks are drawn from (seed, its index, and when training the batch
+    /// number): in order, a pair is masked the same way whatever the batch size.
     pub fn batch(&mut self, n: usize, device: &Device) -> Result<NatBatch> {
         let picks = self.order.batch(n, self.batch_size);
-        let mut rng = StdRng::seed_from_u64(
-            self.seed ^ 0x4e41_5400 ^ (n as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15),
-        );
+        let draw = if self.shuffle { n as u64 + 1 } else { 0 };
         let (mut inputs, mut labels) = (Vec::new(), Vec::new());
         for &i in &picks {
+            let mut rng = StdRng::seed_from_u64(
+                self.seed
+                    ^ 0x4e41_5400
+                    ^ draw.wrapping_mul(0x9e37_79b9_7f4a_7c15)
+                    ^ (i as u64).wrapping_mul(0xc2b2_ae3d_27d4_eb4f),
+            );
             let (input, label) = mask_target(&self.pairs[i].tgt, self.mask, &mut rng);
             inputs.push(input);
             labels.push(label);
         }
         let src: Vec<Vec<u32>> = picks.iter().map(|&i| self.pairs[i].src.clone()).collect();
-        let lengths: Vec<u32> = picks
-            .iter()
-            .map(|&i| self.pairs[i].tgt.len() as u32)
-            .collect();
         let (src, src_mask) = pad_batch(&src, self.pad, Padding::Right, device)?;
         let (tgt_in, tgt_mask) = pad_batch(&inputs, self.pad, Padding::Right, device)?;
         let (labels, _) = pad_batch(&labels, IGNORE, Padding::Right, device)?;
@@ -93,7 +98,8 @@ impl NatBatches {
             tgt_in,
             tgt_mask,
             labels,
-            lengths: Tensor::new(lengths, device)?,
+            src_lengths: picks.iter().map(|&i| self.pairs[i].src.len()).collect(),
+            tgt_lengths: picks.iter().map(|&i| self.pairs[i].tgt.len()).collect(),
         })
     }
 }
@@ -155,6 +161,24 @@ mod tests {
             x.tgt_in.to_vec2::<u32>().unwrap(),
             y.tgt_in.to_vec2::<u32>().unwrap()
         );
-        assert_eq!(x.lengths.to_vec1::<u32>().unwrap(), vec![4; 4]);
+        assert_eq!((x.src_lengths, x.tgt_lengths), (vec![2; 4], vec![4; 4]));
+    }
+
+    #[test]
+    fn in_order_a_pair_is_masked_the_same_way_at_any_batch_size() {
+        let pairs: Vec<EncodedPair> = (0..6)
+            .map(|i| EncodedPair {
+                src: vec![5 + i, 2],
+                tgt: (0..8).map(|t| 7 + t + i).chain([2]).collect(),
+            })
+            .collect();
+        let d = Device::Cpu;
+        let rows = |bs: usize| -> Vec<Vec<u32>> {
+            let mut b = NatBatches::new(pairs.clone(), bs, 0, false, 0, 3);
+            (0..b.batches_per_pass())
+                .flat_map(|n| b.batch(n, &d).unwrap().tgt_in.to_vec2::<u32>().unwrap())
+                .collect()
+        };
+        assert_eq!(rows(1), rows(4));
     }
 }

@@ -23,8 +23,10 @@ pub struct NatLoss {
     pub tokens: Tensor,
     /// The length predictor's cross-entropy.
     pub lengths: Tensor,
-    /// The length predictor's logits: (B, max + 1).
+    /// The length predictor's logits: (B, 2·max + 1).
     pub length_logits: Tensor,
+    /// The true length classes: (B,).
+    pub length_classes: Tensor,
 }
 
 /// The conditional masked LM's loss on one batch, token loss smoothed by `eps`.
@@ -40,12 +42,17 @@ pub fn nat_loss(model: &Seq2Seq, b: &NatBatch, eps: f64, train: bool) -> Result<
     )?; // (B, T, V)
     let tokens = smoothed_loss(&logits, &b.labels, eps)?;
     let length_logits = model.predict_length(&memory, Some(&b.src_mask))?;
-    let lengths = cross_entropy(&length_logits, &b.lengths)?;
+    let classes: Vec<u32> = (b.src_lengths.iter().zip(&b.tgt_lengths))
+        .map(|(&s, &t)| model.length_class(s, t))
+        .collect();
+    let length_classes = Tensor::new(classes, length_logits.device())?;
+    let lengths = cross_entropy(&length_logits, &length_classes)?;
     Ok(NatLoss {
         total: (&tokens + (&lengths * LENGTH_LOSS_WEIGHT)?)?,
         tokens,
         lengths,
         length_logits,
+        length_classes,
     })
 }
 
@@ -63,11 +70,12 @@ pub fn nat_loss_over(
     for i in 0..batches.batches_per_pass() {
         let b = batches.batch(i, device)?;
         let loss = nat_loss(model, &b, 0.0, false)?;
-        let (n, rows) = (count(b.labels.ne(IGNORE)?)?, b.lengths.dim(0)? as f64);
+        let (n, rows) = (count(b.labels.ne(IGNORE)?)?, b.tgt_lengths.len() as f64);
         tokens += loss.tokens.to_scalar::<f32>()? as f64 * n;
         masked += n;
         lengths += loss.lengths.to_scalar::<f32>()? as f64 * rows;
-        right += count(loss.length_logits.argmax(D::Minus1)?.eq(&b.lengths)?)?;
+        let guess = loss.length_logits.argmax(D::Minus1)?;
+        right += count(guess.eq(&loss.length_classes)?)?;
         pairs += rows;
     }
     let (masked, pairs) = (masked.max(1.0), pairs.max(1.0));

@@ -1,6 +1,6 @@
 //! Mask-Predict (Ghazvininejad et al. 2019), the decoding of a non-autoregressive
 //! encoder-decoder: the length predictor proposes the `length_beam` likeliest target
-//! lengths; for each, the decoder reads that many `<mask>` placeholders and fills every
+//! lengths (distinct, 1..=nat_max_length); for each, the decoder reads that many `<mask>` placeholders and fills every
 //! position in one pass. Each of the `iterations − 1` further passes masks again the
 //! n = L·(K − k)/K least confident tokens and predicts them anew, the rest held fixed.
 //! The candidate with the highest mean log-probability wins. Every source's candidates
@@ -55,7 +55,7 @@ pub fn mask_predict(
     opts: &MaskPredictOptions,
 ) -> Result<Vec<MaskPredicted>> {
     let c = model.config();
-    let (Some(max), Some(mask_id)) = (c.nat_max_length, c.mask_token_id) else {
+    let (Some(_), Some(mask_id)) = (c.nat_max_length, c.mask_token_id) else {
         candle_core::bail!(
             "Mask-Predict needs a non-autoregressive model (trained with --objective nat)"
         )
@@ -64,8 +64,12 @@ pub fn mask_predict(
         candle_core::bail!("Mask-Predict needs at least one iteration and one length");
     }
     let memory = model.encode(src, Some(src_mask), false)?; // (B, S, C)
-    let lengths = model.predict_length(&memory, Some(src_mask))?; // (B, max + 1)
-    let mut cands = candidates(&lengths, max.min(opts.length_beam), mask_id)?;
+    let classes = model.predict_length(&memory, Some(src_mask))?; // (B, 2·max + 1)
+    let src_lengths = src_mask
+        .to_dtype(candle_core::DType::F32)?
+        .sum(1)?
+        .to_vec1::<f32>()?;
+    let mut cands = candidates(model, &classes, &src_lengths, opts.length_beam, mask_id)?;
     let rows: Vec<u32> = cands.iter().map(|c| c.source as u32).collect();
     let rows = Tensor::new(rows, src.device())?;
     let (memory, src_mask) = (
@@ -113,13 +117,29 @@ pub fn mask_predict(
     ))
 }
 
-/// The `beam` likeliest lengths of each source (1..=max), as all-placeholder candidates.
-fn candidates(lengths: &Tensor, beam: usize, mask_id: u32) -> Result<Vec<Candidate>> {
+/// The `beam` likeliest distinct lengths of each source, as all-placeholder candidates.
+fn candidates(
+    model: &Seq2Seq,
+    classes: &Tensor,
+    src_lengths: &[f32],
+    beam: usize,
+    mask_id: u32,
+) -> Result<Vec<Candidate>> {
     let mut out = Vec::new();
-    for (source, row) in lengths.to_vec2::<f32>()?.iter().enumerate() {
-        let mut by_score: Vec<usize> = (1..row.len()).collect();
+    for (source, row) in classes.to_vec2::<f32>()?.iter().enumerate() {
+        let mut by_score: Vec<usize> = (0..row.len()).collect();
         by_score.sort_by(|&a, &b| row[b].total_cmp(&row[a]).then(a.cmp(&b)));
-        for &len in &by_score[..beam.min(by_score.len())] {
+        let mut lengths: Vec<usize> = Vec::with_capacity(beam);
+        for class in by_score {
+            let len = model.length_of_class(src_lengths[source] as usize, class);
+            if !lengths.contains(&len) {
+                lengths.push(len);
+            }
+            if lengths.len() == beam {
+                break;
+            }
+        }
+        for len in lengths {
             out.push(Candidate {
                 source,
                 tokens: vec![mask_id; len],

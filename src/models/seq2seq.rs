@@ -8,7 +8,9 @@
 //! The non-autoregressive variant (Mask-Predict, Ghazvininejad et al. 2019) is the same
 //! model with two differences: the decoder's self-attention has no causal mask (it reads
 //! a whole target of `<mask>` placeholders and fills every position at once), and a
-//! length predictor on the mean-pooled encoder output chooses how many positions.
+//! length predictor on the mean-pooled encoder output chooses how many positions, as
+//! an offset from the source's length (fairseq's `--pred-length-offset`: a mean forgets
+//! how long the source was, and the offset is what varies little).
 
 use candle_core::{Result, Tensor};
 use candle_nn::{Module, VarBuilder};
@@ -54,7 +56,8 @@ pub struct Seq2SeqConfig {
     #[serde(default = "defaults::yes")]
     pub scale_embedding: bool,
     /// Non-autoregressive: the longest target (EOS included). Its presence makes the
-    /// decoder attend both ways and adds `length_predictor`, one class per length.
+    /// decoder attend both ways and adds `length_predictor`, one class per offset
+    /// −max..=max of the target's length from the source's.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub nat_max_length: Option<usize>,
     /// Non-autoregressive: the placeholder the decoder reads at positions to predict.
@@ -314,7 +317,7 @@ impl Seq2Seq {
                 .collect::<Result<_>>()?,
             length_predictor: cfg
                 .nat_max_length
-                .map(|max| Linear::load(cfg.d_model, max + 1, true, vb.pp("length_predictor")))
+                .map(|max| Linear::load(cfg.d_model, 2 * max + 1, true, vb.pp("length_predictor")))
                 .transpose()?,
             cfg: cfg.clone(),
         })
@@ -405,9 +408,10 @@ impl Seq2Seq {
         Linear::new(self.shared.weight().clone(), None, false).forward(&x)
     }
 
-    /// Non-autoregressive: logits over target lengths (B, max + 1) from the mean of the
-    /// encoder output over the source's real positions (fairseq's NAT models pool the
-    /// same way; the length loss then trains the encoder too, weighted down).
+    /// Non-autoregressive: logits over length classes (B, 2·max + 1), target length minus
+    /// source length plus max ([`Self::length_class`]), from the mean of the encoder
+    /// output over the source's real positions (fairseq's NAT models pool the same way;
+    /// the length loss then trains the encoder too, weighted down).
     pub fn predict_length(&self, memory: &Tensor, src_mask: Option<&Tensor>) -> Result<Tensor> {
         let Some(head) = &self.length_predictor else {
             candle_core::bail!(
@@ -425,6 +429,20 @@ impl Seq2Seq {
             None => memory.mean(1)?,
         }; // (B, C)
         head.forward(&pooled)
+    }
+
+    /// The length class of a target of `tgt_len` tokens for a source of `src_len` (both
+    /// with EOS): their difference, shifted to start at 0 and clamped to the classes.
+    pub fn length_class(&self, src_len: usize, tgt_len: usize) -> u32 {
+        let max = self.cfg.nat_max_length.unwrap_or(0) as i64;
+        (tgt_len as i64 - src_len as i64 + max).clamp(0, 2 * max) as u32
+    }
+
+    /// The target length class `class` means for a source of `src_len` tokens, in
+    /// 1..=max.
+    pub fn length_of_class(&self, src_len: usize, class: usize) -> usize {
+        let max = self.cfg.nat_max_length.unwrap_or(1) as i64;
+        (src_len as i64 + class as i64 - max).clamp(1, max) as usize
     }
 
     /// Teacher-forced logits: encode the source, decode the shifted target.
