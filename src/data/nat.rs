@@ -7,8 +7,7 @@
 use candle_core::{Device, Tensor};
 use rand::{rngs::StdRng, seq::index::sample, Rng, SeedableRng};
 
-use super::order::EpochOrder;
-use super::pairs::EncodedPair;
+use super::pairs::{EncodedPair, PairBatches};
 use super::{pad_batch, Padding};
 use crate::error::Result;
 use crate::labels::IGNORE;
@@ -27,10 +26,9 @@ pub struct NatBatch {
     pub tgt_lengths: Vec<usize>,
 }
 
+/// [`PairBatches`]' order and sources, with masked targets.
 pub struct NatBatches {
-    pairs: Vec<EncodedPair>,
-    order: EpochOrder,
-    batch_size: usize,
+    pairs: PairBatches,
     seed: u64,
     shuffle: bool,
     pad: u32,
@@ -47,9 +45,8 @@ impl NatBatches {
         mask: u32,
     ) -> Self {
         Self {
-            order: EpochOrder::new(pairs.len(), seed, shuffle),
-            pairs,
-            batch_size,
+            // No teacher forcing here: the BOS it would prepend is never read.
+            pairs: PairBatches::new(pairs, batch_size, seed, shuffle, pad, pad),
             seed,
             shuffle,
             pad,
@@ -67,14 +64,15 @@ impl NatBatches {
 
     /// Batches in one ordered pass.
     pub fn batches_per_pass(&self) -> usize {
-        self.len().div_ceil(self.batch_size)
+        self.pairs.batches_per_pass()
     }
 
     /// Batch `n`: shuffled epochs when training, in order (last batch short) otherwise.
     /// Each pair's masks are drawn from (seed, its index, and when training the batch
     /// number): in order, a pair is masked the same way whatever the batch size.
     pub fn batch(&mut self, n: usize, device: &Device) -> Result<NatBatch> {
-        let picks = self.order.batch(n, self.batch_size);
+        let picks = self.pairs.picks(n);
+        let pairs = self.pairs.pairs();
         let draw = if self.shuffle { n as u64 + 1 } else { 0 };
         let (mut inputs, mut labels) = (Vec::new(), Vec::new());
         for &i in &picks {
@@ -84,12 +82,11 @@ impl NatBatches {
                     ^ draw.wrapping_mul(0x9e37_79b9_7f4a_7c15)
                     ^ (i as u64).wrapping_mul(0xc2b2_ae3d_27d4_eb4f),
             );
-            let (input, label) = mask_target(&self.pairs[i].tgt, self.mask, &mut rng);
+            let (input, label) = mask_target(&pairs[i].tgt, self.mask, &mut rng);
             inputs.push(input);
             labels.push(label);
         }
-        let src: Vec<Vec<u32>> = picks.iter().map(|&i| self.pairs[i].src.clone()).collect();
-        let (src, src_mask) = pad_batch(&src, self.pad, Padding::Right, device)?;
+        let (src, src_mask) = self.pairs.sources(&picks, device)?;
         let (tgt_in, tgt_mask) = pad_batch(&inputs, self.pad, Padding::Right, device)?;
         let (labels, _) = pad_batch(&labels, IGNORE, Padding::Right, device)?;
         Ok(NatBatch {
@@ -98,8 +95,8 @@ impl NatBatches {
             tgt_in,
             tgt_mask,
             labels,
-            src_lengths: picks.iter().map(|&i| self.pairs[i].src.len()).collect(),
-            tgt_lengths: picks.iter().map(|&i| self.pairs[i].tgt.len()).collect(),
+            src_lengths: picks.iter().map(|&i| pairs[i].src.len()).collect(),
+            tgt_lengths: picks.iter().map(|&i| pairs[i].tgt.len()).collect(),
         })
     }
 }

@@ -189,10 +189,26 @@ impl PairBatches {
         self.len().div_ceil(self.batch_size)
     }
 
-    /// Batch `n`: shuffled epochs when training, in order (last batch short) otherwise.
-    pub fn batch(&mut self, n: usize, device: &Device) -> Result<PairBatch> {
-        let picks = self.order.batch(n, self.batch_size);
+    /// The pairs of batch `n`, as indices into [`Self::pairs`]: shuffled epochs when
+    /// training, in order (last batch short) otherwise.
+    pub fn picks(&mut self, n: usize) -> Vec<usize> {
+        self.order.batch(n, self.batch_size)
+    }
+
+    /// The sources of `picks`, right-padded: (ids, mask), both (B, S).
+    pub fn sources(&self, picks: &[usize], device: &Device) -> Result<(Tensor, Tensor)> {
         let src: Vec<Vec<u32>> = picks.iter().map(|&i| self.pairs[i].src.clone()).collect();
+        Ok(super::pad_batch(
+            &src,
+            self.pad,
+            super::Padding::Right,
+            device,
+        )?)
+    }
+
+    /// Batch `n`, for teacher forcing.
+    pub fn batch(&mut self, n: usize, device: &Device) -> Result<PairBatch> {
+        let picks = self.picks(n);
         let tgt_in: Vec<Vec<u32>> = picks
             .iter()
             .map(|&i| {
@@ -204,7 +220,7 @@ impl PairBatches {
             .collect();
         let labels: Vec<Vec<u32>> = picks.iter().map(|&i| self.pairs[i].tgt.clone()).collect();
         use super::{pad_batch, Padding};
-        let (src, src_mask) = pad_batch(&src, self.pad, Padding::Right, device)?;
+        let (src, src_mask) = self.sources(&picks, device)?;
         let (tgt_in, tgt_mask) = pad_batch(&tgt_in, self.pad, Padding::Right, device)?;
         let (labels, _) = pad_batch(&labels, IGNORE, Padding::Right, device)?;
         Ok(PairBatch {
