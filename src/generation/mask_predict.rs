@@ -98,14 +98,26 @@ pub fn mask_predict(
         }
         let tokens: Vec<Vec<u32>> = cands.iter().map(|c| c.tokens.clone()).collect();
         let (tgt, tgt_mask) = pad_batch(&tokens, c.pad_token_id, Padding::Right, src.device())?;
-        let logits = model.decode(&tgt, &memory, Some(&src_mask), Some(&tgt_mask), None, false)?; // (R, T, V)
-        let logp = candle_nn::ops::log_softmax(&logits.broadcast_add(&banned)?, D::Minus1)?;
-        let best = logp.max(D::Minus1)?.to_vec2::<f32>()?; // (R, T)
-        let arg = logp.argmax(D::Minus1)?.to_vec2::<u32>()?;
-        for (r, cand) in cands.iter_mut().enumerate() {
-            for &t in &open[r] {
-                cand.tokens[t] = arg[r][t];
-                cand.logp[t] = best[r][t];
+        let hidden =
+            model.decode_hidden(&tgt, &memory, Some(&src_mask), Some(&tgt_mask), None, false)?; // (R, T, C)
+                                                                                                // Only the positions this pass predicts meet the vocabulary: (N, C) -> (N, V).
+        let (width, d) = (hidden.dim(1)?, hidden.dim(2)?);
+        let rows: Vec<u32> = (open.iter().enumerate())
+            .flat_map(|(r, ts)| ts.iter().map(move |&t| (r * width + t) as u32))
+            .collect();
+        let rows = Tensor::new(rows, src.device())?;
+        let logits = model
+            .output_logits(&hidden.reshape(((), d))?.index_select(&rows, 0)?)?
+            .broadcast_add(&banned)?;
+        let arg = logits.argmax(D::Minus1)?; // (N,)
+                                             // log p(argmax) = −(its cross-entropy): the fused row kernel, no (N, V) softmax.
+        let nll = crate::nn::kernels::cross_entropy_rows(&logits, &arg)?.to_vec1::<f32>()?;
+        let (arg, mut at) = (arg.to_vec1::<u32>()?, 0);
+        for (cand, ts) in cands.iter_mut().zip(&open) {
+            for &t in ts {
+                cand.tokens[t] = arg[at];
+                cand.logp[t] = -nll[at];
+                at += 1;
             }
         }
     }
@@ -163,13 +175,14 @@ fn remask(cand: &mut Candidate, k: usize, it: usize, mask_id: u32) -> Vec<usize>
     order
 }
 
-/// A (V,) bias of −∞ at tokens a filled position must never be (padding, BOS, the
-/// placeholder itself), 0 elsewhere.
+/// A (V,) bias at tokens a filled position must never be (padding, BOS, the placeholder
+/// itself): −1e9, which every exp takes to exactly 0 (−∞ would make NaN of a row
+/// minus its max in some kernels), 0 elsewhere.
 fn banned_tokens(vocab: usize, ids: &[u32], device: &Device) -> Result<Tensor> {
     let mut bias = vec![0f32; vocab];
     for &id in ids {
         if let Some(b) = bias.get_mut(id as usize) {
-            *b = f32::NEG_INFINITY;
+            *b = -1e9;
         }
     }
     Tensor::from_vec(bias, vocab, device)

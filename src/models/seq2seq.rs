@@ -384,6 +384,21 @@ impl Seq2Seq {
         memory: &Tensor,
         src_mask: Option<&Tensor>,
         tgt_mask: Option<&Tensor>,
+        cache: Option<&mut Seq2SeqCache>,
+        train: bool,
+    ) -> Result<Tensor> {
+        let hidden = self.decode_hidden(tgt, memory, src_mask, tgt_mask, cache, train)?;
+        self.output_logits(&hidden)
+    }
+
+    /// The decoder's last hidden states (B, T, C), before the output projection: for
+    /// callers that need the vocabulary at only some positions.
+    pub fn decode_hidden(
+        &self,
+        tgt: &Tensor,
+        memory: &Tensor,
+        src_mask: Option<&Tensor>,
+        tgt_mask: Option<&Tensor>,
         mut cache: Option<&mut Seq2SeqCache>,
         train: bool,
     ) -> Result<Tensor> {
@@ -404,8 +419,13 @@ impl Seq2Seq {
             });
             x = layer.forward(&x, memory, &self_mask, &cross_mask, caches, train)?;
         }
-        // The output projection is the shared embedding, transposed.
-        Linear::new(self.shared.weight().clone(), None, false).forward(&x)
+        Ok(x)
+    }
+
+    /// Logits over the target vocabulary of hidden states (.., C): the shared embedding,
+    /// transposed.
+    pub fn output_logits(&self, hidden: &Tensor) -> Result<Tensor> {
+        Linear::new(self.shared.weight().clone(), None, false).forward(hidden)
     }
 
     /// Non-autoregressive: logits over length classes (B, 2·max + 1), target length minus
