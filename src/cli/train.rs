@@ -153,8 +153,9 @@ struct Settings {
     #[arg(long)]
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     separate_vocab: bool,
-    /// Seq2seq and nat: train on this translator's greedy translations of the training
-    /// sources (sequence-level knowledge distillation); held-out pairs keep references.
+    /// Seq2seq and nat: train on this translator's translations of the training sources
+    /// (greedy, or Mask-Predict for a non-autoregressive one: sequence-level knowledge
+    /// distillation); held-out pairs keep their references.
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     distill_from: Option<PathBuf>,
