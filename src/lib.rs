@@ -5,6 +5,7 @@
 //! - [`models`]: GPT-2, BERT and the encoder-decoder Transformer built from them.
 //! - [`checkpoint`]: Hugging Face checkpoints in and out.
 //! - [`tokenizer`]: tokenizer.json, GPT-2/BERT vocab files, character level.
+//! - [`serve`]: the OpenAI-compatible HTTP server.
 
 pub mod checkpoint;
 pub mod cli;
@@ -18,6 +19,7 @@ pub mod labels;
 pub mod models;
 pub mod nn;
 pub mod runtime;
+pub mod serve;
 pub mod tasks;
 pub mod tokenizer;
 pub mod train;

@@ -10,6 +10,7 @@ mod generate;
 mod info;
 mod quantize;
 mod score;
+mod serve;
 mod train;
 mod translate;
 
@@ -59,6 +60,9 @@ enum Command {
     Quantize(quantize::Args),
     /// Write a GPT-2 as a GGUF file in llama.cpp's gpt2 layout (llama.cpp, ollama).
     Export(export::Args),
+    /// An OpenAI-compatible HTTP server (completions, chat, embeddings, classify,
+    /// translate) with continuous batching.
+    Serve(serve::Args),
 }
 
 /// What every subcommand that runs a model takes.
@@ -333,5 +337,6 @@ pub fn run() -> Result<()> {
         Command::Translate(a) => translate::run(a),
         Command::Quantize(a) => quantize::run(a),
         Command::Export(a) => export::run(a),
+        Command::Serve(a) => serve::run(a),
     }
 }

@@ -5,6 +5,7 @@
 //! into printable text with stop strings.
 
 pub mod beam;
+pub mod continuous;
 pub mod decoder;
 pub mod mask_predict;
 pub mod processors;
@@ -15,6 +16,7 @@ pub mod stream;
 use candle_core::Device;
 
 pub use beam::beam_search;
+pub use continuous::{Prefilled, RunningBatch};
 pub use decoder::{Decoder, Gpt2Decoder, Seq2SeqDecoder};
 pub use mask_predict::{mask_predict, MaskPredictOptions, MaskPredicted};
 pub use processors::ProcessorConfig;

@@ -3,7 +3,25 @@
 
 use rand::{rngs::StdRng, Rng};
 
-use super::processors::softmax;
+use super::processors::{softmax, ProcessorConfig};
+
+/// The next token of one row: `cfg`'s processors applied to `logits` in place, then the
+/// argmax, or a draw when `cfg` samples. `history` is the row's prompt and generated
+/// tokens, `generated` the generated tail. Every left-to-right strategy chooses here.
+pub fn choose(
+    cfg: &ProcessorConfig,
+    logits: &mut [f32],
+    history: &[u32],
+    generated: &[u32],
+    rng: &mut StdRng,
+) -> u32 {
+    cfg.apply(logits, history, generated);
+    if cfg.sampling() {
+        sample(logits, rng)
+    } else {
+        argmax(logits)
+    }
+}
 
 /// The first index of the largest logit (torch.argmax's tie rule).
 pub fn argmax(logits: &[f32]) -> u32 {

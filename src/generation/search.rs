@@ -88,12 +88,7 @@ pub fn sample(
             if done[r] {
                 continue;
             }
-            cfg.apply(logits, &history[r], &out[r]);
-            let id = if cfg.sampling() {
-                sampler::sample(logits, &mut rng)
-            } else {
-                sampler::argmax(logits)
-            };
+            let id = sampler::choose(cfg, logits, &history[r], &out[r], &mut rng);
             next[r] = id;
             out[r].push(id);
             history[r].push(id);

@@ -30,6 +30,10 @@ impl<'a> TextStream<'a> {
         }
     }
 
+    pub fn tokenizer(&self) -> &'a Tokenizer {
+        self.tok
+    }
+
     /// Adds one token; returns the text that is now safe to print and whether a stop
     /// string has appeared.
     pub fn push(&mut self, id: u32) -> Result<(String, Flow)> {

@@ -215,6 +215,23 @@ impl Gpt2Cache {
             .iter_mut()
             .try_for_each(|c| c.select_batch(indices))
     }
+
+    /// Stacks `other`'s rows under these, aligned on the last position
+    /// ([`KvCache::join`]).
+    pub fn join(&mut self, other: &Gpt2Cache) -> Result<()> {
+        if self.layers.is_empty() {
+            self.layers = vec![KvCache::default(); other.layers.len()];
+        }
+        self.layers
+            .iter_mut()
+            .zip(&other.layers)
+            .try_for_each(|(a, b)| a.join(b))
+    }
+
+    /// Forgets the first `n` positions of every row ([`KvCache::drop_front`]).
+    pub fn drop_front(&mut self, n: usize) -> Result<()> {
+        self.layers.iter_mut().try_for_each(|c| c.drop_front(n))
+    }
 }
 
 #[derive(Debug, Clone)]

@@ -16,6 +16,29 @@ pub enum Pooling {
     Mean,
 }
 
+/// A sentence-transformers folder's pooling and whether it normalises
+/// (`1_Pooling/config.json`, a `Normalize` module in `modules.json`); mean pooling,
+/// unnormalised, for any other folder.
+pub fn folder_pooling(dir: &std::path::Path) -> (Pooling, bool) {
+    let read = |p: &str| -> Option<serde_json::Value> {
+        serde_json::from_str(&std::fs::read_to_string(dir.join(p)).ok()?).ok()
+    };
+    let pooling = match read("1_Pooling/config.json") {
+        Some(c) if c["pooling_mode_cls_token"] == true => Pooling::Cls,
+        _ => Pooling::Mean,
+    };
+    let normalize = read("modules.json")
+        .and_then(|m| m.as_array().cloned())
+        .is_some_and(|mods| {
+            mods.iter().any(|m| {
+                m["type"]
+                    .as_str()
+                    .is_some_and(|t| t.ends_with("models.Normalize"))
+            })
+        });
+    (pooling, normalize)
+}
+
 /// Encodes texts with special tokens, cut to `max_length` tokens.
 pub fn encode_all(tok: &Tokenizer, texts: &[String], max_length: usize) -> Result<Vec<Vec<u32>>> {
     texts
