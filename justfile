@@ -118,3 +118,25 @@ check-llama-cpp:
     fi
     (cd "$src" && cmake -B build -DLLAMA_CURL=OFF -DGGML_NATIVE=ON && cmake --build build -j2 --target llama-simple)
     LLAMA_CPP_BIN="$src/build/bin" cargo test --release --test gguf_export -- --ignored --nocapture
+
+# wick serve under N concurrent streaming clients (1, 2, 4, 8, 16; 2 requests each of 64
+# tokens) against llama.cpp's server on the same random GPT-2 124M, f32 and Q8_0, 2
+# threads, loopback only. Run `just bench-llama-cpp` first (the GGUFs and the build);
+# needs `pip install openai`.
+bench-serve:
+    #!/usr/bin/env bash
+    set -euo pipefail
+    src=${LLAMA_CPP:-/tmp/lcp/llama_cpp_python-0.3.36/vendor/llama.cpp}
+    (cd "$src" && cmake --build build -j2 --target llama-server)
+    cargo build --release
+    test -d /tmp/gpt2-124m-q8 || target/release/wick quantize --model /tmp/gpt2-124m-random --out /tmp/gpt2-124m-q8 --format q8_0
+    lscpu | grep -E "Model name|^CPU\(s\)|Flags" | cut -c1-200
+    load() { python3 benches/peers/serve_openai.py load http://127.0.0.1:$1 "$2" --server "$3" --clients 1,2,4,8,16 --requests 2 --max-tokens 64; }
+    for m in /tmp/gpt2-124m-random /tmp/gpt2-124m-q8; do
+      target/release/wick serve --model gpt2=$m --port 8093 & pid=$!; sleep 3
+      echo "wick $m"; load 8093 gpt2 wick; kill -INT $pid; wait $pid
+    done
+    for m in f32 Q8_0; do
+      "$src/build/bin/llama-server" -m /tmp/gpt2-$m.gguf -t 2 -tb 2 -np 16 -c 16384 --host 127.0.0.1 --port 8094 > /tmp/llama-server.log 2>&1 & pid=$!; sleep 8
+      echo "llama.cpp $m"; load 8094 x llama; kill $pid; wait $pid || true
+    done

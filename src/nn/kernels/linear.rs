@@ -9,7 +9,9 @@
 
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
 
-use super::matmul::{gemm_into, gemv_in_out, gemv_out_in, View};
+use super::matmul::{
+    gemm_into, gemv_in_out, gemv_out_in, gemv_rows_in_out, gemv_rows_out_in, View, SMALL_ROWS,
+};
 use super::rows::{f32_slice, zeroed};
 
 #[derive(Clone, Copy)]
@@ -35,7 +37,8 @@ impl LinearOp {
     }
 
     /// y = x·W [+ b]: one GEMM onto the bias rows, or for a single row (decoding one
-    /// token) a GEMV that streams W.
+    /// token) a GEMV that streams W, and for a few rows (a decode step of a continuous
+    /// batch) a GEMV that streams W once for all of them.
     fn forward(
         &self,
         x: (&[f32], &Layout),
@@ -60,6 +63,8 @@ impl LinearOp {
         match (n, self.in_out) {
             (1, true) => gemv_in_out(x, w, &mut y),
             (1, false) => gemv_out_in(x, w, &mut y),
+            (2..=SMALL_ROWS, true) => gemv_rows_in_out(x, w, &mut y, n),
+            (2..=SMALL_ROWS, false) => gemv_rows_out_in(x, w, &mut y, n),
             _ => gemm_into(
                 &mut y,
                 n,
@@ -236,7 +241,13 @@ mod tests {
     }
 
     fn check() -> Result<()> {
-        for (x_shape, inp, out) in [(vec![2, 3, 5], 5, 4), (vec![1, 1, 301], 301, 262)] {
+        for (x_shape, inp, out) in [
+            (vec![2, 3, 5], 5, 4),
+            (vec![1, 1, 301], 301, 262),
+            (vec![3, 1, 301], 301, 262),
+            (vec![9, 1, 33], 33, 17),
+            (vec![4, 5, 7], 7, 9),
+        ] {
             for in_out in [true, false] {
                 for with_bias in [true, false] {
                     let x = ramp(&x_shape, 7)?;
