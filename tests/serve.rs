@@ -72,11 +72,7 @@ impl Server {
         body: Option<&str>,
         key: Option<&str>,
     ) -> (u16, Value) {
-        let agent: ureq::Agent = ureq::Agent::config_builder()
-            .http_status_as_error(false)
-            .timeout_global(Some(Duration::from_secs(60)))
-            .build()
-            .into();
+        let agent = agent();
         let mut res = match (method, body) {
             ("GET", _) => {
                 let mut r = agent.get(&self.url(path));
@@ -129,6 +125,16 @@ impl Server {
             .collect()
     }
 
+    /// Polls /metrics until `name` reaches 1 (20 s at most; `what` fails the test).
+    #[track_caller]
+    fn wait_for(&self, name: &str, what: &str) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while self.metric(name) < 1.0 {
+            assert!(Instant::now() < deadline, "{what}");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
     fn metric(&self, name: &str) -> f64 {
         let (_, v) = self.request("GET", "/metrics", None, None);
         let text = v.as_str().unwrap().to_string();
@@ -136,6 +142,15 @@ impl Server {
             .find_map(|l| l.strip_prefix(name).and_then(|r| r.trim().parse().ok()))
             .unwrap_or_else(|| panic!("no {name} in {text}"))
     }
+}
+
+/// A client that returns 4xx and 5xx answers instead of failing on them.
+fn agent() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(60)))
+        .build()
+        .into()
 }
 
 impl Drop for Server {
@@ -796,19 +811,15 @@ fn a_full_queue_is_429_and_a_dropped_stream_is_cancelled() {
     // A raw connection, to hang up mid-stream.
     let mut conn = std::net::TcpStream::connect(&s.addr).unwrap();
     write!(conn, "POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{long}", long.len()).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while s.metric("wick_active_sequences{model=\"slow\"}") < 1.0 {
-        assert!(Instant::now() < deadline, "the long request never started");
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    s.wait_for(
+        "wick_active_sequences{model=\"slow\"}",
+        "the long request never started",
+    );
     // The batch (one row) is busy: one request may wait, the next is refused.
     let waiting = {
         let s_addr = s.url("/v1/completions");
         std::thread::spawn(move || {
-            let agent: ureq::Agent = ureq::Agent::config_builder()
-                .http_status_as_error(false)
-                .build()
-                .into();
+            let agent = agent();
             agent
                 .post(&s_addr)
                 .send_json(json!({"prompt": "x", "max_tokens": 2}))
@@ -817,15 +828,11 @@ fn a_full_queue_is_429_and_a_dropped_stream_is_cancelled() {
                 .as_u16()
         })
     };
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while s.metric("wick_queue_depth{model=\"slow\"}") < 1.0 {
-        assert!(Instant::now() < deadline, "the second request never queued");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .build()
-        .into();
+    s.wait_for(
+        "wick_queue_depth{model=\"slow\"}",
+        "the second request never queued",
+    );
+    let agent = agent();
     let mut refused = agent
         .post(&s.url("/v1/completions"))
         .send_json(json!({"prompt": "x", "max_tokens": 2}))
@@ -858,11 +865,10 @@ fn sigterm_lets_a_stream_finish_then_exits_zero() {
             .filter(|l| l.starts_with("data: "))
             .collect::<Vec<_>>()
     });
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while s.metric("wick_active_sequences{model=\"slow\"}") < 1.0 {
-        assert!(Instant::now() < deadline, "the stream never started");
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    s.wait_for(
+        "wick_active_sequences{model=\"slow\"}",
+        "the stream never started",
+    );
     unsafe { libc::kill(s.child.id() as i32, libc::SIGTERM) };
     let events = stream.join().unwrap();
     assert_eq!(
@@ -883,17 +889,13 @@ fn past_the_grace_period_generations_are_cancelled_and_the_server_exits() {
     let mut s = Server::start(&["--model", &slow(), "--grace-period", "0.3"]);
     let url = s.url("/v1/completions");
     let client = std::thread::spawn(move || {
-        let agent: ureq::Agent = ureq::Agent::config_builder()
-            .http_status_as_error(false)
-            .build()
-            .into();
+        let agent = agent();
         agent.post(&url).send_json(json!({"prompt": "hello", "max_tokens": 1000, "min_tokens": 1000, "temperature": 0})).map(|r| r.status().as_u16())
     });
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while s.metric("wick_active_sequences{model=\"slow\"}") < 1.0 {
-        assert!(Instant::now() < deadline, "the request never started");
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    s.wait_for(
+        "wick_active_sequences{model=\"slow\"}",
+        "the request never started",
+    );
     let signalled = Instant::now();
     unsafe { libc::kill(s.child.id() as i32, libc::SIGINT) };
     let status = s.child.wait().unwrap();

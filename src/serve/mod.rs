@@ -159,6 +159,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/classify", post(routes::classify))
         .route("/v1/translate", post(routes::translate))
         .fallback(routes::fallback)
+        .method_not_allowed_fallback(routes::wrong_method)
         .layer(DefaultBodyLimit::max(limit))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),

@@ -99,6 +99,10 @@ pub async fn fallback(uri: Uri) -> ApiError {
     ApiError::not_found(uri.path())
 }
 
+pub async fn wrong_method(method: Method, uri: Uri) -> ApiError {
+    ApiError::method_not_allowed(method.as_str(), uri.path())
+}
+
 /// The two OpenAI shapes generated text comes back in.
 #[derive(Clone, Copy, PartialEq)]
 enum Shape {

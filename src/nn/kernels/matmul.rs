@@ -173,7 +173,21 @@ pub fn gemv_in_out(x: &[f32], w: &[f32], y: &mut [f32]) {
     if inp == 0 || out == 0 {
         return;
     }
-    let parts = if super::parallel::may_split() && inp * out >= 1 << 16 {
+    over_weight_rows(inp, y, inp * out >= 1 << 16, |rows, acc| {
+        rows_axpy(&x[rows.clone()], &w[rows.start * out..rows.end * out], acc)
+    });
+}
+
+/// Splits W's `inp` rows into one contiguous block per thread (when `big` and kernels
+/// may split), runs `f(rows, partial)` on each with a zeroed partial sum the size of
+/// y, and adds the partials into y.
+fn over_weight_rows(
+    inp: usize,
+    y: &mut [f32],
+    big: bool,
+    f: impl Fn(std::ops::Range<usize>, &mut [f32]) + Sync,
+) {
+    let parts = if super::parallel::may_split() && big {
         rayon::current_num_threads().min(inp)
     } else {
         1
@@ -182,13 +196,8 @@ pub fn gemv_in_out(x: &[f32], w: &[f32], y: &mut [f32]) {
     let partials: Vec<Vec<f32>> = (0..parts)
         .into_par_iter()
         .map(|t| {
-            let mut acc = vec![0f32; out];
-            let rows = (t * per).min(inp)..((t + 1) * per).min(inp);
-            rows_axpy(
-                &x[rows.clone()],
-                &w[rows.start * out..rows.end * out],
-                &mut acc,
-            );
+            let mut acc = vec![0f32; y.len()];
+            f((t * per).min(inp)..((t + 1) * per).min(inp), &mut acc);
             acc
         })
         .collect();
@@ -214,6 +223,16 @@ pub fn gemv_out_in(x: &[f32], w: &[f32], y: &mut [f32]) {
         rows_dot(x, &w[c * chunk * inp..][..yc.len() * inp], &mut dots);
         yc.iter_mut().zip(&dots).for_each(|(a, &d)| *a += d);
     });
+}
+
+/// (in, out) of y (m, out) = x (m, in) · W, checked; None when there is nothing to do.
+fn rows_shapes(x: &[f32], w: &[f32], y: &[f32], m: usize) -> Option<(usize, usize)> {
+    let (inp, out) = (x.len() / m.max(1), y.len() / m.max(1));
+    assert!(
+        x.len() == m * inp && y.len() == m * out && w.len() == inp * out,
+        "gemv_rows: shapes"
+    );
+    (m > 0 && inp > 0 && out > 0).then_some((inp, out))
 }
 
 /// Rows up to which a product runs as [`gemv_rows_in_out`] / [`gemv_rows_out_in`]
@@ -252,48 +271,23 @@ macro_rules! by_rows {
 /// ([`rows_step`]) while the K_STEP rows stream from memory side by side. gemm packs
 /// the whole weight for every call and runs products this small on one thread.
 pub fn gemv_rows_in_out(x: &[f32], w: &[f32], y: &mut [f32], m: usize) {
-    let (inp, out) = (x.len() / m.max(1), y.len() / m.max(1));
-    assert!(
-        x.len() == m * inp && y.len() == m * out && w.len() == inp * out,
-        "gemv_rows: shapes"
-    );
-    if m == 0 || inp == 0 || out == 0 {
+    let Some((inp, out)) = rows_shapes(x, w, y, m) else {
         return;
-    }
+    };
     if super::simd::level() != super::simd::Simd::Avx512 {
         return gemv_rows_in_out_blocked(x, w, y, m);
     }
-    let parts = if super::parallel::may_split() && m * inp * out >= 1 << 16 {
-        rayon::current_num_threads().min(inp)
-    } else {
-        1
-    };
-    let per = inp.div_ceil(parts);
-    let partials: Vec<Vec<f32>> = (0..parts)
-        .into_par_iter()
-        .map(|t| {
-            let mut acc = vec![0f32; m * out];
-            let (start, end) = ((t * per).min(inp), ((t + 1) * per).min(inp));
-            for k0 in (start..end).step_by(K_STEP) {
-                let kn = (end - k0).min(K_STEP);
-                for r0 in (0..m).step_by(8) {
-                    let rows = (m - r0).min(8);
-                    let xg = &x[r0 * inp..(r0 + rows) * inp];
-                    rows_step(
-                        xg,
-                        rows,
-                        &w[k0 * out..(k0 + kn) * out],
-                        k0,
-                        &mut acc[r0 * out..(r0 + rows) * out],
-                    );
-                }
+    over_weight_rows(inp, y, m * inp * out >= 1 << 16, |rows, acc| {
+        for k0 in rows.clone().step_by(K_STEP) {
+            let kn = (rows.end - k0).min(K_STEP);
+            for r0 in (0..m).step_by(8) {
+                let g = (m - r0).min(8);
+                let xg = &x[r0 * inp..(r0 + g) * inp];
+                let wk = &w[k0 * out..(k0 + kn) * out];
+                rows_step(xg, g, wk, k0, &mut acc[r0 * out..(r0 + g) * out]);
             }
-            acc
-        })
-        .collect();
-    for part in &partials {
-        y.iter_mut().zip(part).for_each(|(a, &b)| *a += b);
-    }
+        }
+    });
 }
 
 /// Weight rows [`gemv_rows_in_out`] walks together: that many sequential streams, one
@@ -359,31 +353,16 @@ fn tiles_in_out<const R: usize>(x: &[f32], wk: &[f32], k0: usize, acc: &mut [f32
 /// of x, through the GEMV's own vectorised row kernel.
 fn gemv_rows_in_out_blocked(x: &[f32], w: &[f32], y: &mut [f32], m: usize) {
     let (inp, out) = (x.len() / m, y.len() / m);
-    let parts = if super::parallel::may_split() && m * inp * out >= 1 << 16 {
-        rayon::current_num_threads().min(inp)
-    } else {
-        1
-    };
-    let per = inp.div_ceil(parts);
     let block = (PACK_BYTES / (4 * out)).max(8) / 8 * 8;
-    let partials: Vec<Vec<f32>> = (0..parts)
-        .into_par_iter()
-        .map(|t| {
-            let mut acc = vec![0f32; m * out];
-            let (start, end) = ((t * per).min(inp), ((t + 1) * per).min(inp));
-            for r0 in (start..end).step_by(block) {
-                let r1 = (r0 + block).min(end);
-                let wb = &w[r0 * out..r1 * out];
-                for (xr, ar) in x.chunks_exact(inp).zip(acc.chunks_exact_mut(out)) {
-                    rows_axpy(&xr[r0..r1], wb, ar);
-                }
+    over_weight_rows(inp, y, m * inp * out >= 1 << 16, |rows, acc| {
+        for r0 in rows.clone().step_by(block) {
+            let r1 = (r0 + block).min(rows.end);
+            let wb = &w[r0 * out..r1 * out];
+            for (xr, ar) in x.chunks_exact(inp).zip(acc.chunks_exact_mut(out)) {
+                rows_axpy(&xr[r0..r1], wb, ar);
             }
-            acc
-        })
-        .collect();
-    for part in &partials {
-        y.iter_mut().zip(part).for_each(|(a, &b)| *a += b);
-    }
+        }
+    });
 }
 
 /// Bytes of weights a task goes over for every row of x in the blocked variants: they
@@ -432,14 +411,9 @@ unsafe fn tile_avx512<const R: usize>(
 /// rows of x at once ([`pair_dots_avx512`]), so each weight is loaded once; otherwise
 /// each band (L2-sized) is dotted with one row of x after another.
 pub fn gemv_rows_out_in(x: &[f32], w: &[f32], y: &mut [f32], m: usize) {
-    let (inp, out) = (x.len() / m.max(1), y.len() / m.max(1));
-    assert!(
-        x.len() == m * inp && y.len() == m * out && w.len() == inp * out,
-        "gemv_rows: shapes"
-    );
-    if m == 0 || inp == 0 || out == 0 {
+    let Some((inp, out)) = rows_shapes(x, w, y, m) else {
         return;
-    }
+    };
     let band = match super::parallel::may_split() && m * w.len() >= 1 << 16 {
         true => (PACK_BYTES / (4 * inp)).clamp(8, BAND),
         false => out,
