@@ -92,8 +92,14 @@ impl<'a> RunningBatch<'a> {
             let missing = columns - row.len();
             row.splice(0..0, std::iter::repeat_n(0, missing));
         }
+        // One join for every copy: each join copies the whole batch's cache.
+        let mut copied = p.cache.clone();
+        if copies > 1 {
+            let rows = Tensor::new(vec![0u32; copies].as_slice(), &self.device)?;
+            copied.select_batch(&rows)?;
+        }
+        self.cache.join(&copied)?;
         for _ in 0..copies {
-            self.cache.join(&p.cache)?;
             let mut row = vec![0; columns - p.len];
             row.extend(std::iter::repeat_n(1, p.len));
             self.mask.push(row);

@@ -118,7 +118,7 @@ impl LmEngine {
         std::thread::Builder::new()
             .name("wick-lm".into())
             .spawn(move || {
-                let worker = Worker {
+                let scheduler = Scheduler {
                     model: &model,
                     device,
                     max_batch,
@@ -126,7 +126,7 @@ impl LmEngine {
                     metrics,
                     cancel,
                 };
-                worker.run(rx)
+                scheduler.run(rx)
             })
             .expect("spawning the model thread");
         Self { tx, queue }
@@ -141,7 +141,7 @@ impl LmEngine {
     }
 }
 
-struct Worker<'m> {
+struct Scheduler<'m> {
     model: &'m Pretrained,
     device: Device,
     max_batch: usize,
@@ -170,7 +170,7 @@ struct Row<'t> {
     last_token: Option<Instant>,
 }
 
-impl Worker<'_> {
+impl Scheduler<'_> {
     fn run(&self, rx: mpsc::Receiver<GenRequest>) {
         let Model::Gpt2(model) = &self.model.model else {
             return;
@@ -245,7 +245,7 @@ impl Worker<'_> {
             }
             let done = match r.num_beams > 1 {
                 true => self.beam(model, tok, &r),
-                false => self.join(tok, batch, rows, r.clone_meta(), &r.prompt),
+                false => self.join(tok, batch, rows, &r),
             };
             if let Err(e) = done {
                 let _ = r.events.send(Event::Failed(e));
@@ -259,9 +259,9 @@ impl Worker<'_> {
         tok: &'t Tokenizer,
         batch: &mut RunningBatch,
         rows: &mut Vec<Row<'t>>,
-        r: GenMeta,
-        prompt: &[u32],
+        r: &GenRequest,
     ) -> Result<(), ApiError> {
+        let prompt = &r.prompt;
         let pre: Prefilled = batch.prefill(prompt, r.prompt_logprobs)?;
         if let Some(every) = &pre.every {
             let every = every
@@ -391,37 +391,6 @@ impl Worker<'_> {
             });
         }
         Ok(())
-    }
-}
-
-/// What a row needs from its request, without the prompt.
-struct GenMeta {
-    max_tokens: usize,
-    processors: ProcessorConfig,
-    seed: u64,
-    n: usize,
-    first_choice: usize,
-    stop: Vec<String>,
-    logprobs: Option<usize>,
-    prompt_logprobs: bool,
-    events: UnboundedSender<Event>,
-    arrived: Instant,
-}
-
-impl GenRequest {
-    fn clone_meta(&self) -> GenMeta {
-        GenMeta {
-            max_tokens: self.max_tokens,
-            processors: self.processors.clone(),
-            seed: self.seed,
-            n: self.n,
-            first_choice: self.first_choice,
-            stop: self.stop.clone(),
-            logprobs: self.logprobs,
-            prompt_logprobs: self.prompt_logprobs,
-            events: self.events.clone(),
-            arrived: self.arrived,
-        }
     }
 }
 

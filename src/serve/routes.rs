@@ -117,7 +117,7 @@ struct Job {
 }
 
 /// What every generated-text request carries once checked.
-struct Generation {
+struct TextRequest {
     shape: Shape,
     jobs: Vec<Job>,
     max_tokens: usize,
@@ -172,7 +172,7 @@ pub async fn completions(State(s): AppRef, body: Result<Bytes, BytesRejection>) 
                 Ok(Job { prompt: p, echo })
             })
             .collect::<ApiResult<Vec<_>>>()?;
-        let g = Generation {
+        let g = TextRequest {
             shape: Shape::Completion,
             jobs,
             max_tokens: req.max_tokens.unwrap_or(16),
@@ -232,7 +232,7 @@ pub async fn chat_completions(State(s): AppRef, body: Result<Bytes, BytesRejecti
             .or(req.max_tokens)
             .unwrap_or_else(|| context.saturating_sub(prompt.len()).max(1));
         let extra_eos = template.eos_id(tok).into_iter().collect();
-        let g = Generation {
+        let g = TextRequest {
             shape: Shape::Chat,
             jobs: vec![Job { prompt, echo: None }],
             max_tokens,
@@ -247,7 +247,7 @@ pub async fn chat_completions(State(s): AppRef, body: Result<Bytes, BytesRejecti
 }
 
 /// Queues every prompt of a checked request and answers, streamed or whole.
-async fn generate(s: &AppState, m: &ServedModel, g: Generation) -> ApiResult<Response> {
+async fn generate(s: &AppState, m: &ServedModel, g: TextRequest) -> ApiResult<Response> {
     let Worker::Lm(engine) = &m.worker else {
         return Err(ApiError::internal("no decoder for this model"));
     };
