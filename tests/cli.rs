@@ -112,6 +112,47 @@ fn sampling_with_a_seed_is_reproducible() {
     assert_eq!(run("7"), run("7"));
 }
 
+/// A sentence-transformers folder's modules choose the pooling and normalisation when
+/// the flags do not.
+#[test]
+fn embed_follows_a_sentence_transformers_folder() {
+    let dir = copy_fixture("tiny-bert");
+    std::fs::create_dir(dir.path().join("1_Pooling")).unwrap();
+    std::fs::write(
+        dir.path().join("1_Pooling/config.json"),
+        r#"{"pooling_mode_cls_token": true, "pooling_mode_mean_tokens": false}"#,
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("modules.json"),
+        r#"[{"idx": 0, "path": "", "type": "sentence_transformers.models.Transformer"},
+            {"idx": 1, "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
+            {"idx": 2, "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"}]"#,
+    )
+    .unwrap();
+    let st = dir.path().to_str().unwrap();
+    let embed = |model: &str, flags: &[&str]| {
+        let args = [
+            &["embed", "--model", model, "--text", "a journey", "--json"][..],
+            flags,
+        ]
+        .concat();
+        floats(&wick_json(&args)["embeddings"][0])
+    };
+    assert_eq!(
+        embed(st, &[]),
+        embed(&fx("tiny-bert"), &["--pooling", "cls", "--normalize"])
+    );
+    assert_eq!(
+        embed(st, &["--no-normalize"]),
+        embed(&fx("tiny-bert"), &["--pooling", "cls"])
+    );
+    assert_eq!(
+        embed(st, &["--pooling", "mean"]),
+        embed(&fx("tiny-bert"), &["--pooling", "mean", "--normalize"])
+    );
+}
+
 #[test]
 fn embed_pools_and_normalises() {
     let v = wick_json(&[

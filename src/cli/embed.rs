@@ -15,11 +15,16 @@ pub struct Args {
     #[command(flatten)]
     input: TextArgs,
     /// mean: average of the token states (sentence-transformers); cls: the [CLS] state.
-    #[arg(long, value_enum, default_value = "mean")]
-    pooling: Pooling,
-    /// L2-normalise each embedding.
-    #[arg(long)]
+    /// Default: a sentence-transformers folder's own (1_Pooling/config.json), else mean.
+    #[arg(long, value_enum)]
+    pooling: Option<Pooling>,
+    /// L2-normalise each embedding (the default for a sentence-transformers folder with
+    /// a Normalize module, as `wick serve` does).
+    #[arg(long, conflicts_with = "no_normalize")]
     normalize: bool,
+    /// Do not normalise, even where the folder's modules.json would.
+    #[arg(long)]
+    no_normalize: bool,
     #[command(flatten)]
     batch: BatchArgs,
     /// Write the embeddings to this file instead of stdout: `.npy` (an N x H float32
@@ -50,13 +55,16 @@ pub fn run(args: Args) -> Result<()> {
     let p = args.model.load(LoadOptions::default())?;
     let model = as_bert(&p, "embed")?;
     let (tok, device) = (p.tokenizer()?, args.model.device()?);
+    let (folder_pooling, folder_normalize) = crate::tasks::embed::folder_pooling(&p.dir);
+    let pooling = args.pooling.unwrap_or(folder_pooling);
+    let normalize = args.normalize || (folder_normalize && !args.no_normalize);
     let e = args.batch.run(&texts, "embedding", |b| {
         embed(
             model,
             tok,
             b,
-            args.pooling,
-            args.normalize,
+            pooling,
+            normalize,
             args.batch.max_length,
             &device,
         )
