@@ -259,6 +259,13 @@ fn translator(dir: &Path) -> PathBuf {
     out
 }
 
+/// `wick CMD --model MODEL --text T ... --json` on the texts.
+fn cli_on(cmd: &str, model: &Path, texts: &[&str]) -> Value {
+    let mut args = vec![cmd, "--model", model.to_str().unwrap(), "--json"];
+    texts.iter().for_each(|t| args.extend(["--text", t]));
+    wick_json(&args)
+}
+
 fn text(v: &Value, i: usize) -> String {
     v["choices"][i]["text"].as_str().unwrap().to_string()
 }
@@ -498,16 +505,7 @@ fn encoder_and_translator_endpoints() {
 
     let texts = ["the cat sat", "a dog"];
     let v = s.ok("/v1/embeddings", json!({"model": "bert", "input": texts}));
-    let cli = wick_json(&[
-        "embed",
-        "--model",
-        fixture("tiny-bert").to_str().unwrap(),
-        "--text",
-        texts[0],
-        "--text",
-        texts[1],
-        "--json",
-    ]);
+    let cli = cli_on("embed", &fixture("tiny-bert"), &texts);
     for i in 0..2 {
         assert_close(
             &floats(&v["data"][i]["embedding"]),
@@ -549,16 +547,7 @@ fn encoder_and_translator_endpoints() {
     }
 
     let c = s.ok("/v1/classify", json!({"model": "cls", "input": texts}));
-    let cli = wick_json(&[
-        "classify",
-        "--model",
-        fixture("tiny-bert-cls").to_str().unwrap(),
-        "--text",
-        texts[0],
-        "--text",
-        texts[1],
-        "--json",
-    ]);
+    let cli = cli_on("classify", &fixture("tiny-bert-cls"), &texts);
     for i in 0..2 {
         assert_eq!(c["data"][i]["label"], cli["predictions"][i]["label"]);
         let (a, b) = (
@@ -577,16 +566,7 @@ fn encoder_and_translator_endpoints() {
         "/v1/translate",
         json!({"model": "mt", "input": ["Go.", "Thank you."]}),
     );
-    let cli = wick_json(&[
-        "translate",
-        "--model",
-        s2s.to_str().unwrap(),
-        "--text",
-        "Go.",
-        "--text",
-        "Thank you.",
-        "--json",
-    ]);
+    let cli = cli_on("translate", &s2s, &["Go.", "Thank you."]);
     let got: Vec<&Value> = t["data"]
         .as_array()
         .unwrap()
