@@ -103,24 +103,20 @@ impl Metrics {
                 "wick_requests_total{{route=\"{route}\",status=\"{status}\"}} {n}"
             );
         }
-        out.push_str("# HELP wick_queue_depth Requests waiting for a model.\n");
-        out.push_str("# TYPE wick_queue_depth gauge\n");
-        for q in queues {
-            let _ = writeln!(
-                out,
-                "wick_queue_depth{{model=\"{}\"}} {}",
-                q.model, q.waiting
-            );
-        }
-        out.push_str("# HELP wick_active_sequences Sequences decoding or tasks running.\n");
-        out.push_str("# TYPE wick_active_sequences gauge\n");
-        for q in queues {
-            let _ = writeln!(
-                out,
-                "wick_active_sequences{{model=\"{}\"}} {}",
-                q.model, q.active
-            );
-        }
+        gauge(
+            &mut out,
+            "wick_queue_depth",
+            "Requests waiting for a model.",
+            queues,
+            |q| q.waiting,
+        );
+        gauge(
+            &mut out,
+            "wick_active_sequences",
+            "Sequences decoding or tasks running.",
+            queues,
+            |q| q.active,
+        );
         out.push_str("# HELP wick_generated_tokens_total Tokens generated.\n");
         out.push_str("# TYPE wick_generated_tokens_total counter\n");
         let _ = writeln!(
@@ -147,6 +143,20 @@ impl Metrics {
             "Between consecutive tokens of one sequence.",
         );
         out
+    }
+}
+
+/// One gauge per served model.
+fn gauge(
+    out: &mut String,
+    name: &str,
+    help: &str,
+    queues: &[QueueReading],
+    value: impl Fn(&QueueReading) -> usize,
+) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
+    for q in queues {
+        let _ = writeln!(out, "{name}{{model=\"{}\"}} {}", q.model, value(q));
     }
 }
 

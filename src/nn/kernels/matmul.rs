@@ -418,6 +418,7 @@ pub fn gemv_rows_out_in(x: &[f32], w: &[f32], y: &mut [f32], m: usize) {
         true => (PACK_BYTES / (4 * inp)).clamp(8, BAND),
         false => out,
     };
+    #[cfg(target_arch = "x86_64")]
     let avx512 = super::simd::level() == super::simd::Simd::Avx512;
     // Computed transposed, (out, m), so that each band writes one contiguous piece.
     let mut yt = vec![0f32; out * m];
@@ -443,7 +444,6 @@ pub fn gemv_rows_out_in(x: &[f32], w: &[f32], y: &mut [f32], m: usize) {
                         .for_each(|(j, &d)| ytb[j * m + r0 + r] = d);
                 }
             }
-            let _ = avx512;
         });
     for (r, yr) in y.chunks_exact_mut(out).enumerate() {
         yr.iter_mut()
