@@ -5,6 +5,7 @@ use std::path::PathBuf;
 
 use candle_core::{DType, Device};
 
+use super::adapter::{Adapter, ADAPTER_CONFIG};
 use super::{resolve, TensorStore, WeightSource};
 use crate::error::{Result, WickError};
 pub use crate::models::Model;
@@ -18,6 +19,8 @@ pub struct LoadOptions {
     pub dtype: DType,
     /// BERT heads to build; `None` builds what the checkpoint holds.
     pub bert_heads: Option<BertHeads>,
+    /// A LoRA adapter folder (or hub id) to put on the model (`--adapter`).
+    pub adapter: Option<String>,
 }
 
 impl Default for LoadOptions {
@@ -26,6 +29,7 @@ impl Default for LoadOptions {
             device: Device::Cpu,
             dtype: DType::F32,
             bert_heads: None,
+            adapter: None,
         }
     }
 }
@@ -38,6 +42,8 @@ pub struct Pretrained {
     /// `None` when the folder has no tokenizer files at all.
     pub tokenizer: Option<Tokenizer>,
     pub weights: WeightSource,
+    /// The LoRA adapter on the model, if any; `dir` is then the base's folder.
+    pub adapter: Option<PathBuf>,
 }
 
 impl Pretrained {
@@ -76,24 +82,69 @@ impl Pretrained {
     }
 }
 
-/// Loads `model` (a folder or a hub id) for inference.
+/// Loads `model` (a folder or a hub id) for inference. A LoRA adapter folder loads the
+/// base its adapter_config.json names with the adapter on top, as `--adapter` does; the
+/// adapter folder's own config.json and tokenizer (a run's, with its labels) win over
+/// the base's.
 pub fn load(model: &str, opts: &LoadOptions) -> Result<Pretrained> {
-    let dir = resolve(model)?;
-    let config_path = dir.join("config.json");
+    let mut dir = resolve(model)?;
+    let mut adapter = match &opts.adapter {
+        Some(a) => Some(Adapter::read(&resolve(a)?)?),
+        None => None,
+    };
+    if dir.join(ADAPTER_CONFIG).is_file() {
+        if adapter.is_some() {
+            return Err(WickError::Unsupported(format!(
+                "{} is an adapter itself: pass its base as --model with --adapter",
+                dir.display()
+            )));
+        }
+        let a = Adapter::read(&dir)?;
+        dir = resolve(&a.base()?)?;
+        adapter = Some(a);
+    }
+    let from_adapter = |f: &str| {
+        adapter
+            .as_ref()
+            .map(|a| a.dir.join(f))
+            .filter(|p| p.is_file())
+    };
+    let config_path = from_adapter("config.json").unwrap_or_else(|| dir.join("config.json"));
     if !config_path.is_file() {
         return Err(WickError::MissingFile {
             path: config_path,
             what: "config.json".into(),
         });
     }
-    let config = ModelConfig::from_file(&config_path)?;
-    let weights = WeightSource::inference(TensorStore::open_dir(&dir)?);
+    let mut config = ModelConfig::from_file(&config_path)?;
+    let store = TensorStore::open_dir(&dir)?;
+    let heads = adapter
+        .as_ref()
+        .map(|a| a.heads(|n| store.contains(n)))
+        .unwrap_or_default();
+    // A peft classifier adapter on a base without labels: the head's rows are the
+    // labels, named as transformers names them.
+    if let (ModelConfig::Bert(c), Some(head)) = (&mut config, heads.get("classifier.weight")) {
+        if c.num_labels() == 0 {
+            let n = head.dim(0).map_err(WickError::from)?;
+            c.set_labels(&(0..n).map(|i| format!("LABEL_{i}")).collect::<Vec<_>>());
+        }
+    }
+    let weights = WeightSource::inference(store).with_overrides(heads);
     let vb = weights.var_builder(opts.dtype, &opts.device);
     let mut model = Model::build(&config, opts.bert_heads, vb)?;
     if let Some(store) = weights.store() {
         super::quantize::attach_quantized(&mut model, store, &weights, &opts.device)?;
     }
-    let tokenizer = match Tokenizer::from_dir(&dir) {
+    if let Some(a) = &adapter {
+        let init = super::adapter::LoraInit::Stored(&a.tensors);
+        super::adapter::attach(&mut model, &a.spec()?, init, &opts.device)?;
+    }
+    let tok_dir = match from_adapter("tokenizer.json") {
+        Some(_) => adapter.as_ref().map(|a| a.dir.clone()).unwrap_or_default(),
+        None => dir.clone(),
+    };
+    let tokenizer = match Tokenizer::from_dir(&tok_dir) {
         Ok(t) => Some(t),
         Err(WickError::MissingFile { .. }) => None,
         Err(e) => return Err(e),
@@ -110,6 +161,7 @@ pub fn load(model: &str, opts: &LoadOptions) -> Result<Pretrained> {
         model,
         tokenizer,
         weights,
+        adapter: adapter.map(|a| a.dir),
     })
 }
 

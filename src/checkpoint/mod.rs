@@ -1,6 +1,7 @@
 //! Checkpoint I/O in the Hugging Face layout: resolving a folder or hub id, reading
 //! weights, building a model from them, and saving atomically.
 
+pub mod adapter;
 pub mod gguf_export;
 pub mod load;
 pub mod quantize;

@@ -5,6 +5,7 @@
 
 use std::path::{Path, PathBuf};
 
+use super::adapter::{ADAPTER_CONFIG, ADAPTER_WEIGHTS};
 use crate::error::{Result, WickError};
 
 /// Files a checkpoint may have beside config.json and its weights.
@@ -37,7 +38,8 @@ fn offline() -> bool {
         .unwrap_or(false)
 }
 
-/// Resolves a model reference to a folder holding config.json (and weights).
+/// Resolves a model reference to a folder holding config.json (and weights), or a
+/// LoRA adapter's adapter_config.json and adapter_model.safetensors.
 pub fn resolve(model: &str) -> Result<PathBuf> {
     let path = Path::new(model);
     if path.is_dir() {
@@ -64,6 +66,14 @@ pub fn resolve(model: &str) -> Result<PathBuf> {
             }
         }
     }
+    if let Some(config) = cached.get(ADAPTER_CONFIG) {
+        if let Some(dir) = config
+            .parent()
+            .filter(|d| d.join(ADAPTER_WEIGHTS).is_file())
+        {
+            return Ok(dir.to_path_buf());
+        }
+    }
     if offline() {
         return Err(WickError::Resolve {
             id: model.into(),
@@ -87,9 +97,21 @@ fn download(model: &str) -> Result<PathBuf> {
         .build()
         .map_err(|e| err(format!("hub client: {e}")))?;
     let repo = api.model(model.to_string());
-    let config = repo
-        .get("config.json")
-        .map_err(|e| err(format!("config.json: {e}")))?;
+    let config = match repo.get("config.json") {
+        Ok(c) => c,
+        // A peft repository: the adapter alone, its base named inside.
+        Err(e) => match repo.get(ADAPTER_CONFIG) {
+            Ok(adapter) => {
+                repo.get(ADAPTER_WEIGHTS)
+                    .map_err(|e| err(format!("{ADAPTER_WEIGHTS}: {e}")))?;
+                for f in OPTIONAL_FILES {
+                    let _ = repo.get(f);
+                }
+                return Ok(adapter.parent().unwrap_or(Path::new(".")).to_path_buf());
+            }
+            Err(_) => return Err(err(format!("config.json: {e}"))),
+        },
+    };
     for f in OPTIONAL_FILES {
         let _ = repo.get(f);
     }

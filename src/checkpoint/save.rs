@@ -110,6 +110,17 @@ pub fn save_pretrained(
 ) -> Result<()> {
     std::fs::create_dir_all(dir).map_err(|e| WickError::io(dir, e))?;
     atomic_write(&dir.join("model.safetensors"), &safetensors_bytes(tensors)?)?;
+    save_model_files(dir, config, tokenizer)
+}
+
+/// What a checkpoint holds beside its weights (also beside a LoRA run's adapter): the
+/// tokenizer with tokenizer_config.json, generation_config.json, then config.json.
+pub fn save_model_files(
+    dir: &Path,
+    config: &ModelConfig,
+    tokenizer: Option<&Tokenizer>,
+) -> Result<()> {
+    std::fs::create_dir_all(dir).map_err(|e| WickError::io(dir, e))?;
     let pretty = |v: &serde_json::Value| serde_json::to_string_pretty(v).expect("json serialises");
     if let Some(tok) = tokenizer {
         tok.save(&dir.join("tokenizer.json"))?;

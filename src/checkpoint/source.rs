@@ -30,6 +30,11 @@ struct Inner {
     store: Option<TensorStore>,
     init: InitPolicy,
     trainable: bool,
+    /// LoRA: the checkpoint's tensors stay plain (frozen) even when trainable; only
+    /// those initialised fresh or given as overrides (new heads) become `Var`s.
+    frozen_base: bool,
+    /// Tensors served before the checkpoint's, by name (an adapter's trained heads).
+    overrides: std::collections::HashMap<String, Tensor>,
     /// Every tensor handed out, in order, by name; Vars alongside when trainable.
     tensors: Mutex<Vec<(String, Tensor)>>,
     vars: Mutex<Vec<(String, Var)>>,
@@ -62,6 +67,8 @@ impl WeightSource {
                 store,
                 init,
                 trainable,
+                frozen_base: false,
+                overrides: Default::default(),
                 tensors: Mutex::new(Vec::new()),
                 vars: Mutex::new(Vec::new()),
                 initialised: Mutex::new(Vec::new()),
@@ -79,6 +86,22 @@ impl WeightSource {
     /// Randomly initialised trainable weights.
     pub fn from_scratch() -> Self {
         Self::new(None, InitPolicy::All, true)
+    }
+
+    /// Keeps the checkpoint's tensors frozen (LoRA); call before the model is built.
+    pub fn with_frozen_base(mut self) -> Self {
+        Arc::get_mut(&mut self.inner)
+            .expect("configured before the model is built")
+            .frozen_base = true;
+        self
+    }
+
+    /// Serves these tensors in place of the checkpoint's (an adapter's heads).
+    pub fn with_overrides(mut self, overrides: std::collections::HashMap<String, Tensor>) -> Self {
+        Arc::get_mut(&mut self.inner)
+            .expect("configured before the model is built")
+            .overrides = overrides;
+        self
     }
 
     /// Seeds the generator fresh weights are drawn from (before the model is built).
@@ -197,8 +220,10 @@ impl WeightSource {
         }
     }
 
-    fn record(&self, name: &str, tensor: Tensor) -> Result<Tensor> {
-        let tensor = if self.inner.trainable {
+    /// Keeps a tensor handed out; a `Var` when it trains (`frozen`: it is a frozen
+    /// checkpoint tensor of a LoRA run).
+    fn record(&self, name: &str, tensor: Tensor, frozen: bool) -> Result<Tensor> {
+        let tensor = if self.inner.trainable && !frozen {
             let var = Var::from_tensor(&tensor)?;
             self.inner
                 .vars
@@ -237,7 +262,18 @@ impl SimpleBackend for WeightSource {
         {
             return Ok(t.clone());
         }
+        if let Some(t) = self.inner.overrides.get(name) {
+            if t.dims() != shape.dims() {
+                candle_core::bail!(
+                    "adapter tensor `{name}` is {:?}, the model expects {:?}",
+                    t.dims(),
+                    shape.dims()
+                )
+            }
+            return self.record(name, t.to_dtype(dtype)?.to_device(dev)?, false);
+        }
         let in_store = self.inner.store.as_ref().filter(|s| s.contains(name));
+        let frozen = self.inner.frozen_base && in_store.is_some();
         let tensor = match in_store {
             Some(store) => {
                 let found = store.shape(name).unwrap_or_default();
@@ -271,7 +307,7 @@ impl SimpleBackend for WeightSource {
                 }));
             }
         };
-        self.record(name, tensor)
+        self.record(name, tensor, frozen)
     }
 
     fn get_unchecked(&self, name: &str, dtype: DType, dev: &Device) -> Result<Tensor> {
@@ -279,10 +315,12 @@ impl SimpleBackend for WeightSource {
             candle_core::Error::msg(format!("tensor `{name}` requested without a checkpoint"))
         })?;
         let t = store.load(name).map_err(candle_core::Error::wrap)?;
-        self.record(name, t.to_dtype(dtype)?.to_device(dev)?)
+        let frozen = self.inner.frozen_base;
+        self.record(name, t.to_dtype(dtype)?.to_device(dev)?, frozen)
     }
 
     fn contains_tensor(&self, name: &str) -> bool {
-        self.inner.store.as_ref().is_some_and(|s| s.contains(name))
+        self.inner.overrides.contains_key(name)
+            || self.inner.store.as_ref().is_some_and(|s| s.contains(name))
     }
 }

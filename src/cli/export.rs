@@ -27,6 +27,13 @@ pub fn run(args: Args) -> Result<()> {
         );
     }
     let p = args.model.load(LoadOptions::default())?;
+    if let Some(a) = &p.adapter {
+        anyhow::bail!(
+            "--model carries the LoRA adapter {}: fold it in first with `wick merge --out DIR`, \
+             then pass DIR",
+            a.display()
+        );
+    }
     let tensors = export_gguf(&p, &args.out, args.dtype)
         .with_context(|| format!("exporting --model {} to GGUF", args.model.model))?;
     let size = std::fs::metadata(&args.out)?.len();

@@ -8,6 +8,7 @@ mod export;
 mod fill_mask;
 mod generate;
 mod info;
+mod merge;
 mod quantize;
 mod score;
 mod serve;
@@ -58,6 +59,8 @@ enum Command {
     Translate(translate::Args),
     /// Quantize a GPT-2's linear layers (q8_0 or q4k) for faster CPU generation.
     Quantize(quantize::Args),
+    /// Fold a LoRA adapter into its base and write a plain checkpoint.
+    Merge(merge::Args),
     /// Write a GPT-2 as a GGUF file in llama.cpp's gpt2 layout (llama.cpp, ollama).
     Export(export::Args),
     /// An OpenAI-compatible HTTP server (completions, chat, embeddings, classify,
@@ -72,6 +75,10 @@ pub struct ModelArgs {
     /// (resolved through the hf-hub cache; set HF_HUB_OFFLINE=1 to stay offline).
     #[arg(long)]
     pub model: String,
+    /// A LoRA adapter folder or hub id (peft's layout) to put on --model; an adapter
+    /// folder may also be given as --model itself.
+    #[arg(long)]
+    pub adapter: Option<String>,
     /// cpu, cuda[:N] or metal.
     #[arg(long, default_value = "cpu")]
     pub device: String,
@@ -88,6 +95,7 @@ impl ModelArgs {
     pub fn load(&self, opts: LoadOptions) -> Result<Pretrained> {
         let opts = LoadOptions {
             device: self.device()?,
+            adapter: self.adapter.clone(),
             ..opts
         };
         load(&self.model, &opts).with_context(|| format!("loading --model {}", self.model))
@@ -337,6 +345,7 @@ pub fn run() -> Result<()> {
         Command::Translate(a) => translate::run(a),
         Command::Quantize(a) => quantize::run(a),
         Command::Export(a) => export::run(a),
+        Command::Merge(a) => merge::run(a),
         Command::Serve(a) => serve::run(a),
     }
 }

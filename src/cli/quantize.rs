@@ -27,6 +27,13 @@ pub fn run(args: Args) -> Result<()> {
         );
     }
     let mut p = args.model.load(LoadOptions::default())?;
+    if let Some(a) = &p.adapter {
+        anyhow::bail!(
+            "--model carries the LoRA adapter {}: fold it in first with `wick merge --out DIR`, \
+             then pass DIR",
+            a.display()
+        );
+    }
     if p.weights.store().and_then(|s| s.quantization()).is_some() {
         anyhow::bail!(
             "--model {} is already quantized: quantize the original checkpoint",

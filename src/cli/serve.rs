@@ -11,6 +11,10 @@ pub struct Args {
     /// or NAME=DIR to serve it as NAME. Repeatable.
     #[arg(long, required = true)]
     model: Vec<String>,
+    /// A LoRA adapter (folder or hub id) on the one --model; with several models, give
+    /// each adapter folder as a --model of its own.
+    #[arg(long)]
+    adapter: Option<String>,
     #[arg(long, default_value = "127.0.0.1")]
     host: String,
     /// 0 picks a free port (printed on stderr).
@@ -62,9 +66,16 @@ pub fn run(args: Args) -> Result<()> {
     if args.grace_period < 0.0 {
         anyhow::bail!("--grace-period must be >= 0");
     }
+    if args.adapter.is_some() && args.model.len() > 1 {
+        anyhow::bail!(
+            "--adapter applies to one --model; with several, give each adapter folder as a \
+             --model (NAME=ADAPTER_DIR)"
+        );
+    }
     let device = crate::device::parse_device(&args.device)?;
     let opts = LoadOptions {
         device: device.clone(),
+        adapter: args.adapter.clone(),
         ..LoadOptions::default()
     };
     let mut loaded: Vec<(String, crate::checkpoint::Pretrained)> = vec![];

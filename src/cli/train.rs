@@ -159,6 +159,24 @@ struct Settings {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     distill_from: Option<PathBuf>,
+    /// LoRA: train rank-R updates of the chosen linear layers on frozen weights, and
+    /// save only the adapter (peft's adapter_config.json + adapter_model.safetensors).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    lora_r: Option<usize>,
+    /// LoRA: the updates are scaled by ALPHA / R (default 8, as peft).
+    #[arg(long, value_parser = super::finite_f64)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    lora_alpha: Option<f64>,
+    /// LoRA: dropout on the updates' input (default 0).
+    #[arg(long, value_parser = super::finite_f64)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    lora_dropout: Option<f64>,
+    /// LoRA: comma-separated module names or suffixes (default: the family's, as peft:
+    /// c_attn for GPT-2, query,value for BERT, q_proj,v_proj for the encoder-decoder).
+    #[arg(long, value_delimiter = ',')]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    lora_targets: Option<Vec<String>>,
 }
 
 pub fn run(a: Args) -> Result<()> {

@@ -435,6 +435,22 @@ impl Bert {
         })
     }
 
+    /// Every linear layer: the encoder's, then the pooler's and the heads'.
+    pub fn linears_mut(&mut self) -> Vec<&mut Linear> {
+        let mut all: Vec<&mut Linear> = vec![];
+        for l in &mut self.layers {
+            all.extend(l.attention.linears_mut());
+            all.extend(l.ffn.linears_mut());
+        }
+        all.extend(self.pooler.as_mut());
+        if let Some(m) = &mut self.mlm {
+            all.extend([&mut m.dense, &mut m.decoder]);
+        }
+        all.extend(self.classifier.as_mut());
+        all.extend(self.nsp.as_mut());
+        all
+    }
+
     pub fn config(&self) -> &BertConfig {
         &self.cfg
     }

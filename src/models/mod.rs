@@ -43,6 +43,15 @@ impl Model {
         })
     }
 
+    /// Every linear layer of the variant (what LoRA and quantization reach).
+    pub fn linears_mut(&mut self) -> Vec<&mut crate::nn::Linear> {
+        match self {
+            Model::Gpt2(m) => m.linears_mut(),
+            Model::Bert(m) => m.linears_mut(),
+            Model::Seq2Seq(m) => m.linears_mut(),
+        }
+    }
+
     /// A short human name for the architecture.
     pub fn architecture(&self) -> String {
         match self {

@@ -323,6 +323,22 @@ impl Seq2Seq {
         })
     }
 
+    /// Every linear layer: the encoder's, the decoder's, then the length predictor.
+    pub fn linears_mut(&mut self) -> Vec<&mut Linear> {
+        let mut all: Vec<&mut Linear> = vec![];
+        for l in &mut self.encoder {
+            all.extend(l.self_attn.linears_mut());
+            all.extend(l.ffn.linears_mut());
+        }
+        for l in &mut self.decoder {
+            all.extend(l.self_attn.linears_mut());
+            all.extend(l.encoder_attn.linears_mut());
+            all.extend(l.ffn.linears_mut());
+        }
+        all.extend(self.length_predictor.as_mut());
+        all
+    }
+
     pub fn config(&self) -> &Seq2SeqConfig {
         &self.cfg
     }

@@ -3,7 +3,6 @@
 //! values from the encoder output), with an additive mask bias and an optional KV cache.
 
 use candle_core::{Result, Tensor, D};
-use candle_nn::Module;
 
 use super::mask::Mask;
 use super::{dropout, kernels, KvCache, Linear, Packing};
@@ -77,16 +76,18 @@ impl MultiHeadAttention {
             .contiguous()
     }
 
-    fn project_q(&self, x: &Tensor) -> Result<Tensor> {
+    fn project_q(&self, x: &Tensor, train: bool) -> Result<Tensor> {
         match &self.qkv {
-            QkvProjection::Separate { q, .. } => q.forward(x),
+            QkvProjection::Separate { q, .. } => q.forward_t(x, train),
             QkvProjection::Fused(_) => unreachable!("fused projections are used together"),
         }
     }
 
-    fn project_kv(&self, x: &Tensor) -> Result<(Tensor, Tensor)> {
+    fn project_kv(&self, x: &Tensor, train: bool) -> Result<(Tensor, Tensor)> {
         match &self.qkv {
-            QkvProjection::Separate { k, v, .. } => Ok((k.forward(x)?, v.forward(x)?)),
+            QkvProjection::Separate { k, v, .. } => {
+                Ok((k.forward_t(x, train)?, v.forward_t(x, train)?))
+            }
             QkvProjection::Fused(_) => unreachable!("fused projections are used together"),
         }
     }
@@ -102,12 +103,12 @@ impl MultiHeadAttention {
     ) -> Result<Tensor> {
         if let (QkvProjection::Fused(qkv), None, Mask::Causal) = (&self.qkv, &cache, mask) {
             if self.dropout == 0.0 || !train {
-                let qkv = qkv.forward(x)?; // (B, T, 3C)
+                let qkv = qkv.forward_t(x, train)?; // (B, T, 3C)
                 let y = kernels::causal_self_attention(&qkv, self.num_heads, self.scale)?;
-                return self.out.forward(&y); // (B, T, C)
+                return self.out.forward_t(&y, train); // (B, T, C)
             }
         }
-        let (q, k, v) = self.project_qkv(x)?; // (B, T, C) each
+        let (q, k, v) = self.project_qkv(x, train)?; // (B, T, C) each
         let (q, k, v) = (
             self.split_heads(&q)?,
             self.split_heads(&k)?,
@@ -129,7 +130,7 @@ impl MultiHeadAttention {
         mask: &Mask,
         train: bool,
     ) -> Result<Tensor> {
-        let (q, k, v) = self.project_qkv(x)?; // (N, C) each
+        let (q, k, v) = self.project_qkv(x, train)?; // (N, C) each
         let heads = |t: &Tensor| self.split_heads(&packing.unpack(t)?); // (B, H, T, C/H)
         let y = scaled_dot_product_attention(
             &heads(&q)?,
@@ -141,15 +142,15 @@ impl MultiHeadAttention {
             train,
         )?;
         let y = packing.pack(&merge_heads(&y)?)?; // (N, C)
-        self.out.forward(&y)
+        self.out.forward_t(&y, train)
     }
 
     /// Queries, keys and values of x: (..., C) -> three (..., C).
-    fn project_qkv(&self, x: &Tensor) -> Result<(Tensor, Tensor, Tensor)> {
+    fn project_qkv(&self, x: &Tensor, train: bool) -> Result<(Tensor, Tensor, Tensor)> {
         match &self.qkv {
             QkvProjection::Fused(qkv) => {
                 let c = x.dim(D::Minus1)?;
-                let qkv = qkv.forward(x)?; // (..., 3C)
+                let qkv = qkv.forward_t(x, train)?; // (..., 3C)
                 let last = qkv.rank() - 1;
                 Ok((
                     qkv.narrow(last, 0, c)?,
@@ -158,8 +159,8 @@ impl MultiHeadAttention {
                 ))
             }
             QkvProjection::Separate { .. } => {
-                let (k, v) = self.project_kv(x)?;
-                Ok((self.project_q(x)?, k, v))
+                let (k, v) = self.project_kv(x, train)?;
+                Ok((self.project_q(x, train)?, k, v))
             }
         }
     }
@@ -175,9 +176,9 @@ impl MultiHeadAttention {
         cache: Option<&mut KvCache>,
         train: bool,
     ) -> Result<Tensor> {
-        let q = self.split_heads(&self.project_q(x)?)?;
+        let q = self.split_heads(&self.project_q(x, train)?)?;
         let project = |m: &Tensor| -> Result<(Tensor, Tensor)> {
-            let (k, v) = self.project_kv(m)?;
+            let (k, v) = self.project_kv(m, train)?;
             Ok((self.split_heads(&k)?, self.split_heads(&v)?))
         };
         let (k, v) = match cache {
@@ -202,7 +203,7 @@ impl MultiHeadAttention {
         train: bool,
     ) -> Result<Tensor> {
         let y = scaled_dot_product_attention(q, k, v, mask, self.scale, self.dropout, train)?;
-        self.out.forward(&merge_heads(&y)?)
+        self.out.forward_t(&merge_heads(&y)?, train)
     }
 }
 

@@ -1,7 +1,6 @@
 //! The position-wise feed-forward network: expand, non-linearity, project back.
 
 use candle_core::{Result, Tensor};
-use candle_nn::Module;
 
 use super::{dropout, Activation, Linear};
 
@@ -29,7 +28,7 @@ impl FeedForward {
 
     /// (B, T, C) -> (B, T, 4C) -> (B, T, C), dropout on the output.
     pub fn forward(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        let h = self.activation.forward(&self.up.forward(x)?)?;
-        dropout(&self.down.forward(&h)?, self.dropout, train)
+        let h = self.activation.forward(&self.up.forward_t(x, train)?)?;
+        dropout(&self.down.forward_t(&h, train)?, self.dropout, train)
     }
 }

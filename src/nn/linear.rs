@@ -1,10 +1,13 @@
 //! A linear layer y = x·W + b for both weight layouts found in checkpoints:
 //! `nn.Linear` stores W as (out, in); GPT-2's `Conv1D` stores it as (in, out). For CPU
 //! inference the weight may instead be a ggml-quantized matrix (see `wick quantize`).
+//! A layer may carry a LoRA update on top of its weight ([`Lora`]).
 
 use candle_core::quantized::{QMatMul, QTensor};
 use candle_core::{Result, Tensor};
 use candle_nn::{Init, VarBuilder};
+
+use super::Lora;
 
 #[derive(Debug, Clone)]
 enum Weight {
@@ -23,6 +26,7 @@ pub struct Linear {
     /// The checkpoint prefix of this layer (`h.0.attn.c_attn`), by which quantized
     /// weights are saved and found again.
     name: String,
+    lora: Option<Lora>,
 }
 
 /// GPT-2 and BERT initialise weights from N(0, 0.02).
@@ -35,6 +39,7 @@ impl Linear {
             bias,
             in_out,
             name: String::new(),
+            lora: None,
         }
     }
 
@@ -113,6 +118,81 @@ impl Linear {
         Ok(())
     }
 
+    /// (in, out) of the map, whatever the weight's layout or quantization.
+    pub fn dims(&self) -> Result<(usize, usize)> {
+        match &self.weight {
+            Weight::Dense(w) => {
+                let (a, b) = w.dims2()?;
+                Ok(if self.in_out { (a, b) } else { (b, a) })
+            }
+            Weight::Quantized(QMatMul::QTensor(q)) => {
+                let (out, inp) = q.shape().dims2()?;
+                Ok((inp, out))
+            }
+            Weight::Quantized(QMatMul::Tensor(w) | QMatMul::TensorF16(w)) => {
+                let (out, inp) = w.dims2()?;
+                Ok((inp, out))
+            }
+        }
+    }
+
+    /// Puts a LoRA update on the layer; its A must be (r, in) and its B (out, r).
+    pub fn set_lora(&mut self, lora: Lora) -> Result<()> {
+        let (inp, out) = self.dims()?;
+        let ((_, a_in), (b_out, _)) = (lora.a().dims2()?, lora.b().dims2()?);
+        if (a_in, b_out) != (inp, out) {
+            candle_core::bail!(
+                "LoRA update of `{}` maps {a_in} -> {b_out}, the layer {inp} -> {out}",
+                self.name
+            )
+        }
+        self.lora = Some(lora);
+        Ok(())
+    }
+
+    pub fn lora(&self) -> Option<&Lora> {
+        self.lora.as_ref()
+    }
+
+    /// Folds the LoRA update into the dense weight (W + s·B·A) and drops it: the
+    /// layer then computes the same map as a plain one.
+    pub fn merge_lora(&mut self) -> Result<()> {
+        let Some(lora) = self.lora.take() else {
+            return Ok(());
+        };
+        let Weight::Dense(w) = &self.weight else {
+            candle_core::bail!(
+                "`{}`: a quantized weight cannot take a merged LoRA update",
+                self.name
+            )
+        };
+        let delta = lora.delta_weight(self.in_out)?.to_dtype(w.dtype())?;
+        self.weight = Weight::Dense((w + delta)?);
+        Ok(())
+    }
+
+    /// x (..., in) -> (..., out); `train` switches the LoRA update's dropout on.
+    pub fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        let y = match &self.weight {
+            Weight::Dense(w) => super::kernels::linear(x, w, self.bias.as_ref(), self.in_out)?,
+            Weight::Quantized(q) => {
+                let mut dims = x.dims().to_vec();
+                let x2 = x.reshape(((), dims[dims.len() - 1]))?.contiguous()?; // (N, in)
+                let y = candle_core::Module::forward(q, &x2)?; // (N, out)
+                let y = match &self.bias {
+                    Some(b) => y.broadcast_add(b)?,
+                    None => y,
+                };
+                *dims.last_mut().unwrap() = y.dim(1)?;
+                y.reshape(dims)?
+            }
+        };
+        match &self.lora {
+            Some(lora) => y + lora.forward(x, train)?,
+            None => Ok(y),
+        }
+    }
+
     /// The quantized blocks, when the weight is quantized.
     pub fn quantized(&self) -> Option<&std::sync::Arc<QTensor>> {
         match &self.weight {
@@ -123,22 +203,9 @@ impl Linear {
 }
 
 impl candle_nn::Module for Linear {
+    /// In eval mode: see [`Linear::forward_t`].
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        match &self.weight {
-            // x: (..., in) -> (..., out)
-            Weight::Dense(w) => super::kernels::linear(x, w, self.bias.as_ref(), self.in_out),
-            Weight::Quantized(q) => {
-                let mut dims = x.dims().to_vec();
-                let x2 = x.reshape(((), dims[dims.len() - 1]))?.contiguous()?; // (N, in)
-                let y = candle_core::Module::forward(q, &x2)?; // (N, out)
-                let y = match &self.bias {
-                    Some(b) => y.broadcast_add(b)?,
-                    None => y,
-                };
-                *dims.last_mut().unwrap() = y.dim(1)?;
-                y.reshape(dims)
-            }
-        }
+        self.forward_t(x, false)
     }
 }
 

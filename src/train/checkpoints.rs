@@ -10,6 +10,7 @@ use candle_core::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 
 use super::config::TrainConfig;
+use crate::checkpoint::adapter::{self, AdapterConfig};
 use crate::checkpoint::{save, save_pretrained};
 use crate::error::{Result, WickError};
 use crate::files::atomic_write;
@@ -54,10 +55,18 @@ pub fn latest(out: &Path) -> Option<(usize, PathBuf)> {
     list(out).pop()
 }
 
+/// The weights a checkpoint saves.
+pub enum Weights<'a> {
+    /// Every tensor of the model (model.safetensors).
+    Full(Vec<(String, Tensor)>),
+    /// A LoRA run's adapter alone (adapter_config.json + adapter_model.safetensors).
+    Adapter(&'a AdapterConfig, &'a [(String, Tensor)]),
+}
+
 /// What a checkpoint is made of.
 pub struct Snapshot<'a> {
     pub config: &'a ModelConfig,
-    pub tensors: Vec<(String, Tensor)>,
+    pub weights: Weights<'a>,
     pub tokenizer: &'a Tokenizer,
     pub optimizer: Vec<(String, Tensor)>,
     pub state: TrainerState,
@@ -69,7 +78,15 @@ pub fn save_checkpoint(out: &Path, snap: &Snapshot, keep_last: usize) -> Result<
     let final_dir = checkpoint_dir(out, snap.state.step);
     let tmp = out.join(format!(".checkpoint-{:06}.tmp", snap.state.step));
     let _ = std::fs::remove_dir_all(&tmp);
-    save_pretrained(&tmp, snap.config, &snap.tensors, Some(snap.tokenizer))?;
+    match &snap.weights {
+        Weights::Full(tensors) => {
+            save_pretrained(&tmp, snap.config, tensors, Some(snap.tokenizer))?
+        }
+        Weights::Adapter(cfg, tensors) => {
+            adapter::save(&tmp, cfg, tensors)?;
+            save::save_model_files(&tmp, snap.config, Some(snap.tokenizer))?;
+        }
+    }
     atomic_write(
         &tmp.join("optimizer.safetensors"),
         &save::safetensors_bytes(&snap.optimizer)?,
@@ -116,20 +133,23 @@ fn remove_aside(dir: &Path, remove: impl Fn(&Path) -> std::io::Result<()>) -> Re
     remove(&aside).map_err(|e| WickError::io(&aside, e))
 }
 
-/// Copies a checkpoint's model files (config, weights, tokenizer) into `dest`, each
-/// atomically, so `dest` is always a loadable model folder.
+/// Copies a checkpoint's model files (config, weights or adapter, tokenizer) into
+/// `dest`, each atomically, so `dest` is always a loadable model folder.
 pub fn publish(checkpoint: &Path, dest: &Path) -> Result<()> {
-    // The optional files first: config.json, written last, marks the folder whole.
-    let optional = [
+    // config.json, written last, marks the folder whole (after adapter_config.json,
+    // which makes it an adapter).
+    let files = [
         crate::tokenizer::SOURCE_TOKENIZER,
         "tokenizer_config.json",
         "generation_config.json",
+        "model.safetensors",
+        adapter::ADAPTER_WEIGHTS,
+        "tokenizer.json",
+        adapter::ADAPTER_CONFIG,
+        "config.json",
     ];
-    let present = optional
-        .into_iter()
-        .filter(|f| checkpoint.join(f).is_file());
-    let files = ["model.safetensors", "tokenizer.json", "config.json"];
-    for f in present.chain(files) {
+    let present = files.into_iter().filter(|f| checkpoint.join(f).is_file());
+    for f in present {
         let src = checkpoint.join(f);
         let bytes = std::fs::read(&src).map_err(|e| WickError::io(&src, e))?;
         atomic_write(&dest.join(f), &bytes)?;

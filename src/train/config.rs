@@ -108,6 +108,17 @@ pub struct TrainConfig {
     /// instead of the references (sequence-level knowledge distillation, the usual
     /// recipe for non-autoregressive students). The held-out pairs keep the references.
     pub distill_from: Option<PathBuf>,
+    /// LoRA rank; 0 trains every weight. With r > 0 the checkpoint's weights are frozen
+    /// and only low-rank updates of `lora_targets` (and new heads) learn.
+    pub lora_r: usize,
+    /// LoRA scale numerator: updates are multiplied by α / r (peft's default α is 8).
+    pub lora_alpha: f64,
+    /// Dropout on the input of every LoRA update.
+    pub lora_dropout: f64,
+    /// Linear layers that get an update, by module name or name suffix (default: the
+    /// family's, as peft picks them: GPT-2 c_attn, BERT query and value, the
+    /// encoder-decoder q_proj and v_proj).
+    pub lora_targets: Option<Vec<String>>,
 }
 
 impl Default for TrainConfig {
@@ -151,6 +162,10 @@ impl Default for TrainConfig {
             threshold: 0.5,
             labels_as_target: false,
             distill_from: None,
+            lora_r: 0,
+            lora_alpha: 8.0,
+            lora_dropout: 0.0,
+            lora_targets: None,
         }
     }
 }
@@ -186,6 +201,28 @@ impl TrainConfig {
         let bad = |m: String| Err(WickError::Unsupported(m));
         if self.max_iters == 0 {
             return bad("--max-iters must be at least 1".into());
+        }
+        if !(0.0..1.0).contains(&self.lora_dropout) {
+            return bad(format!(
+                "--lora-dropout must be in [0, 1), got {}",
+                self.lora_dropout
+            ));
+        }
+        if !(self.lora_alpha > 0.0 && self.lora_alpha.is_finite()) {
+            return bad(format!(
+                "--lora-alpha must be positive, got {}",
+                self.lora_alpha
+            ));
+        }
+        if self.lora_r == 0 && self.lora_targets.is_some() {
+            return bad("--lora-targets needs --lora-r (the LoRA rank)".into());
+        }
+        if self
+            .lora_targets
+            .as_ref()
+            .is_some_and(|t| t.is_empty() || t.iter().any(|t| t.trim().is_empty()))
+        {
+            return bad("--lora-targets needs module names, such as c_attn,c_proj".into());
         }
         if self.batch_size == 0 || self.block_size == 0 || self.grad_accum == 0 {
             return bad("--batch-size, --block-size and --grad-accum must be at least 1".into());

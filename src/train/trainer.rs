@@ -10,7 +10,7 @@ use candle_core::{DType, Device, Tensor, Var};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::{Map, Value};
 
-use super::checkpoints::{self, Snapshot, TrainerState};
+use super::checkpoints::{self, Snapshot, TrainerState, Weights};
 use super::config::{merge, Objective, Preset, TrainConfig};
 use super::metrics::{Metrics, Record};
 use super::objectives::{self, Built, Eval, Setup, Task};
@@ -149,7 +149,9 @@ pub fn train(req: TrainRequest) -> Result<TrainSummary> {
 
     // 2. Tokenizer and model config; the objective checks the model fits and names its
     //    heads (classification reads its labels from the data first: they size the head).
-    let (tokenizer, model_json, weights_dir) = tokenizer_and_config(&req, &cfg, &data, &start)?;
+    let (tokenizer, model_json, mut weights_dir) = tokenizer_and_config(&req, &cfg, &data, &start)?;
+    // LoRA: the base named as the adapter will name it; a resumed run's updates.
+    let (lora_base, resumed_adapter) = lora_start(&req, &cfg, &start, &mut weights_dir)?;
     let mut model_config = ModelConfig::from_value(&model_json, Path::new(&req.model))?;
     if let Some(p) = cfg.dropout {
         model_config.set_dropout(p);
@@ -160,8 +162,16 @@ pub fn train(req: TrainRequest) -> Result<TrainSummary> {
 
     // 3. Weights and the optimizer, resumed when resuming.
     let resuming = matches!(start, Start::Resume { .. });
-    let weights = weight_source(weights_dir.as_deref(), resuming, cfg.seed)?;
-    let model = Model::build(
+    let mut weights = weight_source(weights_dir.as_deref(), resuming, cfg.seed)?;
+    if let Some(a) = &resumed_adapter {
+        let store = weights.store().expect("a LoRA run has a base");
+        let heads = a.heads(|n| store.contains(n));
+        weights = weights.with_overrides(heads);
+    }
+    if lora_base.is_some() {
+        weights = weights.with_frozen_base();
+    }
+    let mut model = Model::build(
         &model_config,
         heads,
         weights.var_builder(DType::F32, &device),
@@ -174,7 +184,20 @@ pub fn train(req: TrainRequest) -> Result<TrainSummary> {
             initialised.join(", ")
         );
     }
-    let vars = weights.vars();
+    let (lora, vars) = match &lora_base {
+        Some(base) => {
+            let (run, vars) = super::lora::attach(
+                &mut model,
+                &cfg,
+                &weights,
+                base,
+                resumed_adapter.as_ref(),
+                &device,
+            )?;
+            (Some(run), vars)
+        }
+        None => (None, weights.vars()),
+    };
     let mut opt = AdamW::new(
         vars.clone(),
         AdamWConfig {
@@ -229,6 +252,7 @@ pub fn train(req: TrainRequest) -> Result<TrainSummary> {
         model_config: &model_config,
         tokenizer: &tokenizer,
         weights: &weights,
+        lora: lora.as_ref(),
         device: &device,
         progress: req.progress,
     };
@@ -392,6 +416,37 @@ fn weight_source(weights_dir: Option<&Path>, resuming: bool, seed: u64) -> Resul
     })
 }
 
+/// A LoRA run's base reference (for adapter_config.json) and, when resuming one, the
+/// adapter its checkpoint holds; `weights_dir` then becomes the base's folder (the
+/// checkpoint holds no base weights). `None`s for a full fine-tune.
+fn lora_start(
+    req: &TrainRequest,
+    cfg: &TrainConfig,
+    start: &Start,
+    weights_dir: &mut Option<PathBuf>,
+) -> Result<(Option<String>, Option<crate::checkpoint::adapter::Adapter>)> {
+    if cfg.lora_r == 0 {
+        return Ok((None, None));
+    }
+    match start {
+        Start::New(Source::Scratch { .. }) => unreachable!("plan refuses LoRA from scratch"),
+        Start::New(Source::Checkpoint { .. }) => {
+            Ok((Some(super::lora::base_reference(&req.model)), None))
+        }
+        Start::Resume { dir, .. } => {
+            let adapter = super::lora::resumed(dir)?.ok_or_else(|| {
+                WickError::Unsupported(format!(
+                    "--resume: {} is a full fine-tune; it cannot continue as a LoRA run",
+                    dir.display()
+                ))
+            })?;
+            let base = adapter.base()?;
+            *weights_dir = Some(resolve(&base)?);
+            Ok((Some(base), Some(adapter)))
+        }
+    }
+}
+
 /// What phase 1 resolves: where the model, settings, data and output come from.
 struct Plan {
     start: Start,
@@ -492,6 +547,13 @@ fn plan(req: &TrainRequest) -> Result<Plan> {
         }
     };
     cfg.validate()?;
+    if cfg.lora_r > 0 && matches!(start, Start::New(Source::Scratch { .. })) {
+        return Err(WickError::Unsupported(
+            "--lora-r fine-tunes a pretrained checkpoint; this run trains from scratch (give a \
+             checkpoint folder or hub id as --model)"
+                .into(),
+        ));
+    }
     let data = data.ok_or_else(|| {
         WickError::Unsupported("no training data: pass --data FILE_OR_DIR".into())
     })?;
@@ -514,6 +576,8 @@ struct Run<'a> {
     model_config: &'a ModelConfig,
     tokenizer: &'a Tokenizer,
     weights: &'a WeightSource,
+    /// A LoRA run: what its checkpoints save instead of the whole model.
+    lora: Option<&'a super::lora::LoraRun>,
     device: &'a Device,
     progress: bool,
 }
@@ -580,6 +644,25 @@ impl Run<'_> {
                 String::new()
             }
         );
+        if let Some(l) = self.lora {
+            let c = &l.config;
+            println!(
+                "lora         r {} alpha {} (scale {:.3}) dropout {} on {} layers ({}); {} trained \
+                 parameters ({:.3}% of the model){}; the rest frozen",
+                c.r,
+                c.lora_alpha,
+                c.lora_alpha / c.r as f64,
+                c.lora_dropout,
+                l.layers,
+                serde_json::to_string(&c.target_modules).unwrap_or_default(),
+                l.trainable(),
+                100.0 * l.trainable() as f64 / self.weights.num_parameters() as f64,
+                c.modules_to_save
+                    .as_ref()
+                    .map(|m| format!(" with the new heads {}", m.join(", ")))
+                    .unwrap_or_default(),
+            );
+        }
         println!("out          {}", self.out.display());
         println!("config       {}", serde_json::to_string(cfg).unwrap());
     }
@@ -597,7 +680,10 @@ impl Run<'_> {
             self.out,
             &Snapshot {
                 config: self.model_config,
-                tensors: self.weights.tensors(),
+                weights: match self.lora {
+                    Some(l) => Weights::Adapter(&l.config, &l.tensors),
+                    None => Weights::Full(self.weights.tensors()),
+                },
                 tokenizer: self.tokenizer,
                 optimizer: opt.state_tensors(),
                 state,

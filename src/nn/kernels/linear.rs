@@ -20,6 +20,15 @@ struct LinearOp {
     in_out: bool,
 }
 
+/// Which gradients the backward computes: dW and db are skipped when the weight is
+/// frozen (a LoRA run's base, a plain tensor rather than a `Var`), which saves one of
+/// the two GEMMs of every linear layer's backward.
+#[derive(Clone, Copy)]
+struct LinearGrad {
+    op: LinearOp,
+    weight: bool,
+}
+
 impl LinearOp {
     /// (in, out) from W's stored shape.
     fn sizes(&self, w: &Layout) -> Result<(usize, usize)> {
@@ -33,6 +42,15 @@ impl LinearOp {
             View::rows(w, out)
         } else {
             View::transposed(w, inp)
+        }
+    }
+
+    /// Wᵀ as the (out, in) right-hand side of dy·Wᵀ.
+    fn wt_view<'a>(&self, w: &'a [f32], inp: usize, out: usize) -> View<'a> {
+        if self.in_out {
+            View::transposed(w, out)
+        } else {
+            View::rows(w, inp)
         }
     }
 
@@ -80,14 +98,24 @@ impl LinearOp {
         Ok((CpuStorage::F32(y), Shape::from(out_dims)))
     }
 
-    /// dx, dW and db from [`LinearGrad`]'s packed output.
-    fn grads(&self, x: &Tensor, w: &Tensor, grad: &Tensor) -> Result<[Tensor; 3]> {
-        let all = x.apply_op3_no_bwd(w, &grad.contiguous()?, &LinearGrad(*self))?;
+    /// dx, and dW and db unless W is frozen, from [`LinearGrad`]'s packed output.
+    fn grads(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Tensor, Option<[Tensor; 2]>)> {
+        let weight = w.track_op();
+        let op = LinearGrad { op: *self, weight };
+        let all = x.apply_op3_no_bwd(w, &grad.contiguous()?, &op)?;
         let (nx, nw) = (x.elem_count(), w.elem_count());
         let dx = all.narrow(0, 0, nx)?.reshape(x.shape())?;
+        if !weight {
+            return Ok((dx, None));
+        }
         let dw = all.narrow(0, nx, nw)?.reshape(w.shape())?;
         let db = all.narrow(0, nx + nw, all.elem_count() - nx - nw)?;
-        Ok([dx, dw, db])
+        Ok((dx, Some([dw, db])))
     }
 }
 
@@ -119,8 +147,15 @@ impl CustomOp3 for LinearOp {
         _res: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let [dx, dw, db] = self.grads(x, w, grad)?;
-        Ok((Some(dx), Some(dw), Some(db.reshape(b.shape())?)))
+        let (dx, dw_db) = self.grads(x, w, grad)?;
+        let (dw, db) = match dw_db {
+            Some([dw, db]) => (
+                Some(dw),
+                b.track_op().then(|| db.reshape(b.shape())).transpose()?,
+            ),
+            None => (None, None),
+        };
+        Ok((Some(dx), dw, db))
     }
 }
 
@@ -149,14 +184,13 @@ impl CustomOp2 for LinearOp {
         _res: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        let [dx, dw, _] = self.grads(x, w, grad)?;
-        Ok((Some(dx), Some(dw)))
+        let (dx, dw_db) = self.grads(x, w, grad)?;
+        Ok((Some(dx), dw_db.map(|[dw, _]| dw)))
     }
 }
 
-/// [dx | dW | db] flattened: dx = dy·Wᵀ, dW = xᵀ·dy (or dyᵀ·x for (out, in)), db = Σ dy.
-struct LinearGrad(LinearOp);
-
+/// [dx | dW | db] flattened: dx = dy·Wᵀ, dW = xᵀ·dy (or dyᵀ·x for (out, in)), db = Σ dy;
+/// only [dx] for a frozen weight.
 impl CustomOp3 for LinearGrad {
     fn name(&self) -> &'static str {
         "wick-linear-grad"
@@ -174,19 +208,28 @@ impl CustomOp3 for LinearGrad {
         let x = f32_slice(s1, l1, "linear grad")?;
         let w = f32_slice(s2, l2, "linear grad")?;
         let dy = f32_slice(s3, l3, "linear grad")?;
-        let (inp, out) = self.0.sizes(l2)?;
+        let (inp, out) = self.op.sizes(l2)?;
         let n = x.len() / inp;
+        if !self.weight {
+            let mut dx = zeroed(n * inp);
+            gemm_into(
+                &mut dx,
+                n,
+                inp,
+                out,
+                View::rows(dy, out),
+                self.op.wt_view(w, inp, out),
+                false,
+            );
+            return Ok((CpuStorage::F32(dx), Shape::from(n * inp)));
+        }
         let mut all = zeroed(n * inp + inp * out + out);
         let (dx, rest) = all.split_at_mut(n * inp);
         let (dw, db) = rest.split_at_mut(inp * out);
         // dx (n, in) = dy (n, out) · Wᵀ (out, in)
-        let wt = if self.0.in_out {
-            View::transposed(w, out)
-        } else {
-            View::rows(w, inp)
-        };
+        let wt = self.op.wt_view(w, inp, out);
         gemm_into(dx, n, inp, out, View::rows(dy, out), wt, false);
-        if self.0.in_out {
+        if self.op.in_out {
             // dW (in, out) = xᵀ (in, n) · dy (n, out)
             let (xt, dyv) = (View::transposed(x, inp), View::rows(dy, out));
             gemm_into(dw, inp, out, n, xt, dyv, false);
@@ -293,6 +336,29 @@ mod tests {
                     assert_eq!(gf.get(&b).is_some(), with_bias);
                 }
             }
+        }
+        Ok(())
+    }
+
+    /// A frozen weight (a plain tensor, as a LoRA run's base) gets no gradient and the
+    /// input's gradient is the same as with a trainable one, in both layouts.
+    #[test]
+    fn a_frozen_weight_gets_no_gradient_and_the_input_the_same_one() -> Result<()> {
+        for in_out in [true, false] {
+            let x = ramp(&[4, 5, 7], 7)?;
+            let w_shape = if in_out { [7, 9] } else { [9, 7] };
+            let w = ramp(&w_shape, 5)?;
+            let b = ramp(&[9], 3)?;
+            let frozen_w = w.as_tensor().detach();
+            let frozen_b = b.as_tensor().detach();
+            let weights = ramp(&[4, 5, 9], 11)?;
+            let y = linear(x.as_tensor(), w.as_tensor(), Some(b.as_tensor()), in_out)?;
+            let trained = (y * weights.as_tensor())?.sum_all()?.backward()?;
+            let y = linear(x.as_tensor(), &frozen_w, Some(&frozen_b), in_out)?;
+            let frozen = (y * weights.as_tensor())?.sum_all()?.backward()?;
+            assert!(frozen.get(&frozen_w).is_none() && frozen.get(&frozen_b).is_none());
+            let dx = frozen.get(&x).unwrap();
+            assert_eq!(rel_diff(dx, trained.get(&x).unwrap())?, 0.0);
         }
         Ok(())
     }
