@@ -55,18 +55,6 @@ fn train_lora(data: &Path, out: &Path, extra: &[&str]) -> (i32, String, String) 
     wick(&args)
 }
 
-fn losses(out: &Path) -> Vec<f64> {
-    std::fs::read_to_string(out.join("metrics.jsonl"))
-        .unwrap()
-        .lines()
-        .map(|l| {
-            serde_json::from_str::<Value>(l).unwrap()["train_loss"]
-                .as_f64()
-                .unwrap()
-        })
-        .collect()
-}
-
 fn safetensors_names(path: &Path) -> Vec<String> {
     let bytes = std::fs::read(path).unwrap();
     let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
@@ -89,7 +77,7 @@ fn a_lora_run_trains_only_the_adapter_saves_peft_layout_and_merges() {
     let (code, stdout, e) = train_lora(&data, &out, &["--max-iters", "30"]);
     assert_eq!(code, 0, "{e}");
     assert!(stdout.contains("lora         r 4 alpha 8"), "{stdout}");
-    let l = losses(&out);
+    let l: Vec<f64> = losses(&out).into_iter().map(|(_, l)| l).collect();
     let (first, last) = (l[0], l[l.len() - 5..].iter().sum::<f64>() / 5.0);
     assert!(last < first * 0.9, "the loss falls: {first} -> {last}");
 

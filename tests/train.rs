@@ -58,20 +58,6 @@ impl Setup {
     }
 }
 
-fn losses(out: &Path) -> Vec<(u64, f64)> {
-    std::fs::read_to_string(out.join("metrics.jsonl"))
-        .unwrap()
-        .lines()
-        .map(|l| {
-            let v: serde_json::Value = serde_json::from_str(l).unwrap();
-            (
-                v["step"].as_u64().unwrap(),
-                v["train_loss"].as_f64().unwrap(),
-            )
-        })
-        .collect()
-}
-
 #[test]
 fn loss_falls_and_the_run_is_saved_in_the_hf_layout() {
     let s = Setup::new();

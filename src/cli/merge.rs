@@ -18,13 +18,7 @@ pub struct Args {
 /// Folds a LoRA adapter into its base (W + α/r·B·A) and writes a checkpoint that every
 /// command, `quantize` and `export` among them, and transformers load without peft.
 pub fn run(args: Args) -> Result<()> {
-    if let Some(file) = crate::files::holds_model(&args.out) {
-        anyhow::bail!(
-            "--out {} already holds a model or run ({file}): choose a new folder; nothing was \
-             overwritten",
-            args.out.display()
-        );
-    }
+    super::refuse_model_out(&args.out)?;
     let mut p = args.model.load(LoadOptions::default())?;
     let Some(adapter_dir) = p.adapter.clone() else {
         anyhow::bail!(

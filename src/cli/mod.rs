@@ -102,6 +102,18 @@ impl ModelArgs {
     }
 }
 
+/// Refuses an `--out` folder that holds a model or a run: nothing is overwritten.
+pub(crate) fn refuse_model_out(out: &std::path::Path) -> Result<()> {
+    if let Some(file) = crate::files::holds_model(out) {
+        anyhow::bail!(
+            "--out {} already holds a model or run ({file}): choose a new folder; nothing was \
+             overwritten",
+            out.display()
+        );
+    }
+    Ok(())
+}
+
 pub(crate) fn as_gpt2<'a>(p: &'a Pretrained, cmd: &str) -> Result<&'a Gpt2> {
     match &p.model {
         Model::Gpt2(m) => Ok(m),

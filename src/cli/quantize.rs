@@ -19,13 +19,7 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> Result<()> {
-    if let Some(file) = crate::files::holds_model(&args.out) {
-        anyhow::bail!(
-            "--out {} already holds a model or run ({file}): choose a new folder; nothing was \
-             overwritten",
-            args.out.display()
-        );
-    }
+    super::refuse_model_out(&args.out)?;
     let mut p = args.model.load(LoadOptions::default())?;
     if let Some(a) = &p.adapter {
         anyhow::bail!(
