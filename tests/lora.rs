@@ -210,36 +210,8 @@ fn a_lora_classifier_trains_its_new_head_and_classifies() {
     let data = dir.path().join("sst.tsv");
     std::fs::write(&data, rows).unwrap();
     let out = dir.path().join("cls");
-    let model = fixture("tiny-bert");
-    let (code, stdout, e) = wick(&[
-        "train",
-        "--model",
-        model.to_str().unwrap(),
-        "--objective",
-        "classify",
-        "--data",
-        data.to_str().unwrap(),
-        "--eval-data",
-        data.to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-        "--max-iters",
-        "60",
-        "--batch-size",
-        "6",
-        "--block-size",
-        "16",
-        "--learning-rate",
-        "0.01",
-        "--warmup-iters",
-        "2",
-        "--eval-every",
-        "30",
-        "--log-every",
-        "10",
-        "--lora-r",
-        "4",
-    ]);
+    let (code, stdout, e) =
+        train_tiny_classifier(&data, &out, ["60", "0.01", "30", "10"], &["--lora-r", "4"]);
     assert_eq!(code, 0, "{e}");
     assert!(stdout.contains("accuracy     100.00%"), "{stdout}");
     let cfg: Value =

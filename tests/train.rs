@@ -254,47 +254,6 @@ fn fine_tuning_starts_from_a_checkpoint_and_keeps_its_tokenizer() {
     ]);
 }
 
-/// Fine-tunes the tiny BERT as a classifier on `data` (also held out) into `out`, with
-/// [max-iters, learning-rate, eval-every, log-every]; returns (code, stdout, stderr).
-fn train_tiny_classifier(
-    data: &Path,
-    out: &Path,
-    [iters, lr, eval_every, log_every]: [&str; 4],
-) -> (i32, String, String) {
-    let (model, data, out) = (
-        fixture("tiny-bert"),
-        data.to_str().unwrap(),
-        out.to_str().unwrap(),
-    );
-    wick(&[
-        "train",
-        "--model",
-        model.to_str().unwrap(),
-        "--objective",
-        "classify",
-        "--data",
-        data,
-        "--eval-data",
-        data,
-        "--out",
-        out,
-        "--max-iters",
-        iters,
-        "--batch-size",
-        "6",
-        "--block-size",
-        "16",
-        "--learning-rate",
-        lr,
-        "--warmup-iters",
-        "2",
-        "--eval-every",
-        eval_every,
-        "--log-every",
-        log_every,
-    ])
-}
-
 /// Multi-label classification: label cells with comma-separated names make the head a
 /// sigmoid per label; a tiny separable set is learnt to 100% exact match, the config
 /// says `multi_label_classification`, `wick classify` returns each label over the
@@ -321,7 +280,7 @@ fn multi_label_fine_tuning_learns_label_sets() {
     .unwrap();
     let out = s.p("ml");
     let data = s.p("ml.tsv");
-    let (code, stdout, e) = train_tiny_classifier(&data, &out, ["300", "0.005", "100", "50"]);
+    let (code, stdout, e) = train_tiny_classifier(&data, &out, ["300", "0.005", "100", "50"], &[]);
     assert_eq!(code, 0, "{e}");
     assert!(stdout.contains("multi-label"), "{stdout}");
     assert!(stdout.contains("exact match  100.00%"), "{stdout}");
@@ -388,7 +347,7 @@ fn classification_fine_tuning_learns_a_separable_set() {
     std::fs::write(s.p("sst.tsv"), rows).unwrap();
     let out = s.p("cls");
     let (code, stdout, e) =
-        train_tiny_classifier(&s.p("sst.tsv"), &out, ["40", "0.003", "20", "5"]);
+        train_tiny_classifier(&s.p("sst.tsv"), &out, ["40", "0.003", "20", "5"], &[]);
     assert_eq!(code, 0, "{e}");
     assert!(
         stdout.contains("initialised") && stdout.contains("classifier.weight"),

@@ -171,3 +171,48 @@ pub fn losses(out: &Path) -> Vec<(u64, f64)> {
         })
         .collect()
 }
+
+/// Fine-tunes the tiny BERT as a classifier on `data` (also held out) into `out`, with
+/// [max-iters, learning-rate, eval-every, log-every] and `extra` flags; returns (code,
+/// stdout, stderr).
+pub fn train_tiny_classifier(
+    data: &Path,
+    out: &Path,
+    [iters, lr, eval_every, log_every]: [&str; 4],
+    extra: &[&str],
+) -> (i32, String, String) {
+    let (model, data, out) = (
+        fixture("tiny-bert"),
+        data.to_str().unwrap(),
+        out.to_str().unwrap(),
+    );
+    let mut args = vec![
+        "train",
+        "--model",
+        model.to_str().unwrap(),
+        "--objective",
+        "classify",
+        "--data",
+        data,
+        "--eval-data",
+        data,
+        "--out",
+        out,
+        "--max-iters",
+        iters,
+        "--batch-size",
+        "6",
+        "--block-size",
+        "16",
+        "--learning-rate",
+        lr,
+        "--warmup-iters",
+        "2",
+        "--eval-every",
+        eval_every,
+        "--log-every",
+        log_every,
+    ];
+    args.extend_from_slice(extra);
+    wick(&args)
+}
