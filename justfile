@@ -77,6 +77,12 @@ bench-finetune:
     python3 -c "import json, statistics; e = [json.loads(l)['elapsed_s'] for l in open('/tmp/gpt2-ft/metrics.jsonl')]; d = [b - a for a, b in zip(e, e[1:])]; print('wick median ms/step (steps 3-7):', round(statistics.median(d[1:6]) * 1000))"
     /usr/bin/time -v python3 benches/peers/gpt2_finetune_torch.py --model /tmp/gpt2-124m-random 2>&1 | grep -E "median|Maximum resident|Elapsed"
 
+# GPT-2 fine-tune memory and speed (batch 4 x 256): full, full + gradient checkpointing,
+# LoRA r=8, LoRA + checkpointing, against transformers + peft; SIZES e.g. 124m,355m,774m.
+bench-finetune-memory SIZES="124m,355m":
+    cargo build --release
+    bash benches/finetune_memory.sh {{SIZES}}
+
 # MiniLM embeddings of 4000 SST-2 sentences, whole wick process against sentence-transformers.
 bench-embed:
     cargo build --release

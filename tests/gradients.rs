@@ -180,3 +180,115 @@ fn seq2seq_gradients_match_finite_differences() {
         ],
     );
 }
+
+/// The gradients of every variable for `loss` (dropout on, seeded), with and without
+/// gradient checkpointing: the same to float noise, and not all zero.
+fn assert_checkpointing_keeps_gradients(
+    mut model: Model,
+    blocks: usize,
+    vars: &[(String, Var)],
+    loss: impl Fn(&Model) -> Tensor,
+) {
+    let grads = |model: &mut Model, on: bool| {
+        model.set_gradient_checkpointing(on);
+        wick::nn::seed_dropout(5);
+        let l = loss(model);
+        assert_eq!(wick::nn::recompute::recorded(), if on { blocks } else { 0 });
+        let g = wick::nn::recompute::backward(&l).unwrap();
+        let all: Vec<Vec<f64>> = vars
+            .iter()
+            .map(|(n, v)| {
+                let g = g
+                    .get(v)
+                    .unwrap_or_else(|| panic!("no gradient reached {n}"));
+                g.flatten_all().unwrap().to_vec1().unwrap()
+            })
+            .collect();
+        (l.to_scalar::<f64>().unwrap(), all)
+    };
+    let (plain_loss, plain) = grads(&mut model, false);
+    let (ckpt_loss, ckpt) = grads(&mut model, true);
+    assert_eq!(
+        plain_loss, ckpt_loss,
+        "the same forward pass, the same dropout masks"
+    );
+    for ((name, _), (a, b)) in vars.iter().zip(plain.iter().zip(&ckpt)) {
+        for (p, q) in a.iter().zip(b) {
+            assert!(
+                (p - q).abs() <= 1e-12 * p.abs().max(1.0),
+                "{name}: {p} vs {q}"
+            );
+        }
+    }
+    assert!(plain.iter().flatten().filter(|g| **g != 0.0).count() > plain.len());
+    // Dropout did draw masks: another seed gives another loss.
+    wick::nn::seed_dropout(6);
+    assert_ne!(loss(&model).to_scalar::<f64>().unwrap(), plain_loss);
+}
+
+#[test]
+fn gradient_checkpointing_gives_the_same_gradients_in_every_family() {
+    let dev = Device::Cpu;
+    let build = |json: serde_json::Value, heads: Option<BertHeads>| {
+        let w = WeightSource::from_scratch();
+        let m = Model::build(&config(json), heads, w.var_builder(DType::F64, &dev)).unwrap();
+        (m, w.vars())
+    };
+
+    let (gpt2, vars) = build(
+        serde_json::json!({"model_type": "gpt2", "vocab_size": 11, "n_positions": 8,
+        "n_embd": 8, "n_layer": 3, "n_head": 2, "resid_pdrop": 0.2, "attn_pdrop": 0.2,
+        "embd_pdrop": 0.2}),
+        None,
+    );
+    let x = Tensor::new(&[[1u32, 5, 2, 9, 3], [4, 4, 7, 0, 10]], &dev).unwrap();
+    let y = Tensor::new(&[[5u32, 2, 9, 3, 1], [4, 7, 0, 10, 6]], &dev).unwrap();
+    assert_checkpointing_keeps_gradients(gpt2, 3, &vars, |m| {
+        let Model::Gpt2(m) = m else { unreachable!() };
+        cross_entropy(&m.forward(&x, None, None, true).unwrap(), &y)
+    });
+
+    let heads = BertHeads {
+        pooler: true,
+        mlm: true,
+        classifier: false,
+        nsp: true,
+    };
+    let (bert, vars) = build(
+        serde_json::json!({"model_type": "bert", "architectures": ["BertForPreTraining"],
+        "vocab_size": 13, "hidden_size": 8, "num_hidden_layers": 2, "num_attention_heads": 2,
+        "intermediate_size": 16, "max_position_embeddings": 8, "hidden_dropout_prob": 0.2,
+        "attention_probs_dropout_prob": 0.2}),
+        Some(heads),
+    );
+    let x = Tensor::new(&[[2u32, 5, 4, 9, 3], [2, 7, 4, 3, 0]], &dev).unwrap();
+    // Padding: the layers run on packed real tokens, which the recomputation repeats.
+    let mask = Tensor::new(&[[1u32, 1, 1, 1, 1], [1, 1, 1, 1, 0]], &dev).unwrap();
+    let y = Tensor::new(&[[1u32, 6, 8, 12, 2], [11, 3, 5, 6, 1]], &dev).unwrap();
+    let is_next = Tensor::new(&[0u32, 1], &dev).unwrap();
+    assert_checkpointing_keeps_gradients(bert, 2, &vars, |m| {
+        let Model::Bert(m) = m else { unreachable!() };
+        let h = m.forward(&x, None, Some(&mask), true).unwrap();
+        let mlm = cross_entropy(&m.mlm_logits(&h).unwrap(), &y);
+        (mlm + cross_entropy(&m.nsp_logits(&h).unwrap(), &is_next)).unwrap()
+    });
+
+    let (seq2seq, vars) = build(
+        serde_json::json!({"model_type": "wick-seq2seq", "vocab_size": 12, "d_model": 8,
+        "encoder_layers": 2, "decoder_layers": 2, "num_heads": 2, "d_ff": 16,
+        "max_position_embeddings": 16, "dropout": 0.2}),
+        None,
+    );
+    let src = Tensor::new(&[[5u32, 6, 7, 2], [8, 9, 2, 0]], &dev).unwrap();
+    let src_mask = Tensor::new(&[[1u32, 1, 1, 1], [1, 1, 1, 0]], &dev).unwrap();
+    let tgt_in = Tensor::new(&[[1u32, 10, 11], [1, 4, 3]], &dev).unwrap();
+    let tgt_out = Tensor::new(&[[10u32, 11, 2], [4, 3, 2]], &dev).unwrap();
+    // The decoder's layers read the encoder's last one: its gradient sums theirs.
+    assert_checkpointing_keeps_gradients(seq2seq, 4, &vars, |m| {
+        let Model::Seq2Seq(m) = m else { unreachable!() };
+        let logits = m
+            .forward(&src, Some(&src_mask), &tgt_in, None, true)
+            .unwrap();
+        cross_entropy(&logits, &tgt_out)
+    });
+}

@@ -251,6 +251,29 @@ fn a_lora_classifier_trains_its_new_head_and_classifies() {
     assert_eq!(labels, ["positive", "negative"], "{v}");
 }
 
+/// LoRA with gradient checkpointing: the frozen blocks are recomputed for their
+/// updates' gradients, and the losses are the run's without it.
+#[test]
+fn a_lora_run_with_gradient_checkpointing_gives_the_same_losses() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = corpus(dir.path());
+    let run = |name: &str, extra: &[&str]| {
+        let out = dir.path().join(name);
+        let mut args = vec!["--max-iters", "8", "--lora-dropout", "0.1"];
+        args.extend_from_slice(extra);
+        let (code, _, e) = train_lora(&data, &out, &args);
+        assert_eq!(code, 0, "{e}");
+        losses(&out)
+    };
+    let plain = run("plain", &[]);
+    let ckpt = run("ckpt", &["--gradient-checkpointing"]);
+    assert_eq!(plain.len(), 8);
+    for ((step, a), (_, b)) in plain.iter().zip(&ckpt) {
+        assert!((a - b).abs() < 1e-5, "step {step}: {a} vs {b}");
+    }
+    assert_ne!(plain[0].1, plain[7].1, "the adapter learns");
+}
+
 #[test]
 fn lora_flags_that_do_not_fit_are_refused() {
     let dir = tempfile::tempdir().unwrap();

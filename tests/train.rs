@@ -141,6 +141,36 @@ fn dropout_is_seeded_and_resumes_exactly() {
     assert_ne!(losses(&s.p("none"))[5..], a[5..]);
 }
 
+/// Gradient checkpointing recomputes each block in the backward pass (with the same
+/// dropout masks), so a run with it gives the losses of the run without.
+#[test]
+fn gradient_checkpointing_gives_the_same_losses() {
+    let s = Setup::new();
+    let run = |out: &str, extra: &[&str]| {
+        let mut args = vec!["--dropout", "0.2", "--max-iters", "12"];
+        args.extend_from_slice(extra);
+        let (code, stdout, e) = s.train(out, &args);
+        assert_eq!(code, 0, "{e}");
+        (losses(&s.p(out)), stdout)
+    };
+    let (plain, stdout) = run("plain", &[]);
+    assert!(!stdout.contains("gradient checkpointing"), "{stdout}");
+    let (ckpt, stdout) = run("ckpt", &["--gradient-checkpointing"]);
+    assert!(
+        stdout.contains("memory       gradient checkpointing"),
+        "{stdout}"
+    );
+    assert_eq!(plain.len(), ckpt.len());
+    for ((step, a), (_, b)) in plain.iter().zip(&ckpt) {
+        assert!((a - b).abs() < 1e-5, "step {step}: {a} vs {b}");
+    }
+    assert!(plain.last().unwrap().1 < plain[0].1 - 0.1, "the loss falls");
+    let saved: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(s.p("ckpt/train_config.json")).unwrap())
+            .unwrap();
+    assert_eq!(saved["gradient_checkpointing"], true);
+}
+
 #[test]
 fn a_crash_mid_save_leaves_the_last_complete_checkpoint() {
     let s = Setup::new();

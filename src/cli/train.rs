@@ -85,6 +85,10 @@ struct Settings {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     eval_iters: Option<usize>,
+    /// Fraction of --data held out for validation (its end; default 0.1).
+    #[arg(long, value_parser = super::finite_f64)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    val_fraction: Option<f64>,
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     log_every: Option<usize>,
@@ -177,6 +181,12 @@ struct Settings {
     #[arg(long, value_delimiter = ',')]
     #[serde(skip_serializing_if = "Option::is_none")]
     lora_targets: Option<Vec<String>>,
+    /// Recompute each block's activations in the backward pass instead of keeping them
+    /// (less memory, about a third more time per step; the same losses).
+    /// `--gradient-checkpointing false` turns it off when resuming.
+    #[arg(long, num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    gradient_checkpointing: Option<bool>,
 }
 
 pub fn run(a: Args) -> Result<()> {

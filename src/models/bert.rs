@@ -13,7 +13,7 @@ use serde_json::{Map, Value};
 
 use crate::error::WickError;
 use crate::nn::{
-    dropout, residual, Activation, Embedding, FeedForward, LayerNorm, Linear, Mask,
+    dropout, recompute, residual, Activation, Embedding, FeedForward, LayerNorm, Linear, Mask,
     MultiHeadAttention, NormPlacement, Packing, QkvProjection,
 };
 
@@ -359,6 +359,8 @@ pub struct Bert {
     nsp: Option<Linear>,
     classifier_dropout: f64,
     cfg: BertConfig,
+    /// Training recomputes each layer in the backward pass ([`crate::nn::recompute`]).
+    gradient_checkpointing: bool,
 }
 
 impl BertHeads {
@@ -432,7 +434,12 @@ impl Bert {
             nsp,
             classifier_dropout: cfg.classifier_dropout.unwrap_or(cfg.hidden_dropout_prob),
             cfg: cfg.clone(),
+            gradient_checkpointing: false,
         })
+    }
+
+    pub fn set_gradient_checkpointing(&mut self, on: bool) {
+        self.gradient_checkpointing = on;
     }
 
     /// Every linear layer: the encoder's, then the pooler's and the heads'.
@@ -494,7 +501,12 @@ impl Bert {
             None => x,
         };
         for layer in &self.layers {
-            x = layer.forward(&x, &mask, packing.as_ref(), train)?;
+            x = if train && self.gradient_checkpointing {
+                let (layer, mask, packing) = (layer.clone(), mask.clone(), packing.clone());
+                recompute::segment(&x, move |x| layer.forward(x, &mask, packing.as_ref(), true))?
+            } else {
+                layer.forward(&x, &mask, packing.as_ref(), train)?
+            };
         }
         match &packing {
             Some(p) => p.unpack(&x), // (B, T, H)

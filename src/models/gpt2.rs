@@ -10,8 +10,8 @@ use serde_json::{Map, Value};
 
 use crate::error::WickError;
 use crate::nn::{
-    dropout, residual, Activation, Embedding, FeedForward, KvCache, LayerNorm, Linear, Mask,
-    MultiHeadAttention, NormPlacement, QkvProjection,
+    dropout, recompute, residual, Activation, Embedding, FeedForward, KvCache, LayerNorm, Linear,
+    Mask, MultiHeadAttention, NormPlacement, QkvProjection,
 };
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -243,6 +243,8 @@ pub struct Gpt2 {
     /// Shares `wte`'s weight when tied (the checkpoint then has no `lm_head.weight`).
     lm_head: Linear,
     cfg: Gpt2Config,
+    /// Training recomputes each block in the backward pass ([`crate::nn::recompute`]).
+    gradient_checkpointing: bool,
 }
 
 /// Position of each token: with an attention mask (left padding), positions count real
@@ -317,11 +319,16 @@ impl Gpt2 {
             ln_f,
             lm_head,
             cfg: cfg.clone(),
+            gradient_checkpointing: false,
         })
     }
 
     pub fn config(&self) -> &Gpt2Config {
         &self.cfg
+    }
+
+    pub fn set_gradient_checkpointing(&mut self, on: bool) {
+        self.gradient_checkpointing = on;
     }
 
     /// Every linear layer, the LM head last (what quantization replaces).
@@ -377,8 +384,13 @@ impl Gpt2 {
         let mut x = dropout(&x, self.cfg.embd_pdrop, train)?;
         let mask = Mask::new(t, past + t, true, attention_mask, x.dtype(), x.device())?;
         for (i, block) in self.h.iter().enumerate() {
-            let layer_cache = cache.as_deref_mut().map(|c| &mut c.layers[i]);
-            x = block.forward(&x, &mask, layer_cache, train)?;
+            x = if train && self.gradient_checkpointing {
+                let (block, mask) = (block.clone(), mask.clone());
+                recompute::segment(&x, move |x| block.forward(x, &mask, None, true))?
+            } else {
+                let layer_cache = cache.as_deref_mut().map(|c| &mut c.layers[i]);
+                block.forward(&x, &mask, layer_cache, train)?
+            };
         }
         self.ln_f.forward(&x) // (B, T, C)
     }

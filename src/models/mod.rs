@@ -52,6 +52,16 @@ impl Model {
         }
     }
 
+    /// Training recomputes every block's activations in the backward pass instead of
+    /// keeping them (transformers' `gradient_checkpointing_enable()`).
+    pub fn set_gradient_checkpointing(&mut self, on: bool) {
+        match self {
+            Model::Gpt2(m) => m.set_gradient_checkpointing(on),
+            Model::Bert(m) => m.set_gradient_checkpointing(on),
+            Model::Seq2Seq(m) => m.set_gradient_checkpointing(on),
+        }
+    }
+
     /// A short human name for the architecture.
     pub fn architecture(&self) -> String {
         match self {

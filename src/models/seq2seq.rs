@@ -18,8 +18,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::WickError;
 use crate::nn::{
-    dropout, residual, Activation, Embedding, FeedForward, KvCache, LayerNorm, Linear, Mask,
-    MultiHeadAttention, NormPlacement, QkvProjection, SinusoidalPositions,
+    dropout, recompute, residual, Activation, Embedding, FeedForward, KvCache, LayerNorm, Linear,
+    Mask, MultiHeadAttention, NormPlacement, QkvProjection, SinusoidalPositions,
 };
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -269,6 +269,8 @@ pub struct Seq2Seq {
     /// Non-autoregressive: pooled encoder output -> logits over target lengths 0..=max.
     length_predictor: Option<Linear>,
     cfg: Seq2SeqConfig,
+    /// Training recomputes each layer in the backward pass ([`crate::nn::recompute`]).
+    gradient_checkpointing: bool,
 }
 
 impl Seq2Seq {
@@ -320,7 +322,12 @@ impl Seq2Seq {
                 .map(|max| Linear::load(cfg.d_model, 2 * max + 1, true, vb.pp("length_predictor")))
                 .transpose()?,
             cfg: cfg.clone(),
+            gradient_checkpointing: false,
         })
+    }
+
+    pub fn set_gradient_checkpointing(&mut self, on: bool) {
+        self.gradient_checkpointing = on;
     }
 
     /// Every linear layer: the encoder's, the decoder's, then the length predictor.
@@ -386,7 +393,12 @@ impl Seq2Seq {
         )?;
         let mask = Mask::new(s, s, false, src_mask, x.dtype(), x.device())?;
         for layer in &self.encoder {
-            x = layer.forward(&x, &mask, train)?;
+            x = if train && self.gradient_checkpointing {
+                let (layer, mask) = (layer.clone(), mask.clone());
+                recompute::segment(&x, move |x| layer.forward(x, &mask, true))?
+            } else {
+                layer.forward(&x, &mask, train)?
+            };
         }
         Ok(x)
     }
@@ -433,7 +445,16 @@ impl Seq2Seq {
                 } = c;
                 (&mut self_attn[i], &mut cross_attn[i])
             });
-            x = layer.forward(&x, memory, &self_mask, &cross_mask, caches, train)?;
+            x = match caches {
+                None if train && self.gradient_checkpointing => {
+                    let (layer, memory) = (layer.clone(), memory.clone());
+                    let (self_mask, cross_mask) = (self_mask.clone(), cross_mask.clone());
+                    recompute::segment(&x, move |x| {
+                        layer.forward(x, &memory, &self_mask, &cross_mask, None, true)
+                    })?
+                }
+                caches => layer.forward(&x, memory, &self_mask, &cross_mask, caches, train)?,
+            };
         }
         Ok(x)
     }

@@ -16,6 +16,7 @@ pub mod lora;
 pub mod loss;
 pub mod mask;
 pub mod packing;
+pub mod recompute;
 pub mod residual;
 
 pub use activation::Activation;
@@ -42,10 +43,22 @@ thread_local! {
 }
 
 /// Seeds the masks of every dropout call that follows on this thread, in call order.
-/// The trainer calls it with (run seed, micro-batch, shard) before each forward pass.
+/// The trainer calls it with (run seed, micro-batch, shard) before each forward pass,
+/// which also starts a fresh gradient-checkpointing tape ([`recompute`]).
 pub fn seed_dropout(seed: u64) {
     use rand::SeedableRng;
     DROPOUT_RNG.with(|r| *r.borrow_mut() = Some(rand::rngs::StdRng::seed_from_u64(seed)));
+    recompute::clear();
+}
+
+/// Where this thread's dropout generator stands, for a block that is recomputed in the
+/// backward pass and must draw the same masks again.
+fn dropout_state() -> Option<rand::rngs::StdRng> {
+    DROPOUT_RNG.with(|r| r.borrow().clone())
+}
+
+fn set_dropout_state(state: Option<rand::rngs::StdRng>) {
+    DROPOUT_RNG.with(|r| *r.borrow_mut() = state);
 }
 
 /// Inverted dropout, the identity in eval mode: x · mask / (1 − p) with mask ~

@@ -119,6 +119,9 @@ pub struct TrainConfig {
     /// family's, as peft picks them: GPT-2 c_attn, BERT query and value, the
     /// encoder-decoder q_proj and v_proj).
     pub lora_targets: Option<Vec<String>>,
+    /// Recompute each block's activations in the backward pass instead of keeping them:
+    /// less memory for one more forward pass per step, the same gradients.
+    pub gradient_checkpointing: bool,
 }
 
 impl Default for TrainConfig {
@@ -166,6 +169,7 @@ impl Default for TrainConfig {
             lora_alpha: 8.0,
             lora_dropout: 0.0,
             lora_targets: None,
+            gradient_checkpointing: false,
         }
     }
 }
@@ -235,7 +239,7 @@ impl TrainConfig {
         }
         if !(0.0..1.0).contains(&self.val_fraction) {
             return bad(format!(
-                "val_fraction must be in [0, 1), got {}",
+                "--val-fraction must be in [0, 1), got {}",
                 self.val_fraction
             ));
         }

@@ -17,6 +17,7 @@ use crate::error::Result;
 use crate::models::Gpt2;
 use crate::nn::kernels::parallel::{over_shards, shard_count};
 use crate::nn::loss::lm_loss;
+use crate::nn::recompute;
 
 /// Mean next-token loss of (x, y) with dropout on (seeded from `seed`, shard by shard),
 /// and the gradients of `vars` for that loss scaled by `weight`.
@@ -45,7 +46,7 @@ pub fn loss_and_grads(
 /// The loss's value and the gradients of `loss · weight`.
 pub fn backward(loss: &Tensor, weight: f64) -> Result<(f64, GradStore)> {
     let value = loss.to_scalar::<f32>()? as f64;
-    Ok((value, loss.affine(weight, 0.0)?.backward()?))
+    Ok((value, recompute::backward(&loss.affine(weight, 0.0)?)?))
 }
 
 /// Adds the gradients of `vars` in `grads` into `into`, for shards and micro-batches

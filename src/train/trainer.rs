@@ -176,6 +176,7 @@ pub fn train(req: TrainRequest) -> Result<TrainSummary> {
         heads,
         weights.var_builder(DType::F32, &device),
     )?;
+    model.set_gradient_checkpointing(cfg.gradient_checkpointing);
     let initialised = weights.initialised();
     if !initialised.is_empty() && weights_dir.is_some() {
         println!(
@@ -661,6 +662,12 @@ impl Run<'_> {
                     .as_ref()
                     .map(|m| format!(" with the new heads {}", m.join(", ")))
                     .unwrap_or_default(),
+            );
+        }
+        if cfg.gradient_checkpointing {
+            println!(
+                "memory       gradient checkpointing: each block's activations are recomputed \
+                 in the backward pass"
             );
         }
         println!("out          {}", self.out.display());

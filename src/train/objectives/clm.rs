@@ -84,12 +84,14 @@ impl Objective for Clm {
 }
 
 /// Windows per batch of the final pass over the validation split: four training
-/// batches, fewer where their logits would pass 256 MiB (GPT-2's 50k-token vocabulary
+/// batches, fewer where their logits would pass 128 MiB (GPT-2's 50k-token vocabulary
 /// at 16 x 256 positions is 823 MB), so the end of a run needs no more memory than its
-/// steps.
+/// steps, even a LoRA run's with gradient checkpointing (at 256 MiB, its final pass
+/// was a third above its steps' peak on GPT-2 124M). Two windows at least, so that the
+/// pass still runs as two shards side by side.
 fn final_batch(cfg: &TrainConfig, vocab: usize) -> usize {
     let row = cfg.block_size * vocab * std::mem::size_of::<f32>();
-    (cfg.batch_size * 4).min((256 << 20) / row.max(1)).max(1)
+    (cfg.batch_size * 4).min((128 << 20) / row.max(1)).max(2)
 }
 
 /// The whole validation split, for the final pass.
