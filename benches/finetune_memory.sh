@@ -6,6 +6,7 @@
 #
 #   cargo build --release && bash benches/finetune_memory.sh [SIZES] [STEPS]
 #   # SIZES: a comma list of 124m, 355m, 774m (default 124m); STEPS: 6 (median of steps 3-6)
+#   # MODES=lora,lora+ckpt ... picks the modes (default: all four)
 #
 # Needs python3 with torch, transformers and peft (PYTHON=... to choose one). The random
 # checkpoints are made once under $TMPDIR (default /tmp) by the peer script. ms/step is
@@ -15,6 +16,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 sizes=${1:-124m}
 steps=${2:-6}
+MODES=${MODES:-full,full+ckpt,lora,lora+ckpt}
 wick=${WICK:-target/release/wick}
 python=${PYTHON:-python3}
 peer=benches/peers/gpt2_finetune_torch.py
@@ -52,7 +54,7 @@ echo "|---|---|---|---|---|---|---|---|"
 for size in ${sizes//,/ }; do
   model=${TMPDIR:-/tmp}/gpt2-$size-random
   [ -d "$model" ] || $python "$peer" --save "$model" --size "$size" >/dev/null
-  for mode in full full+ckpt lora lora+ckpt; do
+  for mode in ${MODES//,/ }; do
     flags=() peer_flags=()
     case $mode in
       *lora*) flags+=(--lora-r 8) peer_flags+=(--lora-r 8) ;;

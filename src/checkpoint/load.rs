@@ -140,6 +140,7 @@ pub fn load(model: &str, opts: &LoadOptions) -> Result<Pretrained> {
         let init = super::adapter::LoraInit::Stored(&a.tensors);
         super::adapter::attach(&mut model, &a.spec()?, init, &opts.device)?;
     }
+    weights.release_checkpoint();
     let tok_dir = match from_adapter("tokenizer.json") {
         Some(_) => adapter.as_ref().map(|a| a.dir.clone()).unwrap_or_default(),
         None => dir.clone(),

@@ -138,6 +138,14 @@ impl WeightSource {
         self.inner.store.as_ref()
     }
 
+    /// Unmaps the checkpoint's files ([`TensorStore::release`]); called once the model
+    /// is built and holds its tensors.
+    pub fn release_checkpoint(&self) {
+        if let Some(store) = &self.inner.store {
+            store.release();
+        }
+    }
+
     /// Every (name, tensor) the model holds, in the order it asked for them.
     pub fn tensors(&self) -> Vec<(String, Tensor)> {
         self.inner.tensors.lock().unwrap().clone()

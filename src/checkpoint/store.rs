@@ -14,7 +14,9 @@ use candle_core::{DType, Device, Tensor};
 use crate::error::{Result, WickError};
 
 enum File {
-    Safetensors(MmapedSafetensors),
+    /// Mapped until [`TensorStore::release`]: every page the model's tensors were
+    /// copied from stays resident, and counts as the process's memory, while mapped.
+    Safetensors(std::sync::RwLock<Option<MmapedSafetensors>>),
     Pickle(PthTensors),
     Gguf(gguf_file::Content),
 }
@@ -172,7 +174,7 @@ impl TensorStore {
                     let dtype = DType::try_from(view.dtype()).map_err(bad)?;
                     index.insert(name, (i, view.shape().to_vec(), dtype));
                 }
-                File::Safetensors(st)
+                File::Safetensors(std::sync::RwLock::new(Some(st)))
             };
             files.push((path.clone(), file));
         }
@@ -189,6 +191,18 @@ impl TensorStore {
     /// Opens the weights of a checkpoint folder.
     pub fn open_dir(dir: &Path) -> Result<Self> {
         Self::open(&weight_files(dir)?)
+    }
+
+    /// Unmaps the safetensors files once the model holds its own copies of their
+    /// tensors, so their pages stop counting towards the process's memory (the
+    /// checkpoint's size: 1.4 GB for GPT-2 355M, for the whole run). The index stays:
+    /// names, shapes and files are still known; a tensor asked for later is an error.
+    pub fn release(&self) {
+        for (_, file) in &self.files {
+            if let File::Safetensors(st) = file {
+                *st.write().unwrap_or_else(|e| e.into_inner()) = None;
+            }
+        }
     }
 
     pub fn contains(&self, name: &str) -> bool {
@@ -252,7 +266,13 @@ impl TensorStore {
                     Ok(t)
                 }
             }
-            File::Safetensors(st) => st.load(name, &Device::Cpu).map_err(bad),
+            File::Safetensors(st) => match &*st.read().unwrap_or_else(|e| e.into_inner()) {
+                Some(st) => st.load(name, &Device::Cpu).map_err(bad),
+                None => Err(WickError::BadWeights {
+                    path: path.clone(),
+                    message: format!("tensor `{name}` asked for after the file was released"),
+                }),
+            },
             File::Pickle(pth) => {
                 pth.get(name)
                     .map_err(bad)?
@@ -294,4 +314,30 @@ fn read_gguf(
 ) -> candle_core::Result<QTensor> {
     let mut f = std::fs::File::open(path)?;
     content.tensor(&mut f, name, device)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_released_store_keeps_its_index_and_refuses_loads() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("model.safetensors");
+        let t = Tensor::new(&[[1f32, 2.], [3., 4.]], &Device::Cpu).unwrap();
+        candle_core::safetensors::save(&HashMap::from([("w".to_string(), t)]), &path).unwrap();
+        let store = TensorStore::open(std::slice::from_ref(&path)).unwrap();
+        let loaded = store.load("w").unwrap();
+        store.release();
+        // The loaded tensor owns its data: it outlives the mapping.
+        assert_eq!(
+            loaded.to_vec2::<f32>().unwrap(),
+            vec![vec![1., 2.], vec![3., 4.]]
+        );
+        assert!(store.contains("w"));
+        assert_eq!(store.shape("w"), Some(&[2usize, 2][..]));
+        assert_eq!(store.file_of("w"), path.as_path());
+        let e = store.load("w").unwrap_err().to_string();
+        assert!(e.contains("after the file was released"), "{e}");
+    }
 }

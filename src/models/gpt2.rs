@@ -384,12 +384,13 @@ impl Gpt2 {
         let mut x = dropout(&x, self.cfg.embd_pdrop, train)?;
         let mask = Mask::new(t, past + t, true, attention_mask, x.dtype(), x.device())?;
         for (i, block) in self.h.iter().enumerate() {
-            x = if train && self.gradient_checkpointing {
-                let (block, mask) = (block.clone(), mask.clone());
-                recompute::segment(&x, move |x| block.forward(x, &mask, None, true))?
-            } else {
-                let layer_cache = cache.as_deref_mut().map(|c| &mut c.layers[i]);
-                block.forward(&x, &mask, layer_cache, train)?
+            let layer_cache = cache.as_deref_mut().map(|c| &mut c.layers[i]);
+            x = match layer_cache {
+                None if train && self.gradient_checkpointing => {
+                    let (block, mask) = (block.clone(), mask.clone());
+                    recompute::segment(&x, move |x| block.forward(x, &mask, None, true))?
+                }
+                layer_cache => block.forward(&x, &mask, layer_cache, train)?,
             };
         }
         self.ln_f.forward(&x) // (B, T, C)

@@ -11,7 +11,7 @@
 //! count, which follows the thread count: the same machine repeats a run exactly.
 
 use candle_core::backprop::GradStore;
-use candle_core::{Tensor, Var};
+use candle_core::{CpuStorage, DType, InplaceOp2, Layout, Tensor, Var};
 
 use crate::error::Result;
 use crate::models::Gpt2;
@@ -50,7 +50,10 @@ pub fn backward(loss: &Tensor, weight: f64) -> Result<(f64, GradStore)> {
 }
 
 /// Adds the gradients of `vars` in `grads` into `into`, for shards and micro-batches
-/// alike (the first store is kept whole).
+/// alike (the first store is kept whole). On the CPU the sums are made in place, in
+/// the first store's tensors (each a fresh buffer of the backward pass, shared with
+/// nothing): a + g as a new tensor would hold a third copy of the gradients, on the
+/// summing thread's heap, at the step's peak (1.4 GB for GPT-2 355M).
 pub fn accumulate(
     into: &mut Option<GradStore>,
     grads: GradStore,
@@ -60,17 +63,53 @@ pub fn accumulate(
         None => *into = Some(grads),
         Some(acc) => {
             for (_, v) in vars {
-                if let Some(g) = grads.get(v) {
-                    let sum = match acc.get(v) {
-                        Some(a) => (a + g)?,
-                        None => g.clone(),
-                    };
-                    acc.insert(v, sum);
+                let Some(g) = grads.get(v) else {
+                    continue;
+                };
+                match acc.get(v) {
+                    Some(a) if summable_in_place(a, g) => a.inplace_op2(g, &AddInto)?,
+                    Some(a) => {
+                        let sum = (a + g)?;
+                        acc.insert(v, sum);
+                    }
+                    None => {
+                        acc.insert(v, g.clone());
+                    }
                 }
             }
         }
     }
     Ok(())
+}
+
+fn summable_in_place(a: &Tensor, g: &Tensor) -> bool {
+    a.device().is_cpu()
+        && (a.dtype(), g.dtype()) == (DType::F32, DType::F32)
+        && a.is_contiguous()
+        && g.is_contiguous()
+        && a.shape() == g.shape()
+}
+
+/// a ← a + g, elementwise: the same sum, in the same order, as `a + g`.
+struct AddInto;
+
+impl InplaceOp2 for AddInto {
+    fn name(&self) -> &'static str {
+        "wick-gradient-sum"
+    }
+
+    fn cpu_fwd(
+        &self,
+        a: &mut CpuStorage,
+        la: &Layout,
+        g: &CpuStorage,
+        lg: &Layout,
+    ) -> candle_core::Result<()> {
+        use crate::train::optim::{slice, slice_mut};
+        let (a, g) = (slice_mut(a, la)?, slice(g, lg)?);
+        a.iter_mut().zip(g).for_each(|(a, g)| *a += g);
+        Ok(())
+    }
 }
 
 #[cfg(test)]
@@ -97,6 +136,69 @@ mod tests {
         let x = Tensor::from_vec(ids(7), (4, 8), &Device::Cpu).unwrap();
         let y = Tensor::from_vec(ids(5), (4, 8), &Device::Cpu).unwrap();
         (m, w.vars(), x, y)
+    }
+
+    #[test]
+    fn gradients_sum_in_place_as_a_plus_g_would() {
+        let dev = Device::Cpu;
+        let w = Var::new(&[[1f32, 2.], [3., 4.]], &dev).unwrap();
+        let u = Var::new(&[0.5f32, -1.], &dev).unwrap();
+        let vars = vec![("w".to_string(), w.clone()), ("u".to_string(), u.clone())];
+        let store = |k: f64| {
+            let t = ((w.as_tensor() * k)
+                .unwrap()
+                .sqr()
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                + (u.as_tensor() * k)
+                    .unwrap()
+                    .exp()
+                    .unwrap()
+                    .sum_all()
+                    .unwrap())
+            .unwrap();
+            crate::nn::recompute::backward(&t).unwrap()
+        };
+        let (a, b) = (store(0.3), store(1.7));
+        let want: Vec<Vec<f32>> = [&w, &u]
+            .iter()
+            .map(|v| {
+                (a.get(v).unwrap() + b.get(v).unwrap())
+                    .unwrap()
+                    .flatten_all()
+                    .unwrap()
+                    .to_vec1()
+                    .unwrap()
+            })
+            .collect();
+        let b_before = b
+            .get(&w)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
+        let mut acc = None;
+        accumulate(&mut acc, a, &vars).unwrap();
+        let b_kept = b.get(&w).unwrap().clone();
+        accumulate(&mut acc, b, &vars).unwrap();
+        let acc = acc.unwrap();
+        for (v, want) in [&w, &u].iter().zip(&want) {
+            let got: Vec<f32> = acc
+                .get(v)
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1()
+                .unwrap();
+            assert_eq!(&got, want);
+        }
+        // The store added in is read, never written.
+        assert_eq!(
+            b_kept.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+            b_before
+        );
     }
 
     #[test]

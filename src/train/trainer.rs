@@ -199,6 +199,8 @@ pub fn train(req: TrainRequest) -> Result<TrainSummary> {
         }
         None => (None, weights.vars()),
     };
+    // The model holds its tensors now: the checkpoint's mapped pages can go.
+    weights.release_checkpoint();
     let mut opt = AdamW::new(
         vars.clone(),
         AdamWConfig {
