@@ -182,7 +182,7 @@ struct Settings {
     #[serde(skip_serializing_if = "Option::is_none")]
     lora_targets: Option<Vec<String>>,
     /// Recompute each block's activations in the backward pass instead of keeping them
-    /// (less memory, about a third more time per step; the same losses).
+    /// (less memory for a tenth to two fifths more time per step; the same losses).
     /// `--gradient-checkpointing false` turns it off when resuming.
     #[arg(long, num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
     #[serde(skip_serializing_if = "Option::is_none")]
