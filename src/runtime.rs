@@ -33,7 +33,8 @@ pub fn init() -> Result<(), String> {
 
 /// The CPU features the kernels use, for the summaries: wick's row kernels at
 /// [`crate::nn::kernels::simd::level`], and the instruction set gemm picks for matrix
-/// products (its own run-time choice, AVX-512 when the CPU has avx512f).
+/// products (its own run-time choice, AVX-512 when the CPU has avx512f), and AMX when
+/// `--matmul-precision bf16` put the products there.
 pub fn cpu_features() -> String {
     use crate::nn::kernels::simd::{level, Simd};
     let gemm = if Simd::Avx512.supported() {
@@ -43,7 +44,11 @@ pub fn cpu_features() -> String {
     } else {
         "scalar"
     };
-    format!("row kernels {}, gemm {gemm}", level().name())
+    let bf16 = match crate::nn::kernels::matmul_precision() {
+        crate::nn::kernels::MatmulPrecision::Bf16 => ", matmul bf16 on amx",
+        crate::nn::kernels::MatmulPrecision::F32 => "",
+    };
+    format!("row kernels {}, gemm {gemm}{bf16}", level().name())
 }
 
 /// Runs candle's own CPU ops (adds, copies, the gradient sums of its backward) on the

@@ -32,6 +32,9 @@ ap.add_argument("--steps", type=int, default=8)
 ap.add_argument("--size", choices=["124m", "355m", "774m"], default="124m")
 ap.add_argument("--lora-r", type=int, default=0)
 ap.add_argument("--gradient-checkpointing", action="store_true")
+# torch's CPU mixed precision (bf16 matmuls on AMX through oneDNN, f32 master weights):
+# the peer of `wick train --matmul-precision bf16`.
+ap.add_argument("--autocast-bf16", action="store_true")
 ap.add_argument("--data", default=os.path.join(os.path.dirname(__file__), "..", "..", "data", "tinyshakespeare.txt"))
 ap.add_argument("--tokenizer", default=os.path.join(os.path.dirname(__file__), "..", "..", "..", "shared", "data", "gpt2-tokenizer"))
 args = ap.parse_args()
@@ -75,7 +78,8 @@ for step in range(1, args.steps + 1):
     t0 = time.perf_counter()
     ix = torch.randint(len(ids) - T - 1, (B,), generator=g)
     x = torch.stack([ids[i : i + T] for i in ix])
-    out = model(input_ids=x, labels=x)
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.autocast_bf16):
+        out = model(input_ids=x, labels=x)
     out.loss.backward()
     torch.nn.utils.clip_grad_norm_(trained, 1.0)
     opt.step()

@@ -85,6 +85,10 @@ pub struct ModelArgs {
     /// Print exactly one JSON object on stdout.
     #[arg(long)]
     pub json: bool,
+    /// Matrix products in bf16 with f32 sums on CPUs with Intel AMX (as torch's
+    /// `set_float32_matmul_precision("medium")`).
+    #[arg(long, value_enum, default_value = "f32", env = "WICK_MATMUL_PRECISION")]
+    pub matmul_precision: crate::nn::kernels::MatmulPrecision,
 }
 
 impl ModelArgs {
@@ -93,6 +97,8 @@ impl ModelArgs {
     }
 
     pub fn load(&self, opts: LoadOptions) -> Result<Pretrained> {
+        crate::nn::kernels::set_matmul_precision(self.matmul_precision)
+            .map_err(|e| anyhow::anyhow!("--matmul-precision bf16: {e}"))?;
         let opts = LoadOptions {
             device: self.device()?,
             adapter: self.adapter.clone(),

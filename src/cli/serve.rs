@@ -38,6 +38,9 @@ pub struct Args {
     /// cpu, cuda[:N] or metal.
     #[arg(long, default_value = "cpu")]
     device: String,
+    /// Matrix products in bf16 with f32 sums on CPUs with Intel AMX.
+    #[arg(long, value_enum, default_value = "f32", env = "WICK_MATMUL_PRECISION")]
+    matmul_precision: crate::nn::kernels::MatmulPrecision,
 }
 
 /// `NAME=DIR` or a bare reference, whose id is its last path component (a hub id
@@ -73,6 +76,8 @@ pub fn run(args: Args) -> Result<()> {
         );
     }
     let device = crate::device::parse_device(&args.device)?;
+    crate::nn::kernels::set_matmul_precision(args.matmul_precision)
+        .map_err(|e| anyhow::anyhow!("--matmul-precision bf16: {e}"))?;
     let opts = LoadOptions {
         device: device.clone(),
         adapter: args.adapter.clone(),

@@ -122,6 +122,9 @@ pub struct TrainConfig {
     /// Recompute each block's activations in the backward pass instead of keeping them:
     /// less memory for one more forward pass per step, the same gradients.
     pub gradient_checkpointing: bool,
+    /// Precision of the CPU matrix products: f32, or bf16 operands with f32 sums on
+    /// AMX (weights, gradients and optimizer state stay f32).
+    pub matmul_precision: crate::nn::kernels::MatmulPrecision,
 }
 
 impl Default for TrainConfig {
@@ -170,6 +173,7 @@ impl Default for TrainConfig {
             lora_dropout: 0.0,
             lora_targets: None,
             gradient_checkpointing: false,
+            matmul_precision: Default::default(),
         }
     }
 }

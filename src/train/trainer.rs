@@ -177,6 +177,8 @@ pub fn train(req: TrainRequest) -> Result<TrainSummary> {
         weights.var_builder(DType::F32, &device),
     )?;
     model.set_gradient_checkpointing(cfg.gradient_checkpointing);
+    crate::nn::kernels::set_matmul_precision(cfg.matmul_precision)
+        .map_err(|e| WickError::Unsupported(format!("--matmul-precision bf16: {e}")))?;
     let initialised = weights.initialised();
     if !initialised.is_empty() && weights_dir.is_some() {
         println!(

@@ -12,12 +12,16 @@ use super::simd::simd_fn;
 /// slice it borrows for `'a` (so a view cannot outlive the data it reads).
 #[derive(Clone, Copy)]
 pub struct View<'a> {
-    ptr: *const f32,
+    pub(super) ptr: *const f32,
     len: usize,
-    rs: isize,
-    cs: isize,
+    pub(super) rs: isize,
+    pub(super) cs: isize,
     data: std::marker::PhantomData<&'a [f32]>,
 }
+
+// SAFETY: a view only reads the `&'a [f32]` it borrows, which may be shared across threads.
+unsafe impl Send for View<'_> {}
+unsafe impl Sync for View<'_> {}
 
 impl<'a> View<'a> {
     /// The same matrix from element (row, col) on: a block of it.
@@ -30,6 +34,14 @@ impl<'a> View<'a> {
             len: self.len - offset,
             ..*self
         }
+    }
+
+    /// Element (row, col), bounds-checked.
+    pub fn get(&self, row: usize, col: usize) -> f32 {
+        let offset = row * self.rs as usize + col * self.cs as usize;
+        assert!(offset < self.len, "view element outside its slice");
+        // SAFETY: offset < len.
+        unsafe { *self.ptr.add(offset) }
     }
 
     /// Whether a (rows, cols) matrix under these strides stays inside the slice.
@@ -90,6 +102,9 @@ pub fn gemm_rows(
         lhs.fits(m, k) && rhs.fits(k, n),
         "gemm operand outside its slice"
     );
+    if super::bf16::serves(m, n, k) {
+        return super::bf16::gemm_rows(dst, dst_rs, m, n, k, lhs, rhs, add);
+    }
     let parallelism = if m * n * k >= 1 << 15 && super::parallel::may_split() {
         gemm::Parallelism::Rayon(0)
     } else {

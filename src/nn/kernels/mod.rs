@@ -13,11 +13,14 @@
 //! `parallel` (whether a kernel may split its work over threads).
 
 mod attention;
+mod bf16;
 mod linear;
 mod matmul;
 pub mod parallel;
 mod rows;
 pub mod simd;
+
+pub use bf16::{amx_available, matmul_precision, set_matmul_precision, MatmulPrecision};
 
 use std::sync::OnceLock;
 
