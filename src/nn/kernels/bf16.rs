@@ -163,11 +163,12 @@ pub fn gemm_rows_slow(
 mod amx {
     use std::arch::asm;
     use std::arch::x86_64::*;
+    use std::cell::RefCell;
 
     use rayon::prelude::*;
 
     use super::super::matmul::View;
-    use super::to_bf16;
+    use super::super::parallel::may_split;
 
     /// Linux's arch_prctl request for the AMX tile data state (XFEATURE_XTILEDATA).
     const ARCH_REQ_XCOMP_PERM: libc::c_ulong = 0x1023;
@@ -212,9 +213,38 @@ mod amx {
     /// A tile: 16 rows × 64 bytes.
     const TILE: usize = 512; // u16 elements
 
-    /// Columns of B packed and multiplied as one block, sized so the block
-    /// (k × 256 bf16) stays in a core's L2 while every strip of A passes over it.
+    /// The blocking, GotoBLAS-style: a thread owns a block of at most BLOCK columns of
+    /// B and packs it once; k runs in chunks of KC_TILES tiles (512 k), so a chunk of B's
+    /// block (512 × 256 bf16, 256 KiB) stays in L2 while a 32-row strip of A's chunk
+    /// (32 KiB) stays in L1 across the block's columns; rows run MC at a time, their f32
+    /// sums (MC × BLOCK, 256 KiB) held between k chunks.
     const BLOCK: usize = 256;
+    const KC_TILES: usize = 16;
+    const MC: usize = 256;
+
+    thread_local! {
+        /// Packing buffers, reused: every element of the part a product uses is
+        /// rewritten (padding included), so they never need clearing.
+        static PACKED_A: RefCell<Vec<u16>> = const { RefCell::new(Vec::new()) };
+        static PACKED_B: RefCell<Vec<u16>> = const { RefCell::new(Vec::new()) };
+    }
+
+    fn with_buffer<R>(
+        key: &'static std::thread::LocalKey<RefCell<Vec<u16>>>,
+        len: usize,
+        f: impl FnOnce(&mut [u16]) -> R,
+    ) -> R {
+        key.with(|buf| match buf.try_borrow_mut() {
+            Ok(mut buf) => {
+                if buf.len() < len {
+                    buf.resize(len, 0);
+                }
+                f(&mut buf[..len])
+            }
+            // Busy: this thread stole a product while waiting inside another one.
+            Err(_) => f(&mut vec![0; len]),
+        })
+    }
 
     struct SendPtr(*mut f32);
     // SAFETY: the blocks write disjoint column ranges of dst.
@@ -233,35 +263,51 @@ mod amx {
         add: bool,
     ) {
         let kbs = k.div_ceil(32);
-        let mut a = vec![0u16; m.div_ceil(32) * 2 * kbs * TILE];
-        // SAFETY: request() checked avx512f/bw/bf16.
-        unsafe { pack_a(&mut a, lhs, m, k) };
-        let threads = if super::super::parallel::may_split() {
-            rayon::current_num_threads()
-        } else {
-            1
-        };
-        let block = (n.div_ceil(threads).div_ceil(32) * 32).min(BLOCK);
-        let out = SendPtr(dst.as_mut_ptr());
-        let run = |j0: usize| {
-            let out = &out; // the whole SendPtr, not its raw field
-            let cols = block.min(n - j0);
-            let mut b = vec![0u16; cols.div_ceil(32) * 2 * kbs * TILE];
-            // SAFETY: as above; every tile written lies inside dst (sizes checked by the caller).
-            unsafe {
-                pack_b(&mut b, rhs, k, j0, cols);
-                block_product(&a, &b, m, cols, kbs, out.0.add(j0), dst_rs, add);
+        let pair = 2 * kbs * TILE; // one 32-row (or 32-column) pair of strips
+        let split = may_split();
+        with_buffer(&PACKED_A, m.div_ceil(32) * pair, |a| {
+            // SAFETY: request() checked avx512f/bw/bf16.
+            let pack = |(s, out): (usize, &mut [u16])| unsafe { pack_a(out, lhs, s * 32, m, k) };
+            if split && m * k >= 1 << 16 {
+                a.par_chunks_mut(pair).enumerate().for_each(pack);
+            } else {
+                a.chunks_mut(pair).enumerate().for_each(pack);
             }
-        };
-        let starts: Vec<usize> = (0..n).step_by(block).collect();
-        if threads > 1 && starts.len() > 1 {
-            starts.into_par_iter().for_each(run);
-        } else {
-            starts.into_iter().for_each(run);
-        }
+            let threads = if split {
+                rayon::current_num_threads()
+            } else {
+                1
+            };
+            // As many column blocks as make every thread's share equal.
+            let blocks = n.div_ceil(BLOCK).div_ceil(threads) * threads;
+            let block = n.div_ceil(blocks).div_ceil(32) * 32;
+            let out = SendPtr(dst.as_mut_ptr());
+            let a = &*a;
+            let run = |j0: usize| {
+                let out = &out; // the whole SendPtr, not its raw field
+                let cols = block.min(n - j0);
+                with_buffer(&PACKED_B, cols.div_ceil(32) * pair, |b| {
+                    let mut acc = vec![0f32; MC * BLOCK];
+                    // SAFETY: as above; every row written lies inside dst (sizes checked
+                    // by the caller), and the columns j0..j0 + cols are this block's.
+                    unsafe {
+                        for (s, strip) in b.chunks_mut(pair).enumerate() {
+                            pack_b(strip, rhs, k, j0 + s * 32, cols.saturating_sub(s * 32));
+                        }
+                        block_product(a, b, m, cols, kbs, &mut acc, out.0.add(j0), dst_rs, add);
+                    }
+                })
+            };
+            let starts: Vec<usize> = (0..n).step_by(block).collect();
+            if threads > 1 && starts.len() > 1 {
+                starts.into_par_iter().for_each(run);
+            } else {
+                starts.into_iter().for_each(run);
+            }
+        })
     }
 
-    /// C (m, cols) at `c` = [C +] A · B over packed A and B, 32×32 blocks at a time.
+    /// C (m, cols) at `c` = [C +] A · B over packed A and B, in the blocking above.
     #[allow(clippy::too_many_arguments)]
     unsafe fn block_product(
         a: &[u16],
@@ -269,50 +315,81 @@ mod amx {
         m: usize,
         cols: usize,
         kbs: usize,
+        acc: &mut [f32],
         c: *mut f32,
         c_rs: usize,
         add: bool,
     ) {
-        let mut acc = [0f32; 32 * 32];
         let strip = kbs * TILE;
         asm!("ldtilecfg [{0}]", in(reg) CONFIG.0.as_ptr(), options(nostack, readonly));
-        for i0 in (0..m).step_by(32) {
-            let a0 = a.as_ptr().add((i0 / 16) * strip);
-            for j0 in (0..cols).step_by(32) {
-                let b0 = b.as_ptr().add((j0 / 16) * strip);
-                tiles_2x2(a0, a0.add(strip), b0, b0.add(strip), kbs, acc.as_mut_ptr());
-                let rows = (m - i0).min(32);
-                let w = (cols - j0).min(32);
-                for r in 0..rows {
-                    let d = std::slice::from_raw_parts_mut(c.add((i0 + r) * c_rs + j0), w);
-                    let s = &acc[r * 32..r * 32 + w];
-                    if add {
-                        d.iter_mut().zip(s).for_each(|(d, s)| *d += s);
-                    } else {
-                        d.copy_from_slice(s);
+        for ic in (0..m).step_by(MC) {
+            let rows = (m - ic).min(MC);
+            for kc in (0..kbs).step_by(KC_TILES) {
+                let depth = (kbs - kc).min(KC_TILES);
+                for i0 in (0..rows).step_by(32) {
+                    let a0 = a.as_ptr().add(((ic + i0) / 16) * strip + kc * TILE);
+                    for j0 in (0..cols).step_by(32) {
+                        let b0 = b.as_ptr().add((j0 / 16) * strip + kc * TILE);
+                        let sums = acc.as_mut_ptr().add(i0 * BLOCK + j0);
+                        tiles_2x2(a0, a0.add(strip), b0, b0.add(strip), depth, sums, kc > 0);
                     }
+                }
+            }
+            for r in 0..rows {
+                let d = std::slice::from_raw_parts_mut(c.add((ic + r) * c_rs), cols);
+                let s = &acc[r * BLOCK..r * BLOCK + cols];
+                if add {
+                    d.iter_mut().zip(s).for_each(|(d, s)| *d += s);
+                } else {
+                    d.copy_from_slice(s);
                 }
             }
         }
         asm!("tilerelease", options(nostack, nomem));
     }
 
-    /// acc (32×32, rows 32 apart) = the 2×2 tiles of C from A strips a0, a1 and B
-    /// strips b0, b1, over `kbs` tiles along k.
+    /// The 2×2 tiles of C at `sums` (32×32, rows BLOCK apart) [+]= A strips a0, a1 ·
+    /// B strips b0, b1 over `depth` tiles along k; `load` adds to the sums there.
     #[inline(always)]
     unsafe fn tiles_2x2(
         a0: *const u16,
         a1: *const u16,
         b0: *const u16,
         b1: *const u16,
-        kbs: usize,
-        acc: *mut f32,
+        depth: usize,
+        sums: *mut f32,
+        load: bool,
     ) {
+        let row = BLOCK * 4; // bytes between rows of the sums
+        let (c0, c1, c2, c3) = (
+            sums,
+            sums.add(16),
+            sums.add(16 * BLOCK),
+            sums.add(16 * BLOCK + 16),
+        );
+        if load {
+            asm!(
+                "tileloadd tmm0, [{c0} + {s}*1]",
+                "tileloadd tmm1, [{c1} + {s}*1]",
+                "tileloadd tmm2, [{c2} + {s}*1]",
+                "tileloadd tmm3, [{c3} + {s}*1]",
+                c0 = in(reg) c0,
+                c1 = in(reg) c1,
+                c2 = in(reg) c2,
+                c3 = in(reg) c3,
+                s = in(reg) row,
+                options(nostack, readonly),
+            );
+        } else {
+            asm!(
+                "tilezero tmm0",
+                "tilezero tmm1",
+                "tilezero tmm2",
+                "tilezero tmm3",
+                options(nostack, nomem)
+            );
+        }
         asm!(
-            "tilezero tmm0",
-            "tilezero tmm1",
-            "tilezero tmm2",
-            "tilezero tmm3",
             "2:",
             "tileloadd tmm4, [{a0} + {s}*1]",
             "tileloadd tmm5, [{a1} + {s}*1]",
@@ -332,117 +409,128 @@ mod amx {
             a1 = inout(reg) a1 => _,
             b0 = inout(reg) b0 => _,
             b1 = inout(reg) b1 => _,
-            n = inout(reg) kbs => _,
+            n = inout(reg) depth => _,
             s = in(reg) 64usize,
             options(nostack, readonly),
         );
-        let row = 128usize; // bytes between rows of acc
         asm!(
             "tilestored [{c0} + {s}*1], tmm0",
             "tilestored [{c1} + {s}*1], tmm1",
             "tilestored [{c2} + {s}*1], tmm2",
             "tilestored [{c3} + {s}*1], tmm3",
-            c0 = in(reg) acc,
-            c1 = in(reg) acc.add(16),
-            c2 = in(reg) acc.add(16 * 32),
-            c3 = in(reg) acc.add(16 * 32 + 16),
+            c0 = in(reg) c0,
+            c1 = in(reg) c1,
+            c2 = in(reg) c2,
+            c3 = in(reg) c3,
             s = in(reg) row,
             options(nostack),
         );
     }
 
-    /// Packs A (m, k) into strips of 16 rows, each kbs tiles of 16×32 bf16: element
-    /// (i, p) at strip i/16, tile p/32, row i%16, column p%32. Padding stays zero.
+    /// Packs rows i0..i0 + 32 of A (m, k) into `out`, two strips of 16 rows, each kbs
+    /// tiles of 16×32 bf16: element (i, p) at strip i/16, tile p/32, row i%16, column
+    /// p%32. Rows past m and columns past k are written as zeros.
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512bf16")]
-    unsafe fn pack_a(out: &mut [u16], a: View<'_>, m: usize, k: usize) {
+    unsafe fn pack_a(out: &mut [u16], a: View<'_>, i0: usize, m: usize, k: usize) {
         let kbs = k.div_ceil(32);
-        let at = |i: usize, p: usize| ((i / 16) * kbs + p / 32) * TILE + (i % 16) * 32 + p % 32;
-        if a.cs == 1 {
-            // Rows contiguous: 32 floats of a row become one tile row.
-            for i in 0..m {
-                let row = a.ptr.offset(i as isize * a.rs);
-                for p in (0..k).step_by(32) {
-                    let v = cvt32(row.add(p), k - p);
-                    _mm512_storeu_si512(out.as_mut_ptr().add(at(i, p)) as *mut _, v);
-                }
-            }
-        } else if a.rs == 1 {
-            // Columns contiguous (a transposed matrix): 16 rows of one column at a time.
-            for p in 0..k {
-                let col = a.ptr.offset(p as isize * a.cs);
-                for i in (0..m).step_by(16) {
-                    let h = cvt16(col.add(i), m - i);
-                    for (r, &v) in h.iter().enumerate().take(m - i) {
-                        out[at(i + r, p)] = v;
+        let o = out.as_mut_ptr();
+        for half in 0..2 {
+            let s0 = i0 + 16 * half; // first row of the strip
+            let strip = o.add(half * kbs * TILE);
+            for t in 0..kbs {
+                let p0 = 32 * t;
+                let tile = strip.add(t * TILE);
+                if a.cs == 1 {
+                    // Rows contiguous: 32 floats of a row become one tile row.
+                    for r in 0..16 {
+                        let v = if s0 + r < m {
+                            cvt32(a.ptr.offset((s0 + r) as isize * a.rs).add(p0), k - p0)
+                        } else {
+                            _mm512_setzero_si512()
+                        };
+                        _mm512_storeu_si512(tile.add(r * 32) as *mut _, v);
                     }
-                }
-            }
-        } else {
-            for i in 0..m {
-                for p in 0..k {
-                    out[at(i, p)] = to_bf16(a.get(i, p));
+                } else if a.rs == 1 {
+                    // Columns contiguous (a transposed matrix): pair q holds, for each of
+                    // the 16 rows, (A[i, p0 + 2q], A[i, p0 + 2q + 1]); the tile's rows are
+                    // the transpose of the pairs.
+                    let rows = m.saturating_sub(s0);
+                    let mut pairs = [_mm512_setzero_si512(); 16];
+                    for (q, v) in pairs.iter_mut().enumerate() {
+                        let p = p0 + 2 * q;
+                        let col = |p: usize| {
+                            if p < k {
+                                load16(a.ptr.offset(p as isize * a.cs).add(s0), rows)
+                            } else {
+                                _mm512_setzero_ps()
+                            }
+                        };
+                        *v = interleave(col(p), col(p + 1));
+                    }
+                    store_transposed(tile, pairs);
+                } else {
+                    for r in 0..16 {
+                        for c in 0..32 {
+                            let (i, p) = (s0 + r, p0 + c);
+                            let x = if i < m && p < k { a.get(i, p) } else { 0.0 };
+                            *tile.add(r * 32 + c) = super::to_bf16(x);
+                        }
+                    }
                 }
             }
         }
     }
 
-    /// Packs columns j0..j0+cols of B (k, n) into strips of 16 columns, each kbs tiles
-    /// whose row r holds (B[2r, j], B[2r+1, j]) for the strip's 16 columns j.
+    /// Packs columns j0..j0 + cols (at most 32 of them; the rest of the pair of strips is
+    /// zeros) of B (k, n) into two strips of 16 columns, each kbs tiles whose row r holds
+    /// (B[2r, j], B[2r + 1, j]) for the strip's 16 columns j: the VNNI layout.
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512bf16")]
     unsafe fn pack_b(out: &mut [u16], b: View<'_>, k: usize, j0: usize, cols: usize) {
         let kbs = k.div_ceil(32);
-        let at = |p: usize, j: usize| {
-            ((j / 16) * kbs + p / 32) * TILE + ((p % 32) / 2) * 32 + (j % 16) * 2 + p % 2
-        };
-        if b.rs == 1 {
-            // Columns contiguous (a weight read as its transpose): the 32 k of a column
-            // are already its 16 pairs, in order.
-            for j in 0..cols {
-                let col = b.ptr.offset((j0 + j) as isize * b.cs);
-                for p in (0..k).step_by(32) {
-                    let mut pairs = [0u32; 16];
-                    let v = cvt32(col.add(p), k - p);
-                    _mm512_storeu_si512(pairs.as_mut_ptr() as *mut _, v);
-                    let base = at(p, j);
-                    for (r, &pair) in pairs.iter().enumerate() {
-                        let o = base + r * 32;
-                        out[o] = pair as u16;
-                        out[o + 1] = (pair >> 16) as u16;
+        let o = out.as_mut_ptr();
+        for half in 0..2 {
+            let s0 = 16 * half; // first column of the strip, from j0
+            let w = cols.saturating_sub(s0).min(16);
+            let strip = o.add(half * kbs * TILE);
+            for t in 0..kbs {
+                let p0 = 32 * t;
+                let tile = strip.add(t * TILE);
+                if b.cs == 1 {
+                    // Rows contiguous: rows 2r and 2r + 1 interleave into tile row r.
+                    for r in 0..16 {
+                        let row = |p: usize| {
+                            if p < k && w > 0 {
+                                load16(b.ptr.offset(p as isize * b.rs).add(j0 + s0), w)
+                            } else {
+                                _mm512_setzero_ps()
+                            }
+                        };
+                        let v = interleave(row(p0 + 2 * r), row(p0 + 2 * r + 1));
+                        _mm512_storeu_si512(tile.add(r * 32) as *mut _, v);
                     }
-                }
-            }
-        } else if b.cs == 1 {
-            // Rows contiguous: rows 2r and 2r+1 interleave into tile row r.
-            let interleave = _mm512_set_epi16(
-                31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8, 23, 7, 22, 6, 21, 5,
-                20, 4, 19, 3, 18, 2, 17, 1, 16, 0,
-            );
-            for p in (0..k).step_by(2) {
-                let r0 = b.ptr.offset(p as isize * b.rs).add(j0);
-                let r1 = b.ptr.offset((p + 1) as isize * b.rs).add(j0);
-                for j in (0..cols).step_by(16) {
-                    let w = cols - j;
-                    let lo = load16(r0.add(j), w);
-                    let hi = if p + 1 < k {
-                        load16(r1.add(j), w)
-                    } else {
-                        _mm512_setzero_ps()
-                    };
-                    let v: __m512i = std::mem::transmute(_mm512_cvtne2ps_pbh(hi, lo));
-                    let v = _mm512_permutexvar_epi16(interleave, v);
-                    let n = w.min(16) as u32;
-                    let mask = if n == 16 {
-                        u32::MAX
-                    } else {
-                        (1u32 << (2 * n)) - 1
-                    };
-                    _mm512_mask_storeu_epi16(out.as_mut_ptr().add(at(p, j)) as *mut _, mask, v);
-                }
-            }
-        } else {
-            for p in 0..k {
-                for j in 0..cols {
-                    out[at(p, j)] = to_bf16(b.get(p, j0 + j));
+                } else if b.rs == 1 {
+                    // Columns contiguous (a weight read as its transpose): the 32 k of a
+                    // column are its 16 pairs in order; the tile's rows are their transpose.
+                    let mut pairs = [_mm512_setzero_si512(); 16];
+                    for (c, v) in pairs.iter_mut().enumerate().take(w) {
+                        let col = b.ptr.offset((j0 + s0 + c) as isize * b.cs).add(p0);
+                        *v = cvt32(col, k - p0);
+                    }
+                    store_transposed(tile, pairs);
+                } else {
+                    for r in 0..16 {
+                        for c in 0..16 {
+                            for h in 0..2 {
+                                let (p, j) = (p0 + 2 * r + h, s0 + c);
+                                let x = if p < k && j < cols {
+                                    b.get(p, j0 + j)
+                                } else {
+                                    0.0
+                                };
+                                *tile.add(r * 32 + 2 * c + h) = super::to_bf16(x);
+                            }
+                        }
+                    }
                 }
             }
         }
@@ -470,10 +558,51 @@ mod amx {
         std::mem::transmute(_mm512_cvtne2ps_pbh(hi, lo))
     }
 
-    /// Up to 16 floats from p as bf16.
+    /// (x[i], y[i]) as bf16 pairs: lane i (32 bits) holds x[i] low, y[i] high.
     #[inline(always)]
-    unsafe fn cvt16(p: *const f32, n: usize) -> [u16; 16] {
-        std::mem::transmute(_mm512_cvtneps_pbh(load16(p, n)))
+    unsafe fn interleave(x: __m512, y: __m512) -> __m512i {
+        let order = _mm512_set_epi16(
+            31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8, 23, 7, 22, 6, 21, 5, 20,
+            4, 19, 3, 18, 2, 17, 1, 16, 0,
+        );
+        let v: __m512i = std::mem::transmute(_mm512_cvtne2ps_pbh(y, x));
+        _mm512_permutexvar_epi16(order, v)
+    }
+
+    /// Stores the 16×16 transpose (of 32-bit lanes) of `v` as 16 rows of 64 bytes.
+    #[inline(always)]
+    unsafe fn store_transposed(out: *mut u16, v: [__m512i; 16]) {
+        // Pairs of rows, then quads, interleaved within each 128-bit lane ...
+        let mut t = [_mm512_setzero_si512(); 16];
+        for i in 0..8 {
+            t[2 * i] = _mm512_unpacklo_epi32(v[2 * i], v[2 * i + 1]);
+            t[2 * i + 1] = _mm512_unpackhi_epi32(v[2 * i], v[2 * i + 1]);
+        }
+        let mut u = [_mm512_setzero_si512(); 16];
+        for g in 0..4 {
+            let (a, b) = (4 * g, 4 * g + 2);
+            u[4 * g] = _mm512_unpacklo_epi64(t[a], t[b]);
+            u[4 * g + 1] = _mm512_unpackhi_epi64(t[a], t[b]);
+            u[4 * g + 2] = _mm512_unpacklo_epi64(t[a + 1], t[b + 1]);
+            u[4 * g + 3] = _mm512_unpackhi_epi64(t[a + 1], t[b + 1]);
+        }
+        // ... then the 128-bit lanes gathered across registers.
+        let mut w = [_mm512_setzero_si512(); 16];
+        for g in 0..2 {
+            for c in 0..4 {
+                let (x, y) = (u[8 * g + c], u[8 * g + 4 + c]);
+                w[8 * g + c] = _mm512_shuffle_i32x4(x, y, 0x88);
+                w[8 * g + 4 + c] = _mm512_shuffle_i32x4(x, y, 0xdd);
+            }
+        }
+        for c in 0..8 {
+            let (x, y) = (w[c], w[8 + c]);
+            _mm512_storeu_si512(out.add(c * 32) as *mut _, _mm512_shuffle_i32x4(x, y, 0x88));
+            _mm512_storeu_si512(
+                out.add((c + 8) * 32) as *mut _,
+                _mm512_shuffle_i32x4(x, y, 0xdd),
+            );
+        }
     }
 }
 
@@ -512,7 +641,16 @@ mod tests {
             eprintln!("no AMX on this CPU: only the reference runs here");
             return;
         }
-        for &(m, n, k) in &[(16, 16, 16), (37, 50, 70), (64, 300, 33), (5 + 32, 17, 129)] {
+        // Past one row block (256) and one k chunk (512), several column blocks, and a
+        // small product after a large one (the reused packing buffers' padding).
+        let sizes = [
+            (16, 16, 16),
+            (37, 50, 70),
+            (270, 40, 530),
+            (64, 300, 33),
+            (5 + 32, 17, 129),
+        ];
+        for &(m, n, k) in &sizes {
             let a = data(m * k * 2, 1);
             let b = data(k * n * 2, 2);
             let lhs_layouts = [
