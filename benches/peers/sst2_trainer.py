@@ -48,6 +48,8 @@ def main():
     ap.add_argument("--steps", type=int, default=100)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=1337)
+    ap.add_argument("--bf16", action="store_true",
+                    help="Trainer's bf16 mixed precision (CPU autocast), the peer of --matmul-precision bf16")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -59,6 +61,7 @@ def main():
         learning_rate=6e-5, adam_beta1=0.9, adam_beta2=0.95, weight_decay=0.1, warmup_steps=60,
         lr_scheduler_type="cosine", max_grad_norm=1.0, logging_steps=20, save_strategy="no",
         eval_strategy="no", report_to=[], use_cpu=True, seed=args.seed, dataloader_num_workers=0,
+        bf16=args.bf16,
     )
     trainer = Trainer(model=model, args=targs, train_dataset=train,
                       data_collator=DataCollatorWithPadding(tok))

@@ -227,22 +227,24 @@ mod amx {
         /// rewritten (padding included), so they never need clearing.
         static PACKED_A: RefCell<Vec<u16>> = const { RefCell::new(Vec::new()) };
         static PACKED_B: RefCell<Vec<u16>> = const { RefCell::new(Vec::new()) };
+        /// The f32 sums of a block: each tile is stored before it is read.
+        static SUMS: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
     }
 
-    fn with_buffer<R>(
-        key: &'static std::thread::LocalKey<RefCell<Vec<u16>>>,
+    fn with_buffer<T: Copy + Default, R>(
+        key: &'static std::thread::LocalKey<RefCell<Vec<T>>>,
         len: usize,
-        f: impl FnOnce(&mut [u16]) -> R,
+        f: impl FnOnce(&mut [T]) -> R,
     ) -> R {
         key.with(|buf| match buf.try_borrow_mut() {
             Ok(mut buf) => {
                 if buf.len() < len {
-                    buf.resize(len, 0);
+                    buf.resize(len, T::default());
                 }
                 f(&mut buf[..len])
             }
             // Busy: this thread stole a product while waiting inside another one.
-            Err(_) => f(&mut vec![0; len]),
+            Err(_) => f(&mut vec![T::default(); len]),
         })
     }
 
@@ -286,16 +288,18 @@ mod amx {
             let run = |j0: usize| {
                 let out = &out; // the whole SendPtr, not its raw field
                 let cols = block.min(n - j0);
+                let sums = (m.div_ceil(32) * 32).min(MC) * BLOCK;
                 with_buffer(&PACKED_B, cols.div_ceil(32) * pair, |b| {
-                    let mut acc = vec![0f32; MC * BLOCK];
-                    // SAFETY: as above; every row written lies inside dst (sizes checked
-                    // by the caller), and the columns j0..j0 + cols are this block's.
-                    unsafe {
-                        for (s, strip) in b.chunks_mut(pair).enumerate() {
-                            pack_b(strip, rhs, k, j0 + s * 32, cols.saturating_sub(s * 32));
+                    with_buffer(&SUMS, sums, |acc| {
+                        // SAFETY: as above; every row written lies inside dst (sizes checked
+                        // by the caller), and the columns j0..j0 + cols are this block's.
+                        unsafe {
+                            for (s, strip) in b.chunks_mut(pair).enumerate() {
+                                pack_b(strip, rhs, k, j0 + s * 32, cols.saturating_sub(s * 32));
+                            }
+                            block_product(a, b, m, cols, kbs, acc, out.0.add(j0), dst_rs, add);
                         }
-                        block_product(a, b, m, cols, kbs, &mut acc, out.0.add(j0), dst_rs, add);
-                    }
+                    })
                 })
             };
             let starts: Vec<usize> = (0..n).step_by(block).collect();
