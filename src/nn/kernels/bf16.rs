@@ -99,19 +99,15 @@ pub fn amx_available() -> bool {
     })
 }
 
-/// f32 → bf16, rounding to nearest even (as `vcvtneps2bf16`); NaN stays a quiet NaN.
+/// f32 → bf16 bits, rounding to nearest even (as `vcvtneps2bf16`); NaN stays NaN.
 #[inline(always)]
 pub fn to_bf16(x: f32) -> u16 {
-    if x.is_nan() {
-        return 0x7fc0;
-    }
-    let b = x.to_bits();
-    ((b + 0x7fff + ((b >> 16) & 1)) >> 16) as u16
+    half::bf16::from_f32(x).to_bits()
 }
 
 #[inline(always)]
 fn from_bf16(h: u16) -> f32 {
-    f32::from_bits((h as u32) << 16)
+    half::bf16::from_bits(h).to_f32()
 }
 
 /// dst (m, n) rows `dst_rs` apart = [dst +] lhs (m, k) · rhs (k, n), operands rounded to
