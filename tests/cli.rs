@@ -274,7 +274,7 @@ fn wrong_task_for_the_model_is_a_clear_error() {
     );
     wick_fails(
         &["embed", "--model", &fx("tiny-gpt2"), "--text", "x"],
-        &["needs a BERT"],
+        &["needs an encoder"],
     );
 }
 

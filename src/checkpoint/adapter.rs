@@ -97,7 +97,7 @@ impl LoraSpec {
 pub fn default_targets(model: &Model) -> Vec<String> {
     let names: &[&str] = match model {
         Model::Gpt2(_) => &["c_attn"],
-        Model::Bert(_) => &["query", "value"],
+        Model::Bert(b) => b.family().lora_targets(),
         Model::Seq2Seq(_) => &["q_proj", "v_proj"],
     };
     names.iter().map(|s| s.to_string()).collect()
@@ -111,19 +111,24 @@ fn targeted(name: &str, targets: &[String]) -> bool {
 }
 
 /// The module's path in the transformers class peft wraps: GPT2LMHeadModel nests the
-/// decoder under `transformer.`, a BERT with heads (BertFor*) under `bert.`; wick names
-/// layers as the checkpoint it loaded did, which may lack the prefix.
+/// decoder under `transformer.`, an encoder with heads (BertFor*, RobertaFor*, ...)
+/// under its family's prefix (`bert.`, `roberta.`, `distilbert.`); wick names layers
+/// as the checkpoint it loaded did, which may lack the prefix.
 fn peft_path(model: &Model, name: &str) -> String {
+    let encoder_prefix;
     let prefix = match model {
         Model::Gpt2(_) if name != "lm_head" && !name.starts_with("lm_head.") => "transformer.",
         Model::Bert(b) if b.has_mlm_head() || b.has_classifier() || b.has_nsp_head() => {
-            let head = ["cls", "classifier"]
+            let head = b
+                .family()
+                .head_modules()
                 .iter()
                 .any(|h| name == *h || name.starts_with(&format!("{h}.")));
+            encoder_prefix = format!("{}.", b.family().prefix());
             if head {
                 ""
             } else {
-                "bert."
+                encoder_prefix.as_str()
             }
         }
         _ => "",
@@ -312,7 +317,7 @@ impl Adapter {
             .filter(|(k, _)| !k.contains(".lora_A.") && !k.contains(".lora_B."))
             .filter_map(|(k, t)| {
                 let name = k.strip_prefix(PEFT_PREFIX)?;
-                let bare = ["transformer.", "bert."]
+                let bare = ["transformer.", "bert.", "roberta.", "distilbert."]
                     .iter()
                     .find_map(|p| name.strip_prefix(p))
                     .filter(|bare| base_has(bare) && !base_has(name));

@@ -7,7 +7,7 @@
 use serde_json::{json, Map, Value};
 
 use crate::models::ModelConfig;
-use crate::tokenizer::Tokenizer;
+use crate::tokenizer::{Special, Tokenizer};
 
 /// tokenizer_config.json for `tok` serving a model of `config`. The class is
 /// `PreTrainedTokenizerFast`, which reads everything else from tokenizer.json; the
@@ -37,16 +37,24 @@ pub fn tokenizer_config(config: &ModelConfig, tok: &Tokenizer) -> Value {
                 ("eos_token", eos),
             ]
         }
-        ModelConfig::Bert(c) => vec![
-            ("unk_token", by_name(&["[UNK]", "<unk>"])),
-            ("sep_token", by_name(&["[SEP]", "</s>"])),
-            (
-                "pad_token",
-                by_id(c.pad_token_id).or(by_name(&["[PAD]", "<pad>"])),
-            ),
-            ("cls_token", by_name(&["[CLS]", "<s>"])),
-            ("mask_token", by_name(&["[MASK]", "<mask>"])),
-        ],
+        ModelConfig::Bert(c) => {
+            let special = |role| tok.special(role).map(|(t, _)| t);
+            let mut v = vec![
+                ("unk_token", by_name(&["[UNK]", "<unk>"])),
+                ("sep_token", special(Special::Sep)),
+                ("pad_token", by_id(c.pad_token_id).or(special(Special::Pad))),
+                ("cls_token", special(Special::Cls)),
+                ("mask_token", special(Special::Mask)),
+            ];
+            // RoBERTa's tokenizer also names <s> and </s> as its bos and eos.
+            if c.family.is_roberta() {
+                v.extend([
+                    ("bos_token", special(Special::Cls)),
+                    ("eos_token", special(Special::Sep)),
+                ]);
+            }
+            v
+        }
         ModelConfig::Seq2Seq(c) => vec![
             ("bos_token", by_id(Some(c.bos_token_id))),
             ("eos_token", by_id(Some(c.eos_token_id))),
@@ -58,6 +66,12 @@ pub fn tokenizer_config(config: &ModelConfig, tok: &Tokenizer) -> Value {
         if let Some(t) = token {
             v.insert(key.into(), t.into());
         }
+    }
+    if tok.is_marian() {
+        // transformers' MarianTokenizer reads source.spm, target.spm and vocab.json,
+        // which the tokenizer copies beside its tokenizer.json.
+        v.insert("tokenizer_class".into(), "MarianTokenizer".into());
+        v.insert("separate_vocabs".into(), false.into());
     }
     Value::Object(v)
 }
@@ -81,12 +95,18 @@ pub fn generation_config(config: &ModelConfig) -> Option<Value> {
             }
             v
         }
-        ModelConfig::Seq2Seq(c) => json!({
-            "bos_token_id": c.bos_token_id,
-            "eos_token_id": c.eos_token_id,
-            "pad_token_id": c.pad_token_id,
-            "decoder_start_token_id": c.bos_token_id,
-        }),
+        ModelConfig::Seq2Seq(c) => {
+            let mut v = json!({
+                "bos_token_id": c.bos_token_id,
+                "eos_token_id": c.eos_token_id,
+                "pad_token_id": c.pad_token_id,
+                "decoder_start_token_id": c.bos_token_id,
+            });
+            if let Some(id) = c.forced_eos_token_id {
+                v["forced_eos_token_id"] = id.into();
+            }
+            v
+        }
         ModelConfig::Bert(_) => return None,
     };
     v["_from_model_config"] = true.into();

@@ -190,9 +190,14 @@ impl WeightSource {
             .chain(quantized.iter().map(|(n, _)| n))
             .map(String::as_str)
             .collect();
+        let loaded_as_task = |n: &str| {
+            BASE_MODEL_PREFIXES
+                .iter()
+                .any(|p| used.contains(format!("{p}{n}").as_str()))
+        };
         let mut unused: Vec<String> = store
             .names()
-            .filter(|n| !used.contains(*n) && !is_buffer(n))
+            .filter(|n| !used.contains(*n) && !loaded_as_task(n) && !is_buffer(n))
             .map(String::from)
             .collect();
         unused.sort();
@@ -218,6 +223,21 @@ impl WeightSource {
                 .iter()
                 .map(|(_, n)| n)
                 .sum::<usize>()
+    }
+
+    /// Where the checkpoint keeps `name`: under that name, or, for an encoder's task
+    /// model built on a bare encoder checkpoint (a classifier on a BertModel), without
+    /// the base-model prefix, as transformers' `from_pretrained` loads it. The tensor
+    /// keeps the prefixed name, so the model saves in the task model's layout.
+    fn stored_name<'a>(&self, name: &'a str) -> Option<&'a str> {
+        let store = self.inner.store.as_ref()?;
+        if store.contains(name) {
+            return Some(name);
+        }
+        BASE_MODEL_PREFIXES
+            .iter()
+            .find_map(|p| name.strip_prefix(p))
+            .filter(|bare| store.contains(bare))
     }
 
     fn may_init(&self, name: &str) -> bool {
@@ -251,6 +271,9 @@ impl WeightSource {
     }
 }
 
+/// The encoders' `base_model_prefix`es (GPT-2 picks its layout from the checkpoint).
+const BASE_MODEL_PREFIXES: [&str; 3] = ["bert.", "roberta.", "distilbert."];
+
 impl SimpleBackend for WeightSource {
     fn get(
         &self,
@@ -280,20 +303,21 @@ impl SimpleBackend for WeightSource {
             }
             return self.record(name, t.to_dtype(dtype)?.to_device(dev)?, false);
         }
-        let in_store = self.inner.store.as_ref().filter(|s| s.contains(name));
+        let stored = self.stored_name(name);
+        let in_store = self.inner.store.as_ref().zip(stored);
         let frozen = self.inner.frozen_base && in_store.is_some();
         let tensor = match in_store {
-            Some(store) => {
-                let found = store.shape(name).unwrap_or_default();
+            Some((store, stored)) => {
+                let found = store.shape(stored).unwrap_or_default();
                 if found != shape.dims() {
                     return Err(candle_core::Error::wrap(WickError::ShapeMismatch {
-                        file: store.file_of(name).to_path_buf(),
-                        name: name.to_string(),
+                        file: store.file_of(stored).to_path_buf(),
+                        name: stored.to_string(),
                         expected: shape.dims().to_vec(),
                         found: found.to_vec(),
                     }));
                 }
-                let t = store.load(name).map_err(candle_core::Error::wrap)?;
+                let t = store.load(stored).map_err(candle_core::Error::wrap)?;
                 t.to_dtype(dtype)?.to_device(dev)?
             }
             None if self.may_init(name) => {
@@ -328,7 +352,6 @@ impl SimpleBackend for WeightSource {
     }
 
     fn contains_tensor(&self, name: &str) -> bool {
-        self.inner.overrides.contains_key(name)
-            || self.inner.store.as_ref().is_some_and(|s| s.contains(name))
+        self.inner.overrides.contains_key(name) || self.stored_name(name).is_some()
     }
 }

@@ -9,7 +9,7 @@ use crate::tasks::fill_mask::fill_mask;
 pub struct Args {
     #[command(flatten)]
     model: ModelArgs,
-    /// Text with one or more [MASK] tokens.
+    /// Text with one or more of the tokenizer's mask tokens ([MASK], <mask>).
     #[arg(long)]
     text: String,
     #[arg(long, default_value_t = 5)]
@@ -29,7 +29,7 @@ pub fn run(args: Args) -> Result<()> {
         args.top_k,
         &args.model.device()?,
     )?;
-    // `predictions` is for the first [MASK]; `per_mask` lists every one.
+    // `predictions` is for the first mask token; `per_mask` lists every one.
     let value = json!({"predictions": per_mask[0], "per_mask": per_mask});
     emit(args.model.json, &value, || {
         per_mask
@@ -40,7 +40,7 @@ pub fn run(args: Args) -> Result<()> {
                     .iter()
                     .map(|p| format!("  {:>7.4}  {} ({})", p.score, p.token, p.token_id))
                     .collect();
-                format!("[MASK] #{}\n{}", i + 1, lines.join("\n"))
+                format!("mask #{}\n{}", i + 1, lines.join("\n"))
             })
             .collect::<Vec<_>>()
             .join("\n")

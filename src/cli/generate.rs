@@ -223,6 +223,7 @@ fn processors(args: &Args) -> Result<ProcessorConfig> {
         no_repeat_ngram_size: args.no_repeat_ngram_size,
         min_new_tokens: args.min_new_tokens,
         eos_token_ids: vec![],
+        forced_eos: None,
     };
     processors.validate().map_err(anyhow::Error::msg)?;
     if args.beams.num_beams == 0 || args.num_return_sequences == 0 {

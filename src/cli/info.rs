@@ -45,7 +45,9 @@ pub fn run(args: Args) -> Result<()> {
     let value = json!({
         "path": p.dir,
         "model_type": p.config.model_type(),
+        "family": p.model.family(),
         "architecture": p.model.architecture(),
+        "supported": p.model.supported(),
         "layers": layers,
         "hidden_size": hidden,
         "heads": heads,
@@ -60,9 +62,11 @@ pub fn run(args: Args) -> Result<()> {
     });
     emit(args.model.json, &value, || {
         let mut s = format!(
-            "model         {}\narchitecture  {}\nlayers        {}\nhidden size   {hidden}\nheads         {heads}\nffn size      {ffn}\nvocab size    {}\ncontext       {}\nparameters    {} ({:.2}M)\nstored dtype  {}\n",
+            "model         {}\nfamily        {}\narchitecture  {}\nsupported     {}\nlayers        {}\nhidden size   {hidden}\nheads         {heads}\nffn size      {ffn}\nvocab size    {}\ncontext       {}\nparameters    {} ({:.2}M)\nstored dtype  {}\n",
             p.dir.display(),
+            p.model.family(),
             p.model.architecture(),
+            p.model.supported().join(", "),
             layers,
             p.config.vocab_size(),
             p.config.max_positions(),

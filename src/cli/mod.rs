@@ -135,7 +135,7 @@ pub(crate) fn as_bert<'a>(p: &'a Pretrained, cmd: &str) -> Result<&'a Bert> {
     match &p.model {
         Model::Bert(m) => Ok(m),
         other => anyhow::bail!(
-            "`wick {cmd}` needs a BERT model; {} is a {}",
+            "`wick {cmd}` needs an encoder (BERT, RoBERTa, XLM-RoBERTa, DistilBERT); {} is a {}",
             p.dir.display(),
             other.architecture()
         ),

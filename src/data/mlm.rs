@@ -15,7 +15,7 @@ use rand::{rngs::StdRng, Rng, SeedableRng};
 use super::{LmBatches, TokenBuffer};
 use crate::error::{Result, WickError};
 use crate::labels::IGNORE;
-use crate::tokenizer::Tokenizer;
+use crate::tokenizer::{Special, Tokenizer};
 
 /// The masking rule, shared by masked-LM and MLM+NSP batches.
 pub struct Masker {
@@ -26,24 +26,46 @@ pub struct Masker {
     continues: Option<Vec<bool>>,
 }
 
-/// The id of a special token BERT's objectives need.
-pub fn special_id(tok: &Tokenizer, token: &str) -> Result<u32> {
-    tok.token_to_id(token).ok_or_else(|| {
-        WickError::Unsupported(format!("masked LM needs a {token} token in the tokenizer"))
-    })
+/// The id of a special token the masked-LM objectives need.
+pub fn special_id(tok: &Tokenizer, role: Special) -> Result<u32> {
+    tok.special_id(role, "masked LM")
+}
+
+/// Per token id: whether it continues the previous word. WordPiece marks
+/// continuations (`##ing`); byte-level BPE (`Ġ`) and sentencepiece (`▁`) mark word
+/// starts instead, so there a token continues unless it carries the mark or is special.
+fn continuations(tok: &Tokenizer) -> Vec<bool> {
+    let tokens: Vec<Option<String>> = (0..tok.vocab_size() as u32)
+        .map(|i| tok.id_to_token(i))
+        .collect();
+    let any = |f: &dyn Fn(&str) -> bool| tokens.iter().flatten().any(|t| f(t));
+    let starts_word = if any(&|t: &str| t.starts_with("##")) {
+        return tokens
+            .iter()
+            .map(|t| t.as_deref().is_some_and(|t| t.starts_with("##")))
+            .collect();
+    } else if any(&|t: &str| t.starts_with('Ġ')) {
+        'Ġ'
+    } else {
+        '▁'
+    };
+    let special = |t: &str| (t.starts_with('<') && t.ends_with('>')) || t.starts_with('[');
+    tokens
+        .iter()
+        .map(|t| {
+            t.as_deref()
+                .is_some_and(|t| !t.starts_with(starts_word) && !special(t))
+        })
+        .collect()
 }
 
 impl Masker {
     pub fn new(tok: &Tokenizer, whole_word: bool) -> Result<Self> {
         Ok(Self {
-            mask: special_id(tok, "[MASK]")?,
+            mask: special_id(tok, Special::Mask)?,
             vocab: tok.vocab_size() as u32,
             prob: 0.15,
-            continues: whole_word.then(|| {
-                (0..tok.vocab_size() as u32)
-                    .map(|i| tok.id_to_token(i).is_some_and(|t| t.starts_with("##")))
-                    .collect()
-            }),
+            continues: whole_word.then(|| continuations(tok)),
         })
     }
 
@@ -126,8 +148,8 @@ impl MlmBatches {
                 seed,
                 shuffle,
             )?,
-            cls: special_id(tok, "[CLS]")?,
-            sep: special_id(tok, "[SEP]")?,
+            cls: special_id(tok, Special::Cls)?,
+            sep: special_id(tok, Special::Sep)?,
             masker: Masker::new(tok, whole_word)?,
             seed,
         })

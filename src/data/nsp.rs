@@ -22,7 +22,7 @@ use super::order::EpochOrder;
 use super::{pad_batch, Padding};
 use crate::error::{Result, WickError};
 use crate::labels::IGNORE;
-use crate::tokenizer::Tokenizer;
+use crate::tokenizer::{Special, Tokenizer};
 
 /// Label of a pair whose B follows A.
 pub const IS_NEXT: u32 = 0;
@@ -138,8 +138,8 @@ impl NspBatches {
             order: EpochOrder::new(pairs.len(), seed, shuffle),
             pairs,
             masker: Masker::new(tok, whole_word)?,
-            cls: special_id(tok, "[CLS]")?,
-            sep: special_id(tok, "[SEP]")?,
+            cls: special_id(tok, Special::Cls)?,
+            sep: special_id(tok, Special::Sep)?,
             pad: tok.token_to_id("[PAD]").unwrap_or(0),
             batch_size,
             seed,

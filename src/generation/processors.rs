@@ -32,6 +32,9 @@ pub struct ProcessorConfig {
     /// EOS is forbidden until this many tokens have been generated.
     pub min_new_tokens: usize,
     pub eos_token_ids: Vec<u32>,
+    /// transformers' `forced_eos_token_id` (Marian): (n, id) makes the n-th generated
+    /// token `id`, so a row that reaches the length limit still ends with EOS.
+    pub forced_eos: Option<(usize, u32)>,
 }
 
 impl Default for ProcessorConfig {
@@ -48,6 +51,7 @@ impl Default for ProcessorConfig {
             no_repeat_ngram_size: 0,
             min_new_tokens: 0,
             eos_token_ids: vec![],
+            forced_eos: None,
         }
     }
 }
@@ -107,6 +111,14 @@ impl ProcessorConfig {
         }
         if generated.len() < self.min_new_tokens {
             suppress(logits, &self.eos_token_ids);
+        }
+        if let Some((n, id)) = self.forced_eos {
+            // As ForcedEOSTokenLogitsProcessor: every other token -inf, EOS 0 (a beam's
+            // score then gains nothing from the forced step).
+            if generated.len() + 1 == n && (id as usize) < logits.len() {
+                logits.fill(f32::NEG_INFINITY);
+                logits[id as usize] = 0.0;
+            }
         }
         if !self.sampling() {
             return;

@@ -1,7 +1,9 @@
 //! BERT: token + position + token-type embeddings, a stack of post-LN encoder layers,
 //! the [CLS] pooler, and the two task heads transformers defines: the masked-LM head
 //! (`cls.predictions`, decoder tied to the word embeddings) and the sequence
-//! classifier on the pooled [CLS] state.
+//! classifier on the pooled [CLS] state. RoBERTa, XLM-RoBERTa and DistilBERT are the
+//! same encoder with the differences [`EncoderFamily`] names: tensor names, position
+//! numbering, token types, and the heads' layers.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -11,6 +13,7 @@ use candle_nn::{Init, Module, VarBuilder};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
+use super::encoder_family::EncoderFamily;
 use crate::error::WickError;
 use crate::nn::{
     dropout, recompute, residual, Activation, Embedding, FeedForward, LayerNorm, Linear, Mask,
@@ -57,6 +60,12 @@ pub struct BertConfig {
     pub tie_word_embeddings: bool,
     #[serde(default)]
     pub add_cross_attention: bool,
+    /// Which of the BERT-style encoders this is (from `model_type`).
+    #[serde(skip)]
+    pub family: EncoderFamily,
+    /// DistilBERT's `sinusoidal_pos_embds`, written back as read.
+    #[serde(skip)]
+    pub sinusoidal_positions: bool,
     /// transformers' `architectures[0]`: which head the checkpoint is for.
     #[serde(skip)]
     pub architecture: Option<String>,
@@ -95,8 +104,14 @@ mod defaults {
 }
 
 impl BertConfig {
-    pub fn from_json(obj: &Map<String, Value>, path: &Path) -> crate::error::Result<Self> {
+    /// Reads a BERT, RoBERTa or XLM-RoBERTa config.json (the same fields).
+    pub fn from_json(
+        obj: &Map<String, Value>,
+        path: &Path,
+        family: EncoderFamily,
+    ) -> crate::error::Result<Self> {
         let mut cfg: Self = super::strict::parse_strict(obj, path, &[])?;
+        cfg.family = family;
         if cfg.position_embedding_type != "absolute" {
             return Err(WickError::config(
                 path,
@@ -113,7 +128,10 @@ impl BertConfig {
         if cfg.add_cross_attention || is_decoder {
             return Err(WickError::config(
                 path,
-                "BERT as a decoder (is_decoder / add_cross_attention) is not supported",
+                format!(
+                    "{} as a decoder (is_decoder / add_cross_attention) is not supported",
+                    family.name()
+                ),
             ));
         }
         if cfg.num_attention_heads == 0 || !cfg.hidden_size.is_multiple_of(cfg.num_attention_heads)
@@ -123,29 +141,61 @@ impl BertConfig {
                 "hidden_size is not divisible by num_attention_heads",
             ));
         }
-        cfg.architecture = obj
+        if family.positions_after_padding() {
+            let pad = cfg.pad_token_id.unwrap_or(1) as usize;
+            if cfg.max_position_embeddings <= pad + 1 {
+                return Err(WickError::config(
+                    path,
+                    format!(
+                        "max_position_embeddings {} leaves no position after the padding id {pad}",
+                        cfg.max_position_embeddings
+                    ),
+                ));
+            }
+        }
+        cfg.read_task_fields(obj);
+        Ok(cfg)
+    }
+
+    /// The fields every family reads the same way: the head's class, the problem type,
+    /// and `num_labels` alone (no label names) as LABEL_0..LABEL_{n-1}, as transformers.
+    pub(crate) fn read_task_fields(&mut self, obj: &Map<String, Value>) {
+        self.architecture = obj
             .get("architectures")
             .and_then(|a| a.get(0))
             .and_then(|a| a.as_str())
             .map(String::from);
-        cfg.problem_type = obj
+        self.problem_type = obj
             .get("problem_type")
             .and_then(|p| p.as_str())
             .map(String::from);
-        // `num_labels` alone (no label names) means LABEL_0..LABEL_{n-1}, as transformers.
-        if cfg.id2label.is_none() {
+        if self.id2label.is_none() {
             if let Some(n) = obj.get("num_labels").and_then(|n| n.as_u64()) {
-                cfg.set_labels(&(0..n).map(|i| format!("LABEL_{i}")).collect::<Vec<_>>());
+                self.set_labels(&(0..n).map(|i| format!("LABEL_{i}")).collect::<Vec<_>>());
             }
         }
-        Ok(cfg)
+    }
+
+    /// The tokens of the positions the embeddings cover: RoBERTa spends
+    /// `pad_token_id + 1` of them before the first token (514 rows for 512 tokens).
+    pub fn max_tokens(&self) -> usize {
+        if self.family.positions_after_padding() {
+            self.max_position_embeddings - self.roberta_pad() - 1
+        } else {
+            self.max_position_embeddings
+        }
+    }
+
+    /// RoBERTa's padding id, from which its positions are counted.
+    fn roberta_pad(&self) -> usize {
+        self.pad_token_id.unwrap_or(1) as usize
     }
 
     pub fn architectures(&self) -> Vec<String> {
         vec![self
             .architecture
             .clone()
-            .unwrap_or_else(|| "BertModel".into())]
+            .unwrap_or_else(|| self.family.class("Model"))]
     }
 
     /// Whether the classifier scores each label on its own (a sigmoid per label).
@@ -191,14 +241,20 @@ impl BertConfig {
 struct BertEmbeddings {
     word_embeddings: Embedding,
     position_embeddings: Embedding,
-    token_type_embeddings: Embedding,
+    /// Segment embeddings; DistilBERT has none.
+    token_type_embeddings: Option<Embedding>,
     layer_norm: LayerNorm,
     dropout: f64,
+    /// RoBERTa's padding id, positions counted after it; `None`: positions from 0.
+    positions_after: Option<u32>,
+    /// One token type: the ids given are ignored.
+    single_type: bool,
 }
 
 impl BertEmbeddings {
     fn load(cfg: &BertConfig, vb: VarBuilder) -> Result<Self> {
         let h = cfg.hidden_size;
+        let family = cfg.family;
         Ok(Self {
             word_embeddings: Embedding::load(cfg.vocab_size, h, vb.pp("word_embeddings"))?,
             position_embeddings: Embedding::load(
@@ -206,14 +262,46 @@ impl BertEmbeddings {
                 h,
                 vb.pp("position_embeddings"),
             )?,
-            token_type_embeddings: Embedding::load(
-                cfg.type_vocab_size,
-                h,
-                vb.pp("token_type_embeddings"),
-            )?,
+            token_type_embeddings: family
+                .has_token_types()
+                .then(|| Embedding::load(cfg.type_vocab_size, h, vb.pp("token_type_embeddings")))
+                .transpose()?,
+            // RoBERTa's one token type: its tokenizer's pair ids are all zeros.
+            single_type: cfg.type_vocab_size <= 1,
             layer_norm: LayerNorm::load(h, cfg.layer_norm_eps, vb.pp("LayerNorm"))?,
             dropout: cfg.hidden_dropout_prob,
+            positions_after: family
+                .positions_after_padding()
+                .then(|| cfg.roberta_pad() as u32),
         })
+    }
+
+    /// Position ids: (B, T). RoBERTa's, as transformers'
+    /// `create_position_ids_from_input_ids`: padding tokens sit at the padding id, real
+    /// ones count up from the id after it.
+    fn positions(&self, ids: &Tensor) -> Result<Tensor> {
+        let (b, t) = ids.dims2()?;
+        let Some(pad) = self.positions_after else {
+            return crate::nn::position_ids(b, t, 0, ids.device());
+        };
+        let rows = ids.to_vec2::<u32>()?;
+        let pos: Vec<u32> = rows
+            .iter()
+            .flat_map(|row| {
+                let mut seen = 0;
+                row.iter()
+                    .map(move |&id| {
+                        if id == pad {
+                            pad
+                        } else {
+                            seen += 1;
+                            pad + seen
+                        }
+                    })
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        Tensor::from_vec(pos, (b, t), ids.device())
     }
 
     /// ids, token types: (B, T) -> (B, T, H)
@@ -224,14 +312,16 @@ impl BertEmbeddings {
         train: bool,
     ) -> Result<Tensor> {
         let (b, t) = ids.dims2()?;
-        let types = match token_type_ids {
-            Some(tt) => tt.clone(),
-            None => Tensor::zeros((b, t), DType::U32, ids.device())?,
-        };
-        let pos = crate::nn::position_ids(b, t, 0, ids.device())?;
-        let x = (self.word_embeddings.forward(ids)?
-            + self.position_embeddings.forward(&pos)?
-            + self.token_type_embeddings.forward(&types)?)?;
+        let pos = self.positions(ids)?;
+        let mut x =
+            (self.word_embeddings.forward(ids)? + self.position_embeddings.forward(&pos)?)?;
+        if let Some(table) = &self.token_type_embeddings {
+            let types = match token_type_ids {
+                Some(tt) if !self.single_type => tt.clone(),
+                _ => Tensor::zeros((b, t), DType::U32, ids.device())?,
+            };
+            x = (x + table.forward(&types)?)?;
+        }
         dropout(&self.layer_norm.forward(&x)?, self.dropout, train)
     }
 }
@@ -249,33 +339,29 @@ struct BertLayer {
 impl BertLayer {
     fn load(cfg: &BertConfig, vb: VarBuilder) -> Result<Self> {
         let h = cfg.hidden_size;
-        let sa = vb.pp("attention.self");
+        let n = cfg.family.layer_names();
         let attention = MultiHeadAttention::new(
             QkvProjection::Separate {
-                q: Linear::load(h, h, true, sa.pp("query"))?,
-                k: Linear::load(h, h, true, sa.pp("key"))?,
-                v: Linear::load(h, h, true, sa.pp("value"))?,
+                q: Linear::load(h, h, true, vb.pp(n.q))?,
+                k: Linear::load(h, h, true, vb.pp(n.k))?,
+                v: Linear::load(h, h, true, vb.pp(n.v))?,
             },
-            Linear::load(h, h, true, vb.pp("attention.output.dense"))?,
+            Linear::load(h, h, true, vb.pp(n.attn_out))?,
             cfg.num_attention_heads,
             1.0 / ((h / cfg.num_attention_heads) as f64).sqrt(),
             cfg.attention_probs_dropout_prob,
         );
         let ffn = FeedForward::new(
-            Linear::load(h, cfg.intermediate_size, true, vb.pp("intermediate.dense"))?,
-            Linear::load(cfg.intermediate_size, h, true, vb.pp("output.dense"))?,
+            Linear::load(h, cfg.intermediate_size, true, vb.pp(n.ffn_in))?,
+            Linear::load(cfg.intermediate_size, h, true, vb.pp(n.ffn_out))?,
             cfg.hidden_act,
             cfg.hidden_dropout_prob,
         );
         Ok(Self {
             attention,
-            attention_norm: LayerNorm::load(
-                h,
-                cfg.layer_norm_eps,
-                vb.pp("attention.output.LayerNorm"),
-            )?,
+            attention_norm: LayerNorm::load(h, cfg.layer_norm_eps, vb.pp(n.attn_norm))?,
             ffn,
-            output_norm: LayerNorm::load(h, cfg.layer_norm_eps, vb.pp("output.LayerNorm"))?,
+            output_norm: LayerNorm::load(h, cfg.layer_norm_eps, vb.pp(n.out_norm))?,
             dropout: cfg.hidden_dropout_prob,
         })
     }
@@ -313,20 +399,27 @@ struct BertMlmHead {
 impl BertMlmHead {
     fn load(cfg: &BertConfig, word_embeddings: &Tensor, vb: VarBuilder) -> Result<Self> {
         let h = cfg.hidden_size;
-        let t = vb.pp("predictions.transform");
-        let bias = vb
-            .pp("predictions")
-            .get_with_hints(cfg.vocab_size, "bias", Init::Const(0.0))?;
+        let n = cfg.family.mlm_names();
+        let (bias_module, bias_name) = n.bias.rsplit_once('.').unwrap_or(("", n.bias));
+        let bias_vb = if bias_module.is_empty() {
+            vb.clone()
+        } else {
+            vb.pp(bias_module)
+        };
+        let bias = bias_vb.get_with_hints(cfg.vocab_size, bias_name, Init::Const(0.0))?;
         let decoder_weight = if cfg.tie_word_embeddings {
             word_embeddings.clone()
         } else {
-            vb.pp("predictions.decoder")
-                .get((cfg.vocab_size, h), "weight")?
+            vb.pp(n.decoder).get((cfg.vocab_size, h), "weight")?
         };
         Ok(Self {
-            dense: Linear::load(h, h, true, t.pp("dense"))?,
-            activation: cfg.hidden_act,
-            layer_norm: LayerNorm::load(h, cfg.layer_norm_eps, t.pp("LayerNorm"))?,
+            dense: Linear::load(h, h, true, vb.pp(n.dense))?,
+            // RoBERTa's lm_head applies GELU whatever `hidden_act` says.
+            activation: match cfg.family.is_roberta() {
+                true => Activation::Gelu,
+                false => cfg.hidden_act,
+            },
+            layer_norm: LayerNorm::load(h, cfg.layer_norm_eps, vb.pp(n.norm))?,
             decoder: Linear::new(decoder_weight, Some(bias), false),
         })
     }
@@ -338,7 +431,60 @@ impl BertMlmHead {
     }
 }
 
-/// Which parts of BERT to build.
+/// The sequence classifier on the first token's state: BERT's pooler (dense + tanh,
+/// shared with next-sentence prediction), RoBERTa's dense + tanh after a dropout,
+/// DistilBERT's pre_classifier + ReLU; then dropout and the label projection.
+#[derive(Debug, Clone)]
+struct ClassifierHead {
+    /// RoBERTa's own dense + tanh, DistilBERT's pre_classifier + ReLU; BERT: `None`
+    /// (it reads the pooler).
+    pre: Option<(Linear, Activation)>,
+    /// RoBERTa drops out the first token's state before its dense layer as well.
+    dropout_first: bool,
+    out: Linear,
+    dropout: f64,
+}
+
+impl ClassifierHead {
+    fn load(cfg: &BertConfig, vb: &VarBuilder) -> Result<Self> {
+        if cfg.num_labels() == 0 {
+            candle_core::bail!(
+                "a classification head needs labels (id2label or num_labels in config.json)"
+            )
+        }
+        let h = cfg.hidden_size;
+        let n = cfg.family.classifier_names();
+        let pre = match cfg.family {
+            EncoderFamily::Bert => None,
+            EncoderFamily::DistilBert => Some(Activation::Relu),
+            EncoderFamily::Roberta | EncoderFamily::XlmRoberta => Some(Activation::Tanh),
+        };
+        Ok(Self {
+            pre: pre
+                .map(|act| {
+                    Ok::<_, candle_core::Error>((Linear::load(h, h, true, vb.pp(n.pre))?, act))
+                })
+                .transpose()?,
+            dropout_first: cfg.family.is_roberta(),
+            out: Linear::load(h, cfg.num_labels(), true, vb.pp(n.out))?,
+            dropout: cfg.classifier_dropout.unwrap_or(cfg.hidden_dropout_prob),
+        })
+    }
+
+    /// The first token's state, or BERT's pooled one: (B, H) -> (B, num_labels).
+    fn forward(&self, first: &Tensor, train: bool) -> Result<Tensor> {
+        let mut x = first.clone();
+        if let Some((dense, act)) = &self.pre {
+            if self.dropout_first {
+                x = dropout(&x, self.dropout, train)?;
+            }
+            x = act.forward(&dense.forward(&x)?)?;
+        }
+        self.out.forward(&dropout(&x, self.dropout, train)?)
+    }
+}
+
+/// Which parts of the encoder to build.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct BertHeads {
     pub pooler: bool,
@@ -354,10 +500,9 @@ pub struct Bert {
     layers: Vec<BertLayer>,
     pooler: Option<Linear>,
     mlm: Option<BertMlmHead>,
-    classifier: Option<Linear>,
+    classifier: Option<ClassifierHead>,
     /// IsNext / NotNext logits from the pooled [CLS] state.
     nsp: Option<Linear>,
-    classifier_dropout: f64,
     cfg: BertConfig,
     /// Training recomputes each layer in the backward pass ([`crate::nn::recompute`]).
     gradient_checkpointing: bool,
@@ -366,60 +511,68 @@ pub struct Bert {
 impl BertHeads {
     /// The heads a checkpoint holds (and, for a fresh model, its architecture implies).
     pub fn detect(cfg: &BertConfig, vb: &VarBuilder) -> Self {
-        let arch = cfg.architecture.as_deref().unwrap_or("BertModel");
-        let has = |n: &str| vb.contains_tensor(n) || vb.contains_tensor(&format!("bert.{n}"));
-        let pretraining = arch == "BertForPreTraining";
+        let family = cfg.family;
+        let arch = cfg
+            .architecture
+            .clone()
+            .unwrap_or_else(|| family.class("Model"));
+        let prefix = family.prefix();
+        let has = |n: &str| vb.contains_tensor(n) || vb.contains_tensor(&format!("{prefix}.{n}"));
+        let pretraining = family == EncoderFamily::Bert && arch == "BertForPreTraining";
+        let classifying = arch == family.class("ForSequenceClassification");
         Self {
             pooler: has("pooler.dense.weight")
-                || arch == "BertForSequenceClassification"
+                || (family.classifier_uses_pooler() && classifying)
                 || pretraining,
-            mlm: vb.contains_tensor("cls.predictions.bias")
-                || arch == "BertForMaskedLM"
+            mlm: vb.contains_tensor(family.mlm_names().bias)
+                || arch == family.class("ForMaskedLM")
                 || pretraining,
-            classifier: vb.contains_tensor("classifier.weight")
-                || arch == "BertForSequenceClassification",
-            nsp: vb.contains_tensor("cls.seq_relationship.weight") || pretraining,
+            classifier: vb.contains_tensor(&format!("{}.weight", family.classifier_names().out))
+                || classifying,
+            nsp: family == EncoderFamily::Bert
+                && (vb.contains_tensor("cls.seq_relationship.weight") || pretraining),
         }
     }
 }
 
 impl Bert {
     pub fn load(cfg: &BertConfig, heads: BertHeads, vb: VarBuilder) -> Result<Self> {
-        // Task models (BertFor*) prefix the encoder with `bert.`; BertModel does not.
-        let prefixed = vb.contains_tensor("bert.embeddings.word_embeddings.weight")
-            || (!vb.contains_tensor("embeddings.word_embeddings.weight")
-                && (heads.mlm || heads.classifier || heads.nsp));
-        let vb_b = if prefixed { vb.pp("bert") } else { vb.clone() };
+        let family = cfg.family;
+        // Task models (BertFor*, RobertaFor*, ...) put the encoder under the family's
+        // prefix, the bare model (BertModel) does not; a task model built on a bare
+        // checkpoint reads it unprefixed and saves it prefixed (checkpoint/source.rs).
+        let prefix = family.prefix();
+        let task = heads.mlm || heads.classifier || heads.nsp;
+        let word = "embeddings.word_embeddings.weight";
+        let prefixed =
+            task || (vb.contains_tensor(&format!("{prefix}.{word}")) && !vb.contains_tensor(word));
+        let vb_b = if prefixed { vb.pp(prefix) } else { vb.clone() };
         let h = cfg.hidden_size;
         let embeddings = BertEmbeddings::load(cfg, vb_b.pp("embeddings"))?;
+        let stack = family.layer_names().stack;
         let layers = (0..cfg.num_hidden_layers)
-            .map(|i| BertLayer::load(cfg, vb_b.pp(format!("encoder.layer.{i}"))))
+            .map(|i| BertLayer::load(cfg, vb_b.pp(format!("{stack}.{i}"))))
             .collect::<Result<Vec<_>>>()?;
+        if heads.pooler && family == EncoderFamily::DistilBert {
+            candle_core::bail!("DistilBERT has no pooler")
+        }
         let pooler = heads
             .pooler
             .then(|| Linear::load(h, h, true, vb_b.pp("pooler.dense")))
             .transpose()?;
         let mlm = heads
             .mlm
-            .then(|| BertMlmHead::load(cfg, embeddings.word_embeddings.weight(), vb.pp("cls")))
+            .then(|| BertMlmHead::load(cfg, embeddings.word_embeddings.weight(), vb.clone()))
             .transpose()?;
-        let classifier = if heads.classifier {
-            if cfg.num_labels() == 0 {
-                candle_core::bail!(
-                    "a classification head needs labels (id2label or num_labels in config.json)"
-                )
-            }
-            Some(Linear::load(
-                h,
-                cfg.num_labels(),
-                true,
-                vb.pp("classifier"),
-            )?)
-        } else {
-            None
-        };
-        if heads.nsp && pooler.is_none() {
-            candle_core::bail!("next-sentence prediction needs the pooler")
+        if heads.classifier && family.classifier_uses_pooler() && pooler.is_none() {
+            candle_core::bail!("BERT's classifier needs the pooler")
+        }
+        let classifier = heads
+            .classifier
+            .then(|| ClassifierHead::load(cfg, &vb))
+            .transpose()?;
+        if heads.nsp && (family != EncoderFamily::Bert || pooler.is_none()) {
+            candle_core::bail!("next-sentence prediction needs BERT's pooler")
         }
         let nsp = heads
             .nsp
@@ -432,7 +585,6 @@ impl Bert {
             mlm,
             classifier,
             nsp,
-            classifier_dropout: cfg.classifier_dropout.unwrap_or(cfg.hidden_dropout_prob),
             cfg: cfg.clone(),
             gradient_checkpointing: false,
         })
@@ -453,13 +605,20 @@ impl Bert {
         if let Some(m) = &mut self.mlm {
             all.extend([&mut m.dense, &mut m.decoder]);
         }
-        all.extend(self.classifier.as_mut());
+        if let Some(c) = &mut self.classifier {
+            all.extend(c.pre.as_mut().map(|(dense, _)| dense));
+            all.push(&mut c.out);
+        }
         all.extend(self.nsp.as_mut());
         all
     }
 
     pub fn config(&self) -> &BertConfig {
         &self.cfg
+    }
+
+    pub fn family(&self) -> EncoderFamily {
+        self.cfg.family
     }
 
     pub fn has_mlm_head(&self) -> bool {
@@ -483,10 +642,10 @@ impl Bert {
         train: bool,
     ) -> Result<Tensor> {
         let (_, t) = ids.dims2()?;
-        if t > self.cfg.max_position_embeddings {
+        if t > self.cfg.max_tokens() {
             return Err(candle_core::Error::wrap(WickError::TooLong {
                 len: t,
-                max: self.cfg.max_position_embeddings,
+                max: self.cfg.max_tokens(),
             }));
         }
         let x = self.embeddings.forward(ids, token_type_ids, train)?; // (B, T, H)
@@ -516,19 +675,25 @@ impl Bert {
 
     /// tanh(W·h_[CLS] + b): (B, T, H) -> (B, H).
     pub fn pooled(&self, hidden: &Tensor) -> Result<Tensor> {
-        let pooler = self
-            .pooler
-            .as_ref()
-            .ok_or_else(|| candle_core::Error::msg("this BERT checkpoint has no pooler"))?;
+        let pooler = self.pooler.as_ref().ok_or_else(|| {
+            candle_core::Error::msg(format!(
+                "this {} checkpoint has no pooler",
+                self.cfg.family.name()
+            ))
+        })?;
         pooler.forward(&hidden.i((.., 0))?)?.tanh()
     }
 
     /// Masked-LM logits: (B, T, H) -> (B, T, V).
     pub fn mlm_logits(&self, hidden: &Tensor) -> Result<Tensor> {
         let head = self.mlm.as_ref().ok_or_else(|| {
-            candle_core::Error::msg(
-                "this BERT checkpoint has no masked-LM head (cls.predictions.*)",
-            )
+            let n = self.cfg.family.mlm_names();
+            candle_core::Error::msg(format!(
+                "this {} checkpoint has no masked-LM head ({}, {})",
+                self.cfg.family.name(),
+                n.dense,
+                n.bias
+            ))
         })?;
         head.forward(hidden)
     }
@@ -545,14 +710,21 @@ impl Bert {
         nsp.forward(&self.pooled(hidden)?)
     }
 
-    /// Classification logits from the pooled [CLS] state: (B, T, H) -> (B, num_labels).
+    /// Classification logits from the first token's state (BERT: the pooled one):
+    /// (B, T, H) -> (B, num_labels).
     pub fn classifier_logits(&self, hidden: &Tensor, train: bool) -> Result<Tensor> {
         let classifier = self.classifier.as_ref().ok_or_else(|| {
-            candle_core::Error::msg(
-                "this BERT checkpoint has no classification head (classifier.*)",
-            )
+            candle_core::Error::msg(format!(
+                "this {} checkpoint has no classification head ({}.*)",
+                self.cfg.family.name(),
+                self.cfg.family.classifier_names().out
+            ))
         })?;
-        let pooled = dropout(&self.pooled(hidden)?, self.classifier_dropout, train)?;
-        classifier.forward(&pooled)
+        let first = if self.cfg.family.classifier_uses_pooler() {
+            self.pooled(hidden)?
+        } else {
+            hidden.i((.., 0))?
+        };
+        classifier.forward(&first, train)
     }
 }

@@ -7,8 +7,9 @@ use std::path::Path;
 use serde_json::Value;
 
 use super::bert::BertConfig;
+use super::encoder_family::EncoderFamily;
 use super::gpt2::Gpt2Config;
-use super::seq2seq::Seq2SeqConfig;
+use super::seq2seq::{Seq2SeqConfig, Seq2SeqFamily};
 use super::strict::parse_strict;
 use crate::error::{Result, WickError};
 
@@ -37,17 +38,24 @@ impl ModelConfig {
             .ok_or_else(|| {
                 WickError::config(
                     path,
-                    "no `model_type` (expected \"gpt2\", \"bert\" or \"wick-seq2seq\")",
+                    "no `model_type` (expected \"gpt2\", \"bert\", \"roberta\", \"xlm-roberta\", \"distilbert\", \"marian\" or \"wick-seq2seq\")",
                 )
             })?;
         match model_type {
             "gpt2" => Ok(Self::Gpt2(Gpt2Config::from_json(obj, path)?)),
-            "bert" => Ok(Self::Bert(BertConfig::from_json(obj, path)?)),
+            "distilbert" => Ok(Self::Bert(super::distilbert_config::read(obj, path)?)),
+            "marian" => Ok(Self::Seq2Seq(super::marian_config::read(obj, path)?)),
             "wick-seq2seq" => Ok(Self::Seq2Seq(parse_strict(obj, path, &[])?)),
-            other => Err(WickError::config(
-                path,
-                format!("model_type `{other}` is not supported (gpt2, bert, wick-seq2seq)"),
-            )),
+            other => match EncoderFamily::from_model_type(other) {
+                Some(family) => Ok(Self::Bert(BertConfig::from_json(obj, path, family)?)),
+                None => Err(WickError::config(
+                    path,
+                    format!(
+                        "model_type `{other}` is not supported (gpt2, bert, roberta, \
+                         xlm-roberta, distilbert, marian, wick-seq2seq)"
+                    ),
+                )),
+            },
         }
     }
 
@@ -59,7 +67,21 @@ impl ModelConfig {
                 "gpt2",
                 vec!["GPT2LMHeadModel".to_string()],
             ),
-            Self::Bert(c) => (serde_json::to_value(c), "bert", c.architectures()),
+            Self::Bert(c) if c.family == EncoderFamily::DistilBert => (
+                Ok(super::distilbert_config::write(c)),
+                c.family.model_type(),
+                c.architectures(),
+            ),
+            Self::Bert(c) => (
+                serde_json::to_value(c),
+                c.family.model_type(),
+                c.architectures(),
+            ),
+            Self::Seq2Seq(c) if c.family == Seq2SeqFamily::Marian => (
+                Ok(super::marian_config::write(c)),
+                "marian",
+                vec!["MarianMTModel".into()],
+            ),
             Self::Seq2Seq(c) => (
                 serde_json::to_value(c),
                 "wick-seq2seq",
@@ -81,8 +103,8 @@ impl ModelConfig {
     pub fn model_type(&self) -> &'static str {
         match self {
             Self::Gpt2(_) => "gpt2",
-            Self::Bert(_) => "bert",
-            Self::Seq2Seq(_) => "wick-seq2seq",
+            Self::Bert(c) => c.family.model_type(),
+            Self::Seq2Seq(c) => c.family.model_type(),
         }
     }
 
@@ -110,7 +132,7 @@ impl ModelConfig {
     pub fn max_positions(&self) -> usize {
         match self {
             Self::Gpt2(c) => c.n_positions,
-            Self::Bert(c) => c.max_position_embeddings,
+            Self::Bert(c) => c.max_tokens(),
             Self::Seq2Seq(c) => c.max_position_embeddings,
         }
     }

@@ -2,14 +2,18 @@
 
 pub mod bert;
 pub mod config;
+mod distilbert_config;
+pub mod encoder_family;
 pub mod gpt2;
+mod marian_config;
 pub mod seq2seq;
 pub(crate) mod strict;
 
 pub use bert::{Bert, BertConfig, BertHeads};
 pub use config::ModelConfig;
+pub use encoder_family::EncoderFamily;
 pub use gpt2::{Gpt2, Gpt2Cache, Gpt2Config};
-pub use seq2seq::{Seq2Seq, Seq2SeqCache, Seq2SeqConfig};
+pub use seq2seq::{Seq2Seq, Seq2SeqCache, Seq2SeqConfig, Seq2SeqFamily};
 
 use candle_core::Result;
 use candle_nn::VarBuilder;
@@ -62,12 +66,63 @@ impl Model {
         }
     }
 
+    /// The checkpoint family, as `wick info` names it.
+    pub fn family(&self) -> &'static str {
+        match self {
+            Model::Gpt2(_) => "GPT-2",
+            Model::Bert(b) => b.family().name(),
+            Model::Seq2Seq(m) => m.config().family.name(),
+        }
+    }
+
+    /// What wick can do with this checkpoint: its commands and training objectives.
+    pub fn supported(&self) -> Vec<&'static str> {
+        match self {
+            Model::Gpt2(_) => vec![
+                "generate",
+                "score",
+                "eval",
+                "serve (completions, chat with a template)",
+                "quantize",
+                "export (GGUF)",
+                "train --objective clm",
+            ],
+            Model::Bert(b) => {
+                let mut s = vec!["embed", "serve (embeddings)"];
+                if b.has_mlm_head() {
+                    s.push("fill-mask");
+                }
+                if b.has_classifier() {
+                    s.extend(["classify", "eval", "serve (classify)"]);
+                }
+                s.extend(["train --objective mlm", "train --objective classify"]);
+                if b.family() == EncoderFamily::Bert {
+                    s.push("train --objective mlm+nsp");
+                }
+                s
+            }
+            Model::Seq2Seq(m) if m.config().is_nat() => vec![
+                "translate",
+                "eval",
+                "serve (translate)",
+                "train --objective nat",
+            ],
+            Model::Seq2Seq(_) => vec![
+                "translate",
+                "eval",
+                "serve (translate)",
+                "train --objective seq2seq",
+            ],
+        }
+    }
+
     /// A short human name for the architecture.
     pub fn architecture(&self) -> String {
         match self {
             Model::Gpt2(_) => "GPT-2 decoder (GPT2LMHeadModel)".into(),
             Model::Bert(b) => {
-                let mut parts = vec!["BERT encoder"];
+                let encoder = format!("{} encoder", b.family().name());
+                let mut parts = vec![encoder.as_str()];
                 if b.has_mlm_head() {
                     parts.push("masked-LM head");
                 }

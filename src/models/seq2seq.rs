@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::WickError;
 use crate::nn::{
     dropout, recompute, residual, Activation, Embedding, FeedForward, KvCache, LayerNorm, Linear,
-    Mask, MultiHeadAttention, NormPlacement, QkvProjection, SinusoidalPositions,
+    Mask, MultiHeadAttention, NormPlacement, QkvProjection, SinusoidLayout, SinusoidalPositions,
 };
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -63,6 +63,43 @@ pub struct Seq2SeqConfig {
     /// Non-autoregressive: the placeholder the decoder reads at positions to predict.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mask_token_id: Option<u32>,
+    /// wick's own encoder-decoder or a Marian checkpoint (`model_type`).
+    #[serde(skip)]
+    pub family: Seq2SeqFamily,
+    /// Marian's `forced_eos_token_id`: the token generation must end with at its length
+    /// limit.
+    #[serde(skip)]
+    pub forced_eos_token_id: Option<u32>,
+    /// Marian's dropout after the feed-forward activation, written back as read.
+    #[serde(skip)]
+    pub activation_dropout: f64,
+}
+
+/// The encoder-decoders that share this model definition.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Seq2SeqFamily {
+    /// `wick-seq2seq`: wick's own (sinusoids interleaved as in the paper, no prefix).
+    #[default]
+    Wick,
+    /// `marian`: the `model.` prefix, sinusoids in two halves (sin, then cos),
+    /// `final_logits_bias` on the output.
+    Marian,
+}
+
+impl Seq2SeqFamily {
+    pub fn model_type(self) -> &'static str {
+        match self {
+            Self::Wick => "wick-seq2seq",
+            Self::Marian => "marian",
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Wick => "wick encoder-decoder",
+            Self::Marian => "Marian",
+        }
+    }
 }
 
 impl Seq2SeqConfig {
@@ -261,6 +298,9 @@ impl DecoderLayer {
 #[derive(Debug, Clone)]
 pub struct Seq2Seq {
     shared: Embedding,
+    /// Marian's `final_logits_bias` (1, V), added to the output logits; a buffer in
+    /// transformers, so it is not trained.
+    final_logits_bias: Option<Tensor>,
     /// The source side's own embedding, when its vocabulary is separate.
     src_embed: Option<Embedding>,
     positions: SinusoidalPositions,
@@ -299,8 +339,24 @@ impl Seq2Seq {
                 )
             }
         }
+        // Marian nests the model under `model.`, beside the bias of its output.
+        let (vb, final_logits_bias) = match cfg.family {
+            Seq2SeqFamily::Wick => (vb, None),
+            Seq2SeqFamily::Marian => {
+                let bias = match vb.contains_tensor("final_logits_bias") {
+                    true => vb.get((1, cfg.vocab_size), "final_logits_bias")?.detach(),
+                    false => Tensor::zeros((1, cfg.vocab_size), vb.dtype(), vb.device())?,
+                };
+                (vb.pp("model"), Some(bias))
+            }
+        };
+        let layout = match cfg.family {
+            Seq2SeqFamily::Wick => SinusoidLayout::Interleaved,
+            Seq2SeqFamily::Marian => SinusoidLayout::Halves,
+        };
         Ok(Self {
             shared: Embedding::load(cfg.vocab_size, cfg.d_model, vb.pp("shared"))?,
+            final_logits_bias,
             src_embed: cfg
                 .src_vocab_size
                 .map(|v| Embedding::load(v, cfg.d_model, vb.pp("encoder.embed_tokens")))
@@ -308,6 +364,7 @@ impl Seq2Seq {
             positions: SinusoidalPositions::new(
                 cfg.max_position_embeddings,
                 cfg.d_model,
+                layout,
                 vb.dtype(),
                 vb.device(),
             )?,
@@ -462,7 +519,11 @@ impl Seq2Seq {
     /// Logits over the target vocabulary of hidden states (.., C): the shared embedding,
     /// transposed.
     pub fn output_logits(&self, hidden: &Tensor) -> Result<Tensor> {
-        Linear::new(self.shared.weight().clone(), None, false).forward(hidden)
+        let logits = Linear::new(self.shared.weight().clone(), None, false).forward(hidden)?;
+        match &self.final_logits_bias {
+            Some(bias) => logits.broadcast_add(bias), // (.., V) + (1, V)
+            None => Ok(logits),
+        }
     }
 
     /// Non-autoregressive: logits over length classes (B, 2·max + 1), target length minus

@@ -14,6 +14,12 @@ pub enum Activation {
     GeluNew,
     #[serde(rename = "relu")]
     Relu,
+    /// x·σ(x), Marian's `swish` (transformers' `silu` is the same function).
+    #[serde(rename = "swish", alias = "silu")]
+    Silu,
+    /// RoBERTa's classification head (not a feed-forward activation in any config).
+    #[serde(rename = "tanh")]
+    Tanh,
 }
 
 impl Activation {
@@ -22,6 +28,8 @@ impl Activation {
             Activation::Gelu => super::kernels::gelu_erf(x),
             Activation::GeluNew => super::kernels::gelu_tanh(x),
             Activation::Relu => x.relu(),
+            Activation::Silu => candle_nn::ops::silu(x),
+            Activation::Tanh => x.tanh(),
         }
     }
 }
@@ -56,7 +64,25 @@ mod tests {
     fn config_names_parse() {
         let a: Activation = serde_json::from_str("\"gelu_pytorch_tanh\"").unwrap();
         assert_eq!(a, Activation::GeluNew);
-        assert!(serde_json::from_str::<Activation>("\"swish\"").is_err());
+        for name in ["\"swish\"", "\"silu\""] {
+            assert_eq!(
+                serde_json::from_str::<Activation>(name).unwrap(),
+                Activation::Silu
+            );
+        }
+        assert!(serde_json::from_str::<Activation>("\"mish\"").is_err());
+        let x = Tensor::new(&[-2.0f32, 0.5, 3.0], &Device::Cpu).unwrap();
+        let got = Activation::Silu
+            .forward(&x)
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
+        for (g, v) in got.iter().zip([-2.0f64, 0.5, 3.0]) {
+            assert!(
+                (*g as f64 - v / (1.0 + (-v).exp())).abs() < 1e-6,
+                "silu({v})"
+            );
+        }
     }
 
     /// Abramowitz–Stegun 7.1.26 is only 1e-7 accurate; integrate numerically instead.

@@ -44,13 +44,39 @@ impl candle_nn::Module for Embedding {
 /// PE(pos, 2i) = sin(pos / 10000^(2i/d)), PE(pos, 2i+1) = cos(pos / 10000^(2i/d)):
 /// sine and cosine interleaved, as in "Attention Is All You Need" §3.5.
 pub fn sinusoidal_table(max_len: usize, dim: usize, device: &Device) -> Result<Tensor> {
+    sinusoidal_table_with(max_len, dim, SinusoidLayout::Interleaved, device)
+}
+
+/// Where the sine and cosine of each frequency go in a position's vector.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SinusoidLayout {
+    /// sin, cos, sin, cos, ... (the paper; wick's own encoder-decoder).
+    Interleaved,
+    /// Every sine first, then every cosine (Marian's `MarianSinusoidalPositionalEmbedding`).
+    Halves,
+}
+
+/// The sinusoid table (max_len, dim) in `layout`: frequency i has angle
+/// pos / 10000^(2i/dim).
+pub fn sinusoidal_table_with(
+    max_len: usize,
+    dim: usize,
+    layout: SinusoidLayout,
+    device: &Device,
+) -> Result<Tensor> {
     let mut table = vec![0f32; max_len * dim];
+    let sines = dim.div_ceil(2);
     for pos in 0..max_len {
-        for i in 0..dim.div_ceil(2) {
+        let row = &mut table[pos * dim..(pos + 1) * dim];
+        for i in 0..sines {
             let angle = pos as f64 / 10000f64.powf((2 * i) as f64 / dim as f64);
-            table[pos * dim + 2 * i] = angle.sin() as f32;
-            if 2 * i + 1 < dim {
-                table[pos * dim + 2 * i + 1] = angle.cos() as f32;
+            let (sin_at, cos_at) = match layout {
+                SinusoidLayout::Interleaved => (2 * i, 2 * i + 1),
+                SinusoidLayout::Halves => (i, sines + i),
+            };
+            row[sin_at] = angle.sin() as f32;
+            if cos_at < dim {
+                row[cos_at] = angle.cos() as f32;
             }
         }
     }
@@ -64,9 +90,15 @@ pub struct SinusoidalPositions {
 }
 
 impl SinusoidalPositions {
-    pub fn new(max_len: usize, dim: usize, dtype: DType, device: &Device) -> Result<Self> {
+    pub fn new(
+        max_len: usize,
+        dim: usize,
+        layout: SinusoidLayout,
+        dtype: DType,
+        device: &Device,
+    ) -> Result<Self> {
         Ok(Self {
-            table: sinusoidal_table(max_len, dim, device)?.to_dtype(dtype)?,
+            table: sinusoidal_table_with(max_len, dim, layout, device)?.to_dtype(dtype)?,
         })
     }
 

@@ -21,7 +21,10 @@ pub mod residual;
 
 pub use activation::Activation;
 pub use attention::{scaled_dot_product_attention, MultiHeadAttention, QkvProjection};
-pub use embedding::{position_ids, sinusoidal_table, Embedding, SinusoidalPositions};
+pub use embedding::{
+    position_ids, sinusoidal_table, sinusoidal_table_with, Embedding, SinusoidLayout,
+    SinusoidalPositions,
+};
 pub use feed_forward::FeedForward;
 pub use kv_cache::KvCache;
 pub use layer_norm::LayerNorm;

@@ -192,6 +192,7 @@ impl Sampling {
             no_repeat_ngram_size: 0,
             min_new_tokens: self.min_tokens.unwrap_or(0),
             eos_token_ids: eos.to_vec(),
+            forced_eos: None,
         })
     }
 

@@ -634,7 +634,7 @@ pub async fn embeddings(State(s): AppRef, body: Result<Bytes, BytesRejection>) -
                 unreachable!("checked to be an encoder")
             };
             let tok = p.tokenizer()?;
-            let max = bert.config().max_position_embeddings;
+            let max = bert.config().max_tokens();
             let tokens: usize = crate::tasks::embed::encode_all(tok, &texts, max)?
                 .iter()
                 .map(Vec::len)

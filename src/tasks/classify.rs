@@ -37,7 +37,7 @@ pub fn classify(
     threshold: &Thresholds,
     device: &Device,
 ) -> Result<Vec<Classification>> {
-    let max_length = max_length.unwrap_or(model.config().max_position_embeddings);
+    let max_length = max_length.unwrap_or(model.config().max_tokens());
     let seqs = encode_all(tok, texts, max_length)?;
     let pad = model.config().pad_token_id.unwrap_or(0);
     let (ids, mask) = pad_batch(&seqs, pad, Padding::Right, device)?;

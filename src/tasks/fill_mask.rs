@@ -1,11 +1,12 @@
-//! Fill-mask: the masked-LM head's most probable tokens at each [MASK].
+//! Fill-mask: the masked-LM head's most probable tokens at each mask token (the
+//! tokenizer's own: `[MASK]`, `<mask>`).
 
 use candle_core::{Device, IndexOp, Tensor, D};
 use serde::Serialize;
 
 use crate::error::{Result, WickError};
 use crate::models::Bert;
-use crate::tokenizer::Tokenizer;
+use crate::tokenizer::{Special, Tokenizer};
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Prediction {
@@ -23,9 +24,9 @@ pub fn fill_mask(
     top_k: usize,
     device: &Device,
 ) -> Result<Vec<Vec<Prediction>>> {
-    let mask_id = tok
-        .token_to_id("[MASK]")
-        .ok_or_else(|| WickError::Unsupported("the tokenizer has no [MASK] token".into()))?;
+    let (mask, mask_id) = tok.special(Special::Mask).ok_or_else(|| {
+        WickError::Unsupported("the tokenizer has no mask token ([MASK] or <mask>)".into())
+    })?;
     let ids = tok.encode(text, true)?;
     let positions: Vec<usize> = ids
         .iter()
@@ -35,17 +36,17 @@ pub fn fill_mask(
         .collect();
     if positions.is_empty() {
         return Err(WickError::Unsupported(format!(
-            "the text has no [MASK] token: {text:?}"
+            "the text has no {mask} token: {text:?}"
         )));
     }
-    let max = model.config().max_position_embeddings;
+    let max = model.config().max_tokens();
     if ids.len() > max {
         return Err(WickError::TooLong {
             len: ids.len(),
             max,
         });
     }
-    let x = Tensor::new(ids.as_slice(), device)?.unsqueeze(0)?;
+    let x = Tensor::new(ids.as_slice(), device)?.unsqueeze(0)?; // (1, T)
     let logits = model
         .mlm_logits(&model.forward(&x, None, None, false)?)?
         .i(0)?; // (T, V)

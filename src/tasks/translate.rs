@@ -105,6 +105,7 @@ fn search_outputs(
     opts.processors.eos_token_ids = vec![c.eos_token_id];
     opts.pad_token_id = c.pad_token_id;
     opts.max_new_tokens = opts.max_new_tokens.min(c.max_position_embeddings - 1);
+    opts.processors.forced_eos = c.forced_eos_token_id.map(|id| (opts.max_new_tokens, id));
     let prompts = vec![vec![c.bos_token_id]; src.dim(0)?];
     let capacity = opts.max_new_tokens + 1;
     Ok(if opts.num_beams > 1 {

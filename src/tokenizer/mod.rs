@@ -2,7 +2,7 @@
 //! one, else GPT-2's `vocab.json` + `merges.txt` or BERT's `vocab.txt`, plus a
 //! character-level tokenizer for training from scratch (saved as a tokenizer.json too).
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 
 use tokenizers::decoders::byte_level::ByteLevel as ByteLevelDecoder;
@@ -20,7 +20,11 @@ use tokenizers::{AddedToken, SplitDelimiterBehavior};
 
 use crate::error::{Result, WickError};
 
+mod sentencepiece;
+mod special;
 mod stream;
+
+pub use special::Special;
 
 #[derive(Clone)]
 pub struct Tokenizer {
@@ -31,6 +35,12 @@ pub struct Tokenizer {
     /// vocabularies (`source_tokenizer.json` beside `tokenizer.json`); this one is then
     /// the target side's.
     source_side: Option<Box<Tokenizer>>,
+    /// The special tokens tokenizer_config.json names.
+    configured: special::Configured,
+    /// The files a Marian tokenizer was read from (source.spm, target.spm, vocab.json,
+    /// ...), copied beside a saved tokenizer.json so that transformers' MarianTokenizer
+    /// opens the folder.
+    marian_files: Vec<PathBuf>,
 }
 
 impl std::fmt::Debug for Tokenizer {
@@ -53,6 +63,15 @@ fn tok_err(path: &Path, e: impl std::fmt::Display) -> WickError {
     }
 }
 
+/// What a Marian repository's tokenizer is read from (the last only with separate
+/// vocabularies), copied beside a saved tokenizer.json.
+pub const MARIAN_FILES: [&str; 4] = [
+    "vocab.json",
+    "source.spm",
+    "target.spm",
+    "target_vocab.json",
+];
+
 /// A separate source-side tokenizer's file name in a checkpoint folder.
 pub const SOURCE_TOKENIZER: &str = "source_tokenizer.json";
 
@@ -66,11 +85,23 @@ impl Tokenizer {
             inner,
             source,
             source_side: None,
+            configured: special::Configured::default(),
+            marian_files: vec![],
         }
     }
 
     /// Loads the tokenizer of a checkpoint folder.
     pub fn from_dir(dir: &Path) -> Result<Self> {
+        let mut tok = Self::from_dir_files(dir)?;
+        tok.configured = special::Configured::read(dir);
+        let marian = MARIAN_FILES.map(|f| dir.join(f));
+        if marian[..3].iter().all(|f| f.is_file()) && !dir.join("merges.txt").is_file() {
+            tok.marian_files = marian.into_iter().filter(|f| f.is_file()).collect();
+        }
+        Ok(tok)
+    }
+
+    fn from_dir_files(dir: &Path) -> Result<Self> {
         let json = dir.join("tokenizer.json");
         if json.is_file() {
             let tok = Self::from_file(&json)?;
@@ -84,6 +115,10 @@ impl Tokenizer {
         let (vocab_json, merges) = (dir.join("vocab.json"), dir.join("merges.txt"));
         if vocab_json.is_file() && merges.is_file() {
             return Self::gpt2_bpe(&vocab_json, &merges);
+        }
+        let (source_spm, target_spm) = (dir.join("source.spm"), dir.join("target.spm"));
+        if vocab_json.is_file() && source_spm.is_file() && target_spm.is_file() {
+            return Self::marian(dir, &vocab_json, &source_spm, &target_spm);
         }
         let vocab_txt = dir.join("vocab.txt");
         if vocab_txt.is_file() {
@@ -99,6 +134,28 @@ impl Tokenizer {
     pub fn from_file(path: &Path) -> Result<Self> {
         let inner = tokenizers::Tokenizer::from_file(path).map_err(|e| tok_err(path, e))?;
         Ok(Self::new(inner, path.to_path_buf()))
+    }
+
+    /// Marian's two sentencepiece models over vocab.json's ids (`target_vocab.json` for
+    /// the target side when the vocabularies are separate): the source side encodes,
+    /// the target side decodes (sentencepiece.rs says what cannot match transformers).
+    pub fn marian(dir: &Path, vocab: &Path, source_spm: &Path, target_spm: &Path) -> Result<Self> {
+        let read_vocab = |path: &Path| -> Result<HashMap<String, u32>> {
+            let text = std::fs::read_to_string(path).map_err(|e| WickError::io(path, e))?;
+            serde_json::from_str(&text)
+                .map_err(|e| tok_err(path, format!("not a token -> id map: {e}")))
+        };
+        let source_vocab = read_vocab(vocab)?;
+        let target_vocab_file = dir.join("target_vocab.json");
+        let target_vocab = match target_vocab_file.is_file() {
+            true => read_vocab(&target_vocab_file)?,
+            false => source_vocab.clone(),
+        };
+        let side = |spm: &Path, vocab: &HashMap<String, u32>| -> Result<Self> {
+            let inner = sentencepiece::SpmModel::read(spm)?.marian_side(vocab, spm)?;
+            Ok(Self::new(inner, spm.to_path_buf()))
+        };
+        Ok(side(target_spm, &target_vocab)?.with_source_side(side(source_spm, &source_vocab)?))
     }
 
     /// GPT-2's byte-level BPE from the original vocab.json + merges.txt.
@@ -262,6 +319,26 @@ impl Tokenizer {
             .map_err(|e: BoxError| tok_err(&self.source, e))
     }
 
+    /// The token playing `role` and its id: the one tokenizer_config.json names, else
+    /// the first of the usual spellings in the vocabulary.
+    pub fn special(&self, role: Special) -> Option<(String, u32)> {
+        let named = self.configured.get(role).into_iter();
+        named
+            .chain(role.spellings().iter().copied())
+            .find_map(|t| Some((t.to_string(), self.token_to_id(t)?)))
+    }
+
+    /// [`Self::special`]'s id, or an error naming what `purpose` needs.
+    pub fn special_id(&self, role: Special, purpose: &str) -> Result<u32> {
+        self.special(role).map(|(_, id)| id).ok_or_else(|| {
+            WickError::Unsupported(format!(
+                "{purpose} needs a {} token in the tokenizer ({})",
+                role.spellings()[0],
+                role.spellings().join(" or ")
+            ))
+        })
+    }
+
     pub fn token_to_id(&self, token: &str) -> Option<u32> {
         self.inner.token_to_id(token)
     }
@@ -276,6 +353,13 @@ impl Tokenizer {
         if let Some(src) = &self.source_side {
             src.save(&path.with_file_name(SOURCE_TOKENIZER))?;
         }
+        for f in &self.marian_files {
+            let to = path.with_file_name(f.file_name().unwrap_or_default());
+            if to != *f {
+                let bytes = std::fs::read(f).map_err(|e| WickError::io(f, e))?;
+                crate::files::atomic_write(&to, &bytes)?;
+            }
+        }
         let json = self.inner.to_string(true).map_err(|e| tok_err(path, e))?;
         crate::files::atomic_write(path, json.as_bytes())
     }
@@ -287,6 +371,11 @@ impl Tokenizer {
     }
 
     /// The tokenizer that encodes a translation's source: the separate one, or this.
+    /// Whether this is a Marian tokenizer read from its sentencepiece files.
+    pub fn is_marian(&self) -> bool {
+        !self.marian_files.is_empty()
+    }
+
     pub fn source_side(&self) -> &Tokenizer {
         self.source_side.as_deref().unwrap_or(self)
     }

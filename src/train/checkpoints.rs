@@ -148,7 +148,9 @@ pub fn publish(checkpoint: &Path, dest: &Path) -> Result<()> {
         adapter::ADAPTER_CONFIG,
         "config.json",
     ];
-    let present = files.into_iter().filter(|f| checkpoint.join(f).is_file());
+    // A Marian tokenizer's sentencepiece files and vocab.json go before tokenizer.json.
+    let files = crate::tokenizer::MARIAN_FILES.into_iter().chain(files);
+    let present = files.filter(|f| checkpoint.join(f).is_file());
     for f in present {
         let src = checkpoint.join(f);
         let bytes = std::fs::read(&src).map_err(|e| WickError::io(&src, e))?;

@@ -19,7 +19,7 @@ use super::schedule::LrSchedule;
 use super::shards::accumulate;
 use crate::checkpoint::{resolve, InitPolicy, TensorStore, WeightSource};
 use crate::error::{Result, WickError};
-use crate::models::{Model, ModelConfig};
+use crate::models::{EncoderFamily, Model, ModelConfig};
 use crate::tokenizer::Tokenizer;
 
 /// What `wick train` was asked to do, before anything is resolved.
@@ -410,11 +410,12 @@ fn weight_source(weights_dir: Option<&Path>, resuming: bool, seed: u64) -> Resul
                 InitPolicy::Never
             } else {
                 // A new task head (and a pooler the checkpoint lacks) starts fresh.
-                InitPolicy::Prefixes(
-                    ["lm_head", "cls.", "classifier.", "pooler.", "bert.pooler."]
-                        .map(String::from)
-                        .to_vec(),
-                )
+                let mut heads = vec!["lm_head".to_string()];
+                for family in EncoderFamily::ALL {
+                    heads.extend(family.head_prefixes().iter().map(|p| p.to_string()));
+                }
+                heads.dedup();
+                InitPolicy::Prefixes(heads)
             };
             WeightSource::new(Some(TensorStore::open_dir(dir)?), init, true).with_seed(seed)
         }

@@ -48,9 +48,9 @@ impl Objective for Classify {
         let labels = label_set(&self.examples, &existing, data, multi)?;
         c.set_labels(&labels);
         c.problem_type = multi.then(|| MULTI_LABEL.to_string());
-        c.architecture = Some("BertForSequenceClassification".into());
+        c.architecture = Some(c.family.class("ForSequenceClassification"));
         Ok(Some(BertHeads {
-            pooler: true,
+            pooler: c.family.classifier_uses_pooler(),
             mlm: false,
             classifier: true,
             nsp: false,

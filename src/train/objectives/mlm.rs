@@ -11,7 +11,7 @@ use crate::data::mlm::MlmBatches;
 use crate::error::Result;
 use crate::models::{Bert, BertHeads, Model, ModelConfig};
 use crate::nn::loss::{cross_entropy, labelled_positions, masked_lm_loss};
-use crate::tokenizer::Tokenizer;
+use crate::tokenizer::{Special, Tokenizer};
 use crate::train::config::TrainConfig;
 
 pub struct Mlm;
@@ -27,7 +27,7 @@ impl Objective for Mlm {
         bert_heads(
             config,
             "mlm",
-            "BertForMaskedLM",
+            "ForMaskedLM",
             BertHeads {
                 pooler: false,
                 mlm: true,
@@ -42,7 +42,7 @@ impl Objective for Mlm {
             return Err(does_not_fit("mlm", s.config));
         };
         let cfg = s.cfg;
-        let split = TokenSplit::read(s, s.tokenizer.token_to_id("[SEP]"))?;
+        let split = TokenSplit::read(s, s.tokenizer.special(Special::Sep).map(|(_, id)| id))?;
         let masked = |start, len, seed| {
             MlmBatches::new(
                 split.tokens.clone(),

@@ -12,7 +12,7 @@ use super::{bert_heads, does_not_fit, Built, Eval, Objective, Setup, Task};
 use crate::data::nsp::{draw_pairs, split_sentences, NspBatch, NspBatches, IS_NEXT};
 use crate::data::read_documents;
 use crate::error::{Result, WickError};
-use crate::models::{Bert, BertHeads, Model, ModelConfig};
+use crate::models::{Bert, BertHeads, EncoderFamily, Model, ModelConfig};
 use crate::nn::loss::cross_entropy;
 use crate::tokenizer::Tokenizer;
 use crate::train::config::TrainConfig;
@@ -27,10 +27,14 @@ impl Objective for MlmNsp {
         _data: &Path,
         _tokenizer: &Tokenizer,
     ) -> Result<Option<BertHeads>> {
+        if matches!(config, ModelConfig::Bert(c) if c.family != EncoderFamily::Bert) {
+            // RoBERTa dropped next-sentence prediction; DistilBERT has no pooler for it.
+            return Err(does_not_fit("mlm+nsp", config));
+        }
         bert_heads(
             config,
             "mlm+nsp",
-            "BertForPreTraining",
+            "ForPreTraining",
             BertHeads {
                 pooler: true,
                 mlm: true,

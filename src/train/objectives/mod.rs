@@ -136,23 +136,24 @@ impl Eval {
 /// The error for an objective that does not fit the model's family.
 fn does_not_fit(name: &str, config: &ModelConfig) -> WickError {
     WickError::Unsupported(format!(
-        "--objective {name} does not fit a {} model (clm: gpt2; mlm, mlm+nsp, classify: bert; seq2seq, nat: wick-seq2seq)",
+        "--objective {name} does not fit a {} model (clm: gpt2; mlm, classify: bert, roberta, xlm-roberta, distilbert; mlm+nsp: bert; seq2seq, nat: wick-seq2seq)",
         config.model_type()
     ))
 }
 
-/// The `prepare` of a BERT objective that only names its heads: the model must be BERT,
-/// and it is saved as `architecture` (a transformers class name).
+/// The `prepare` of an encoder objective that only names its heads: the model must be
+/// a BERT-style encoder, and it is saved as the family's class for `head`
+/// ("ForMaskedLM": `RobertaForMaskedLM`, ...).
 fn bert_heads(
     config: &mut ModelConfig,
     name: &str,
-    architecture: &str,
+    head: &str,
     heads: BertHeads,
 ) -> Result<Option<BertHeads>> {
     let ModelConfig::Bert(c) = config else {
         return Err(does_not_fit(name, config));
     };
-    c.architecture = Some(architecture.into());
+    c.architecture = Some(c.family.class(head));
     Ok(Some(heads))
 }
 

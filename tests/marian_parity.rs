@@ -1,0 +1,218 @@
+//! Marian against transformers (tests/fixtures/make_fixtures.py, `make_marian`): a tiny
+//! random MarianMTModel in the opus-mt layout, whose folder has source.spm, target.spm
+//! and vocab.json and no tokenizer.json. wick reads the sentencepiece models itself;
+//! its ids, teacher-forced logits on a padded batch, and greedy and beam-4 generate()
+//! ids, batched and one by one, are held to transformers'.
+
+mod common;
+
+use candle_core::{Device, IndexOp, Tensor};
+use common::*;
+use serde_json::Value;
+use wick::checkpoint::{load, LoadOptions, Model};
+use wick::generation::GenerateOptions;
+use wick::models::{Seq2Seq, Seq2SeqFamily};
+use wick::tasks::translate::{translate, Decoding};
+use wick::tokenizer::Tokenizer;
+
+fn marian() -> (Seq2Seq, Tokenizer) {
+    let p = load(
+        fixture("tiny-marian").to_str().unwrap(),
+        &LoadOptions::default(),
+    )
+    .unwrap();
+    assert!(
+        p.weights.unused().is_empty(),
+        "unused {:?}",
+        p.weights.unused()
+    );
+    let tok = p.tokenizer().unwrap().clone();
+    match p.model {
+        Model::Seq2Seq(m) => (m, tok),
+        other => panic!("expected Marian, got {}", other.architecture()),
+    }
+}
+
+fn exp() -> Value {
+    expected("marian.json")
+}
+
+fn sources(e: &Value) -> Vec<String> {
+    e["sources"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s.as_str().unwrap().to_string())
+        .collect()
+}
+
+fn rows(v: &Value) -> Vec<Vec<u32>> {
+    v.as_array().unwrap().iter().map(ids).collect()
+}
+
+#[test]
+fn config_and_sentencepiece_tokenizers_match() {
+    let e = exp();
+    let (m, tok) = marian();
+    let c = m.config();
+    assert_eq!(c.family, Seq2SeqFamily::Marian);
+    assert_eq!(
+        (c.pad_token_id, c.eos_token_id, c.bos_token_id),
+        (113, 0, 113)
+    );
+    // Source ids (with </s>) from source.spm mapped onto vocab.json.
+    let masks = rows(&e["attention_mask"]);
+    for (i, (s, want)) in sources(&e).iter().zip(rows(&e["input_ids"])).enumerate() {
+        let len = masks[i].iter().sum::<u32>() as usize;
+        assert_eq!(
+            tok.source_side().encode(s, true).unwrap(),
+            want[..len],
+            "{s:?}"
+        );
+    }
+    // Target ids from target.spm, and their decoding back to text.
+    for ((t, want), text) in sources(&e)
+        .iter()
+        .zip(rows(&e["target_ids"]))
+        .zip(e["target_text"].as_array().unwrap())
+    {
+        assert_eq!(tok.encode(&t.to_lowercase(), true).unwrap(), want, "{t:?}");
+        assert_eq!(tok.decode(&want, true).unwrap(), text.as_str().unwrap());
+    }
+}
+
+#[test]
+fn teacher_forced_logits_match_on_a_padded_batch() {
+    let e = exp();
+    let (m, _) = marian();
+    let dev = Device::Cpu;
+    let t = |k: &str| Tensor::new(rows(&e[k]), &dev).unwrap();
+    let logits = m
+        .forward(
+            &t("input_ids"),
+            Some(&t("attention_mask")),
+            &t("decoder_input_ids"),
+            Some(&t("decoder_attention_mask")),
+            false,
+        )
+        .unwrap();
+    for (b, want) in e["logits"].as_array().unwrap().iter().enumerate() {
+        for (pos, want_t) in floats2(want).iter().enumerate() {
+            let got = logits.i((b, pos)).unwrap().to_vec1::<f32>().unwrap();
+            assert_close(&got, want_t, 1e-4, &format!("logits[{b},{pos}]"));
+        }
+    }
+}
+
+#[test]
+fn greedy_and_beam_generation_match_batched_and_one_by_one() {
+    let e = exp();
+    let (m, tok) = marian();
+    let src = sources(&e);
+    for (beams, key) in [(1, "greedy"), (4, "beam4")] {
+        let opts = GenerateOptions {
+            max_new_tokens: 10,
+            num_beams: beams,
+            ..Default::default()
+        };
+        let decoding = Decoding::Autoregressive(opts);
+        let batched = translate(&m, &tok, &src, &decoding, &Device::Cpu).unwrap();
+        for (i, want) in rows(&e[key]).iter().enumerate() {
+            assert_eq!(&batched[i].token_ids, want, "{key} batched, source {i}");
+            let alone = translate(&m, &tok, &src[i..i + 1], &decoding, &Device::Cpu).unwrap();
+            let want_alone = &rows(&e[format!("{key}_one_by_one")])[i];
+            assert_eq!(&alone[0].token_ids, want_alone, "{key} alone, source {i}");
+        }
+        if beams == 1 {
+            for (t, want) in batched.iter().zip(e["greedy_text"].as_array().unwrap()) {
+                assert_eq!(t.text, want.as_str().unwrap());
+            }
+        }
+    }
+}
+
+/// A seq2seq fine-tune of the Marian fixture saves a Marian checkpoint: its config.json
+/// in Marian's names, the fixture's tensor names, the sentencepiece files and vocab.json
+/// beside tokenizer.json (what transformers' MarianTokenizer opens), and it translates.
+#[test]
+fn fine_tuning_saves_a_marian_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let pairs: String = sources(&exp())
+        .iter()
+        .map(|s| format!("{s}\t{}\n", s.to_lowercase()))
+        .collect::<String>()
+        .repeat(20);
+    let data = dir.path().join("pairs.tsv");
+    std::fs::write(&data, pairs).unwrap();
+    let out = dir.path().join("run");
+    let (code, _, stderr) = wick(&[
+        "train",
+        "--model",
+        fixture("tiny-marian").to_str().unwrap(),
+        "--objective",
+        "seq2seq",
+        "--data",
+        data.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--max-iters",
+        "40",
+        "--batch-size",
+        "6",
+        "--block-size",
+        "32",
+        "--learning-rate",
+        "0.003",
+        "--warmup-iters",
+        "2",
+        "--log-every",
+        "1",
+        "--eval-every",
+        "1000",
+        "--sample-tokens",
+        "0",
+    ]);
+    assert_eq!(code, 0, "{stderr}");
+    let l = losses(&out);
+    assert!(l.last().unwrap().1 < l[0].1 * 0.8, "the loss falls: {l:?}");
+    let cfg: Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("config.json")).unwrap()).unwrap();
+    assert_eq!(cfg["model_type"], "marian");
+    assert_eq!(cfg["architectures"][0], "MarianMTModel");
+    assert_eq!(cfg["decoder_start_token_id"], 113);
+    assert_eq!(cfg["forced_eos_token_id"], 0);
+    let names = |d: &std::path::Path| -> std::collections::BTreeSet<String> {
+        let bytes = std::fs::read(d.join("model.safetensors")).unwrap();
+        let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+        st.names().into_iter().map(String::from).collect()
+    };
+    assert_eq!(names(&out), names(&fixture("tiny-marian")));
+    for f in ["source.spm", "target.spm", "vocab.json"] {
+        assert!(out.join(f).is_file(), "{f} copied beside tokenizer.json");
+    }
+    let tc: Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("tokenizer_config.json")).unwrap())
+            .unwrap();
+    assert_eq!(tc["tokenizer_class"], "MarianTokenizer");
+    let v = wick_json(&[
+        "translate",
+        "--model",
+        out.to_str().unwrap(),
+        "--text",
+        "To be, or not to be",
+        "--json",
+    ]);
+    assert!(v.to_string().contains("text"), "{v}");
+    // For tests/fixtures/check_transformers_loads.py: the run and wick's translation.
+    if let Some(keep) = std::env::var_os("WICK_KEEP_SAVED") {
+        let keep = std::path::Path::new(&keep).join("tiny-marian-ft");
+        std::fs::create_dir_all(&keep).unwrap();
+        for e in std::fs::read_dir(&out).unwrap().flatten() {
+            if e.path().is_file() {
+                std::fs::copy(e.path(), keep.join(e.file_name())).unwrap();
+            }
+        }
+        let outputs = serde_json::json!({"translate": "To be, or not to be", "wick": v});
+        std::fs::write(keep.join("wick_outputs.json"), outputs.to_string()).unwrap();
+    }
+}
