@@ -386,3 +386,105 @@ fn adapters_made_by_peft_compute_peft_outputs() {
         );
     }
 }
+
+/// LoRA on RoBERTa and DistilBERT classifiers: peft's default targets for the family
+/// (`query`/`value`, `q_lin`/`v_lin`), adapter keys under the family's prefix, the new
+/// head in modules_to_save, and the adapter folder classifies as the run learnt
+/// (`make_peft_fixtures.py --check` loads such a folder in peft).
+#[test]
+fn lora_classifiers_on_roberta_and_distilbert_use_the_familys_names() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut rows = String::from("sentence\tlabel\n");
+    for w in [
+        "quick brown fox",
+        "the question",
+        "to be",
+        "a journey",
+        "one step",
+    ] {
+        rows += &format!("the quick {w}\tpositive\nthe lazy {w}\tnegative\n");
+    }
+    let data = dir.path().join("sst.tsv");
+    std::fs::write(&data, rows).unwrap();
+    for (base, targets, lora_key, head) in [
+        (
+            "tiny-roberta",
+            ["query", "value"],
+            "base_model.model.roberta.encoder.layer.0.attention.self.query.lora_A.weight",
+            "base_model.model.classifier.out_proj.weight",
+        ),
+        (
+            "tiny-distilbert-mlm",
+            ["q_lin", "v_lin"],
+            "base_model.model.distilbert.transformer.layer.0.attention.q_lin.lora_A.weight",
+            "base_model.model.pre_classifier.weight",
+        ),
+    ] {
+        let out = dir.path().join(base);
+        let model = fixture(base);
+        let (code, stdout, e) = wick(&[
+            "train",
+            "--model",
+            model.to_str().unwrap(),
+            "--objective",
+            "classify",
+            "--data",
+            data.to_str().unwrap(),
+            "--eval-data",
+            data.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+            "--max-iters",
+            "60",
+            "--batch-size",
+            "6",
+            "--block-size",
+            "16",
+            "--learning-rate",
+            "0.01",
+            "--warmup-iters",
+            "2",
+            "--eval-every",
+            "30",
+            "--log-every",
+            "10",
+            "--lora-r",
+            "4",
+        ]);
+        assert_eq!(code, 0, "{base}: {e}");
+        assert!(stdout.contains("accuracy     100.00%"), "{base}: {stdout}");
+        let cfg: Value = serde_json::from_str(
+            &std::fs::read_to_string(out.join("adapter_config.json")).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(cfg["target_modules"], serde_json::json!(targets), "{base}");
+        let names = safetensors_names(&out.join("adapter_model.safetensors"));
+        for key in [lora_key, head] {
+            assert!(
+                names.contains(&key.to_string()),
+                "{base}: {key} in {names:?}"
+            );
+        }
+        let v = wick_json(&[
+            "classify",
+            "--model",
+            out.to_str().unwrap(),
+            "--text",
+            "the quick to be",
+            "--text",
+            "the lazy to be",
+            "--json",
+        ]);
+        assert_eq!(v["predictions"][0]["label"], "positive", "{base}: {v}");
+        assert_eq!(v["predictions"][1]["label"], "negative", "{base}: {v}");
+        if let Some(keep) = std::env::var_os("WICK_KEEP_SAVED") {
+            let keep = std::path::Path::new(&keep).join(format!("lora-{base}"));
+            std::fs::create_dir_all(&keep).unwrap();
+            for e in std::fs::read_dir(&out).unwrap().flatten() {
+                if e.path().is_file() {
+                    std::fs::copy(e.path(), keep.join(e.file_name())).unwrap();
+                }
+            }
+        }
+    }
+}

@@ -429,9 +429,22 @@ impl AdapterConfig {
 /// The modules of trained heads (`classifier` from `classifier.weight`), by their peft
 /// path, for `modules_to_save`.
 pub fn head_modules(model: &Model, tensor_names: &[String]) -> Vec<String> {
+    // A head of several layers (RoBERTa's `classifier.dense` + `classifier.out_proj`) is
+    // one module to peft, as its task type's default modules_to_save name it.
+    let whole_head = |module: &str| -> Option<String> {
+        let Model::Bert(b) = model else { return None };
+        b.family()
+            .head_modules()
+            .iter()
+            .find(|h| module.starts_with(&format!("{h}.")))
+            .map(|h| h.to_string())
+    };
     let mut modules: Vec<String> = tensor_names
         .iter()
-        .map(|n| peft_path(model, n.rsplit_once('.').map_or(n.as_str(), |(m, _)| m)))
+        .map(|n| {
+            let module = n.rsplit_once('.').map_or(n.as_str(), |(m, _)| m);
+            whole_head(module).unwrap_or_else(|| peft_path(model, module))
+        })
         .collect();
     modules.sort();
     modules.dedup();
