@@ -15,28 +15,13 @@ use serde_json::Value;
 const CORPUS: &str = "To be, or not to be, that is the question.\nWhether 'tis nobler in the mind to suffer\nA journey of a thousand miles begins with one step.\n";
 
 fn tensor_names(dir: &Path) -> BTreeSet<String> {
-    let bytes = std::fs::read(dir.join("model.safetensors")).unwrap();
-    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
-    st.names().into_iter().map(String::from).collect()
+    safetensors_names(&dir.join("model.safetensors"))
+        .into_iter()
+        .collect()
 }
 
 fn config(dir: &Path) -> Value {
     serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).unwrap()).unwrap()
-}
-
-/// Keeps a trained folder, with what wick computed on it (`wick_outputs.json`), for
-/// the Python check when WICK_KEEP_SAVED is set.
-fn keep(out: &Path, name: &str, wick_outputs: Value) {
-    if let Some(keep) = std::env::var_os("WICK_KEEP_SAVED") {
-        let keep = Path::new(&keep).join(name);
-        std::fs::create_dir_all(&keep).unwrap();
-        for e in std::fs::read_dir(out).unwrap().flatten() {
-            if e.path().is_file() {
-                std::fs::copy(e.path(), keep.join(e.file_name())).unwrap();
-            }
-        }
-        std::fs::write(keep.join("wick_outputs.json"), wick_outputs.to_string()).unwrap();
-    }
 }
 
 fn train(model: &str, objective: &str, data: &Path, out: &Path, iters: &str) -> String {
@@ -111,11 +96,8 @@ fn masked_lm_fine_tunes_save_each_familys_masked_lm() {
             v["predictions"].as_array().is_some_and(|p| !p.is_empty()),
             "{v}"
         );
-        keep(
-            &out,
-            fixture_dir,
-            serde_json::json!({"fill_mask": text, "wick": v}),
-        );
+        let outputs = serde_json::json!({"fill_mask": text, "wick": v});
+        keep_saved(&out, fixture_dir, Some(outputs));
     }
 }
 
@@ -185,11 +167,8 @@ fn classification_fine_tunes_add_each_familys_head() {
         assert_eq!(v["predictions"][0]["label"], "positive");
         assert_eq!(v["predictions"][1]["label"], "negative");
         let texts = ["the quick to be", "the lazy one step"];
-        keep(
-            &out,
-            like,
-            serde_json::json!({"classify": texts, "wick": v}),
-        );
+        let outputs = serde_json::json!({"classify": texts, "wick": v});
+        keep_saved(&out, like, Some(outputs));
     }
 }
 

@@ -55,14 +55,6 @@ fn train_lora(data: &Path, out: &Path, extra: &[&str]) -> (i32, String, String) 
     wick(&args)
 }
 
-fn safetensors_names(path: &Path) -> Vec<String> {
-    let bytes = std::fs::read(path).unwrap();
-    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
-    let mut names: Vec<String> = st.names().into_iter().map(String::from).collect();
-    names.sort();
-    names
-}
-
 fn score(args: &[&str]) -> Vec<f32> {
     let mut all = vec!["score", "--text", "To be, or not to be", "--json"];
     all.extend_from_slice(args);
@@ -477,14 +469,6 @@ fn lora_classifiers_on_roberta_and_distilbert_use_the_familys_names() {
         ]);
         assert_eq!(v["predictions"][0]["label"], "positive", "{base}: {v}");
         assert_eq!(v["predictions"][1]["label"], "negative", "{base}: {v}");
-        if let Some(keep) = std::env::var_os("WICK_KEEP_SAVED") {
-            let keep = std::path::Path::new(&keep).join(format!("lora-{base}"));
-            std::fs::create_dir_all(&keep).unwrap();
-            for e in std::fs::read_dir(&out).unwrap().flatten() {
-                if e.path().is_file() {
-                    std::fs::copy(e.path(), keep.join(e.file_name())).unwrap();
-                }
-            }
-        }
+        keep_saved(&out, &format!("lora-{base}"), None);
     }
 }

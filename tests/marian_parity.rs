@@ -181,11 +181,7 @@ fn fine_tuning_saves_a_marian_checkpoint() {
     assert_eq!(cfg["architectures"][0], "MarianMTModel");
     assert_eq!(cfg["decoder_start_token_id"], 113);
     assert_eq!(cfg["forced_eos_token_id"], 0);
-    let names = |d: &std::path::Path| -> std::collections::BTreeSet<String> {
-        let bytes = std::fs::read(d.join("model.safetensors")).unwrap();
-        let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
-        st.names().into_iter().map(String::from).collect()
-    };
+    let names = |d: &std::path::Path| safetensors_names(&d.join("model.safetensors"));
     assert_eq!(names(&out), names(&fixture("tiny-marian")));
     for f in ["source.spm", "target.spm", "vocab.json"] {
         assert!(out.join(f).is_file(), "{f} copied beside tokenizer.json");
@@ -204,15 +200,6 @@ fn fine_tuning_saves_a_marian_checkpoint() {
     ]);
     assert!(v.to_string().contains("text"), "{v}");
     // For tests/fixtures/check_transformers_loads.py: the run and wick's translation.
-    if let Some(keep) = std::env::var_os("WICK_KEEP_SAVED") {
-        let keep = std::path::Path::new(&keep).join("tiny-marian-ft");
-        std::fs::create_dir_all(&keep).unwrap();
-        for e in std::fs::read_dir(&out).unwrap().flatten() {
-            if e.path().is_file() {
-                std::fs::copy(e.path(), keep.join(e.file_name())).unwrap();
-            }
-        }
-        let outputs = serde_json::json!({"translate": "To be, or not to be", "wick": v});
-        std::fs::write(keep.join("wick_outputs.json"), outputs.to_string()).unwrap();
-    }
+    let outputs = serde_json::json!({"translate": "To be, or not to be", "wick": v});
+    keep_saved(&out, "tiny-marian-ft", Some(outputs));
 }

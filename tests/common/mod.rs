@@ -216,3 +216,32 @@ pub fn train_tiny_classifier(
     args.extend_from_slice(extra);
     wick(&args)
 }
+
+/// The tensor names of a safetensors file, sorted.
+pub fn safetensors_names(path: &Path) -> Vec<String> {
+    let bytes = std::fs::read(path).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let mut names: Vec<String> = st.names().into_iter().map(String::from).collect();
+    names.sort();
+    names
+}
+
+/// With WICK_KEEP_SAVED set, copies the files of a folder wick wrote to
+/// `$WICK_KEEP_SAVED/name`, with what wick computed on it as `wick_outputs.json`, for
+/// the Python-side checks (tests/fixtures/check_transformers_loads.py,
+/// make_peft_fixtures.py --check).
+pub fn keep_saved(out: &Path, name: &str, wick_outputs: Option<Value>) {
+    let Some(keep) = std::env::var_os("WICK_KEEP_SAVED") else {
+        return;
+    };
+    let keep = Path::new(&keep).join(name);
+    std::fs::create_dir_all(&keep).unwrap();
+    for e in std::fs::read_dir(out).unwrap().flatten() {
+        if e.path().is_file() {
+            std::fs::copy(e.path(), keep.join(e.file_name())).unwrap();
+        }
+    }
+    if let Some(v) = wick_outputs {
+        std::fs::write(keep.join("wick_outputs.json"), v.to_string()).unwrap();
+    }
+}
