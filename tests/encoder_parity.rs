@@ -235,3 +235,38 @@ fn mean_pooled_embeddings_match() {
         }
     }
 }
+
+/// `wick info` names the family and what wick does with it; a DistilBERT config whose
+/// `dim` does not split into its heads is refused naming the file.
+#[test]
+fn info_names_the_family_and_bad_configs_are_refused() {
+    for (dir, family, task) in [
+        ("tiny-roberta-mlm", "RoBERTa", "fill-mask"),
+        ("tiny-xlm-roberta", "XLM-RoBERTa", "fill-mask"),
+        ("tiny-distilbert-cls", "DistilBERT", "classify"),
+    ] {
+        let v = wick_json(&["info", "--model", fixture(dir).to_str().unwrap(), "--json"]);
+        assert_eq!(v["family"], family, "{dir}");
+        assert!(v["supported"].to_string().contains(task), "{dir}: {v}");
+        assert!(
+            !v["supported"].to_string().contains("mlm+nsp"),
+            "{dir}: {v}"
+        );
+    }
+    let dir = tempfile::tempdir().unwrap();
+    for e in std::fs::read_dir(fixture("tiny-distilbert-mlm"))
+        .unwrap()
+        .flatten()
+    {
+        std::fs::copy(e.path(), dir.path().join(e.file_name())).unwrap();
+    }
+    let cfg_path = dir.path().join("config.json");
+    let mut cfg: Value =
+        serde_json::from_str(&std::fs::read_to_string(&cfg_path).unwrap()).unwrap();
+    cfg["n_heads"] = 5.into();
+    std::fs::write(&cfg_path, cfg.to_string()).unwrap();
+    wick_fails(
+        &["info", "--model", dir.path().to_str().unwrap()],
+        &["config.json", "dim is not divisible by n_heads"],
+    );
+}

@@ -203,3 +203,33 @@ fn fine_tuning_saves_a_marian_checkpoint() {
     let outputs = serde_json::json!({"translate": "To be, or not to be", "wick": v});
     keep_saved(&out, "tiny-marian-ft", Some(outputs));
 }
+
+/// A damaged or missing sentencepiece file is refused naming the file, never a panic.
+#[test]
+fn a_damaged_sentencepiece_model_is_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    for e in std::fs::read_dir(fixture("tiny-marian")).unwrap().flatten() {
+        std::fs::copy(e.path(), dir.path().join(e.file_name())).unwrap();
+    }
+    let spm = dir.path().join("source.spm");
+    let bytes = std::fs::read(&spm).unwrap();
+    std::fs::write(&spm, &bytes[..bytes.len() / 3]).unwrap();
+    let model = dir.path().to_str().unwrap();
+    wick_fails(
+        &["translate", "--model", model, "--text", "To be"],
+        &["source.spm", "not a sentencepiece model"],
+    );
+    std::fs::write(&spm, b"").unwrap();
+    wick_fails(
+        &["translate", "--model", model, "--text", "To be"],
+        &["source.spm"],
+    );
+    let v = wick_json(&[
+        "info",
+        "--model",
+        fixture("tiny-marian").to_str().unwrap(),
+        "--json",
+    ]);
+    assert_eq!(v["family"], "Marian");
+    assert!(v["supported"].to_string().contains("translate"), "{v}");
+}

@@ -71,7 +71,10 @@ pub fn tokenizer_config(config: &ModelConfig, tok: &Tokenizer) -> Value {
         // transformers' MarianTokenizer reads source.spm, target.spm and vocab.json,
         // which the tokenizer copies beside its tokenizer.json.
         v.insert("tokenizer_class".into(), "MarianTokenizer".into());
-        v.insert("separate_vocabs".into(), false.into());
+        v.insert(
+            "separate_vocabs".into(),
+            tok.marian_separate_vocabs().into(),
+        );
     }
     Value::Object(v)
 }

@@ -376,6 +376,13 @@ impl Tokenizer {
         !self.marian_files.is_empty()
     }
 
+    /// A Marian tokenizer with a target vocabulary of its own (`target_vocab.json`).
+    pub fn marian_separate_vocabs(&self) -> bool {
+        self.marian_files
+            .iter()
+            .any(|f| f.ends_with(MARIAN_FILES[3]))
+    }
+
     pub fn source_side(&self) -> &Tokenizer {
         self.source_side.as_deref().unwrap_or(self)
     }
