@@ -191,20 +191,18 @@ impl EncoderFamily {
         self == Self::Bert
     }
 
-    /// Tensor-name prefixes of the task heads, which start fresh when a fine-tune adds
-    /// them to a checkpoint that lacks them.
-    pub fn head_prefixes(self) -> &'static [&'static str] {
-        match self {
-            Self::Bert => &["cls.", "classifier.", "pooler.", "bert.pooler."],
-            Self::Roberta | Self::XlmRoberta => &["lm_head.", "classifier.", "roberta.pooler."],
-            Self::DistilBert => &[
-                "vocab_transform.",
-                "vocab_layer_norm.",
-                "vocab_projector.",
-                "pre_classifier.",
-                "classifier.",
-            ],
+    /// Tensor-name prefixes of the task heads and the pooler, which start fresh when a
+    /// fine-tune adds them to a checkpoint that lacks them.
+    pub fn head_prefixes(self) -> Vec<String> {
+        let mut prefixes: Vec<String> = self
+            .head_modules()
+            .iter()
+            .map(|m| format!("{m}."))
+            .collect();
+        if self != Self::DistilBert {
+            prefixes.extend(["pooler.".to_string(), format!("{}.pooler.", self.prefix())]);
         }
+        prefixes
     }
 
     /// The top-level (unprefixed) module names of the heads: everything else of a task

@@ -94,10 +94,7 @@ impl Tokenizer {
     pub fn from_dir(dir: &Path) -> Result<Self> {
         let mut tok = Self::from_dir_files(dir)?;
         tok.configured = special::Configured::read(dir);
-        let marian = MARIAN_FILES.map(|f| dir.join(f));
-        if marian[..3].iter().all(|f| f.is_file()) && !dir.join("merges.txt").is_file() {
-            tok.marian_files = marian.into_iter().filter(|f| f.is_file()).collect();
-        }
+        tok.marian_files = marian_files(dir).unwrap_or_default();
         Ok(tok)
     }
 
@@ -116,9 +113,8 @@ impl Tokenizer {
         if vocab_json.is_file() && merges.is_file() {
             return Self::gpt2_bpe(&vocab_json, &merges);
         }
-        let (source_spm, target_spm) = (dir.join("source.spm"), dir.join("target.spm"));
-        if vocab_json.is_file() && source_spm.is_file() && target_spm.is_file() {
-            return Self::marian(dir, &vocab_json, &source_spm, &target_spm);
+        if marian_files(dir).is_some() {
+            return Self::marian(dir);
         }
         let vocab_txt = dir.join("vocab.txt");
         if vocab_txt.is_file() {
@@ -126,7 +122,8 @@ impl Tokenizer {
         }
         Err(WickError::MissingFile {
             path: dir.to_path_buf(),
-            what: "no tokenizer: looked for tokenizer.json, vocab.json + merges.txt, vocab.txt"
+            what: "no tokenizer: looked for tokenizer.json, vocab.json + merges.txt, \
+                   vocab.json + source.spm + target.spm, vocab.txt"
                 .into(),
         })
     }
@@ -139,14 +136,14 @@ impl Tokenizer {
     /// Marian's two sentencepiece models over vocab.json's ids (`target_vocab.json` for
     /// the target side when the vocabularies are separate): the source side encodes,
     /// the target side decodes (sentencepiece.rs says what cannot match transformers).
-    pub fn marian(dir: &Path, vocab: &Path, source_spm: &Path, target_spm: &Path) -> Result<Self> {
+    pub fn marian(dir: &Path) -> Result<Self> {
+        let [vocab, source_spm, target_spm, target_vocab_file] = MARIAN_FILES.map(|f| dir.join(f));
         let read_vocab = |path: &Path| -> Result<HashMap<String, u32>> {
             let text = std::fs::read_to_string(path).map_err(|e| WickError::io(path, e))?;
             serde_json::from_str(&text)
                 .map_err(|e| tok_err(path, format!("not a token -> id map: {e}")))
         };
-        let source_vocab = read_vocab(vocab)?;
-        let target_vocab_file = dir.join("target_vocab.json");
+        let source_vocab = read_vocab(&vocab)?;
         let target_vocab = match target_vocab_file.is_file() {
             true => read_vocab(&target_vocab_file)?,
             false => source_vocab.clone(),
@@ -155,7 +152,7 @@ impl Tokenizer {
             let inner = sentencepiece::SpmModel::read(spm)?.marian_side(vocab, spm)?;
             Ok(Self::new(inner, spm.to_path_buf()))
         };
-        Ok(side(target_spm, &target_vocab)?.with_source_side(side(source_spm, &source_vocab)?))
+        Ok(side(&target_spm, &target_vocab)?.with_source_side(side(&source_spm, &source_vocab)?))
     }
 
     /// GPT-2's byte-level BPE from the original vocab.json + merges.txt.
@@ -386,6 +383,15 @@ impl Tokenizer {
     pub fn source_side(&self) -> &Tokenizer {
         self.source_side.as_deref().unwrap_or(self)
     }
+}
+
+/// A Marian repository's tokenizer files in `dir`: vocab.json, source.spm and
+/// target.spm (and target_vocab.json when there is one), or `None` (GPT-2's vocab.json
+/// comes with merges.txt instead).
+fn marian_files(dir: &Path) -> Option<Vec<PathBuf>> {
+    let files = MARIAN_FILES.map(|f| dir.join(f));
+    let complete = files[..3].iter().all(|f| f.is_file()) && !dir.join("merges.txt").is_file();
+    complete.then(|| files.into_iter().filter(|f| f.is_file()).collect())
 }
 
 /// `do_lower_case` from tokenizer_config.json, default true like BertTokenizer.

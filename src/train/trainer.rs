@@ -410,12 +410,11 @@ fn weight_source(weights_dir: Option<&Path>, resuming: bool, seed: u64) -> Resul
                 InitPolicy::Never
             } else {
                 // A new task head (and a pooler the checkpoint lacks) starts fresh.
-                let mut heads = vec!["lm_head".to_string()];
+                let mut heads = std::collections::BTreeSet::from(["lm_head".to_string()]);
                 for family in EncoderFamily::ALL {
-                    heads.extend(family.head_prefixes().iter().map(|p| p.to_string()));
+                    heads.extend(family.head_prefixes());
                 }
-                heads.dedup();
-                InitPolicy::Prefixes(heads)
+                InitPolicy::Prefixes(heads.into_iter().collect())
             };
             WeightSource::new(Some(TensorStore::open_dir(dir)?), init, true).with_seed(seed)
         }
