@@ -1,9 +1,10 @@
 //! Loading a pretrained model: resolve the reference, read config.json, open the
 //! weights, build the variant, load the tokenizer.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device};
+use serde_json::{Map, Value};
 
 use super::adapter::{Adapter, ADAPTER_CONFIG};
 use super::{resolve, TensorStore, WeightSource};
@@ -60,26 +61,64 @@ impl Pretrained {
     /// End-of-sequence ids: generation_config.json's when the folder has one (it
     /// overrides config.json in transformers), else config.json's.
     pub fn eos_token_ids(&self) -> Result<Vec<u32>> {
-        let path = self.dir.join("generation_config.json");
-        if !path.is_file() {
+        let Some((g, path)) = generation_config(&self.dir)? else {
             return Ok(self.config.eos_token_ids());
-        }
-        let text = std::fs::read_to_string(&path).map_err(|e| WickError::io(&path, e))?;
+        };
         #[derive(serde::Deserialize)]
         struct GenerationConfig {
             #[serde(default, with = "crate::models::strict::token_ids")]
             eos_token_id: Vec<u32>,
         }
-        let g: GenerationConfig = serde_json::from_str(&text).map_err(|e| WickError::Config {
-            path: path.clone(),
-            message: e.to_string(),
-        })?;
+        let g: GenerationConfig = serde_json::from_value(Value::Object(g))
+            .map_err(|e| WickError::config(&path, e.to_string()))?;
         Ok(if g.eos_token_id.is_empty() {
             self.config.eos_token_ids()
         } else {
             g.eos_token_id
         })
     }
+}
+
+/// `dir`'s generation_config.json as a JSON object, if it has one.
+fn generation_config(dir: &Path) -> Result<Option<(Map<String, Value>, PathBuf)>> {
+    let path = dir.join("generation_config.json");
+    if !path.is_file() {
+        return Ok(None);
+    }
+    let text = std::fs::read_to_string(&path).map_err(|e| WickError::io(&path, e))?;
+    match serde_json::from_str(&text) {
+        Ok(Value::Object(g)) => Ok(Some((g, path))),
+        Ok(_) => Err(WickError::config(&path, "expected a JSON object")),
+        Err(e) => Err(WickError::config(&path, format!("not valid JSON: {e}"))),
+    }
+}
+
+/// The ids an encoder-decoder's generation starts and is forced with, which
+/// generation_config.json sets over config.json (transformers 5 writes BART's
+/// `forced_bos_token_id` there alone).
+const GENERATION_IDS: [&str; 3] = [
+    "decoder_start_token_id",
+    "forced_bos_token_id",
+    "forced_eos_token_id",
+];
+
+/// `dir`'s config.json, with generation_config.json's [`GENERATION_IDS`] over it; the
+/// path it was read from comes back for errors.
+pub fn read_config_json(dir: &Path) -> Result<(Value, PathBuf)> {
+    let path = dir.join("config.json");
+    let text = std::fs::read_to_string(&path).map_err(|e| WickError::io(&path, e))?;
+    let mut value: Value = serde_json::from_str(&text)
+        .map_err(|e| WickError::config(&path, format!("not valid JSON: {e}")))?;
+    if let (Some(obj), Some((g, _))) = (value.as_object_mut(), generation_config(dir)?) {
+        let encoder_decoder = obj.get("is_encoder_decoder") == Some(&Value::Bool(true))
+            || obj.contains_key("decoder_start_token_id");
+        for key in GENERATION_IDS.iter().filter(|_| encoder_decoder) {
+            if let Some(v) = g.get(*key).filter(|v| v.is_u64()) {
+                obj.insert(key.to_string(), v.clone());
+            }
+        }
+    }
+    Ok((value, path))
 }
 
 /// Loads `model` (a folder or a hub id) for inference. A LoRA adapter folder loads the
@@ -116,7 +155,9 @@ pub fn load(model: &str, opts: &LoadOptions) -> Result<Pretrained> {
             what: "config.json".into(),
         });
     }
-    let mut config = ModelConfig::from_file(&config_path)?;
+    let config_dir = config_path.parent().unwrap_or(&dir).to_path_buf();
+    let (config_json, _) = read_config_json(&config_dir)?;
+    let mut config = ModelConfig::from_value(&config_json, &config_path)?;
     let store = TensorStore::open_dir(&dir)?;
     let heads = adapter
         .as_ref()

@@ -11,7 +11,7 @@ pub mod side_files;
 pub mod source;
 pub mod store;
 
-pub use load::{load, vocab_fits, LoadOptions, Model, Pretrained};
+pub use load::{load, read_config_json, vocab_fits, LoadOptions, Model, Pretrained};
 pub use quantize::{quantize_model, save_quantized, QuantFormat};
 pub use resolve::resolve;
 pub use save::save_pretrained;

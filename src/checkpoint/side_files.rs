@@ -55,12 +55,28 @@ pub fn tokenizer_config(config: &ModelConfig, tok: &Tokenizer) -> Value {
             }
             v
         }
-        ModelConfig::Seq2Seq(c) => vec![
-            ("bos_token", by_id(Some(c.bos_token_id))),
-            ("eos_token", by_id(Some(c.eos_token_id))),
-            ("pad_token", by_id(Some(c.pad_token_id))),
-            ("unk_token", by_name(&["<unk>", "[UNK]"])),
-        ],
+        ModelConfig::Seq2Seq(c) => {
+            // BART's bos is the `<s>` that opens each side (its decoder starts at `</s>`);
+            // its tokenizer also names RoBERTa's cls, sep and mask.
+            let mut v = vec![
+                (
+                    "bos_token",
+                    by_id(Some(c.sequence_start_token_id.unwrap_or(c.bos_token_id))),
+                ),
+                ("eos_token", by_id(Some(c.eos_token_id))),
+                ("pad_token", by_id(Some(c.pad_token_id))),
+                ("unk_token", by_name(&["<unk>", "[UNK]"])),
+            ];
+            if c.sequence_start_token_id.is_some() {
+                let special = |role| tok.special(role).map(|(t, _)| t);
+                v.extend([
+                    ("cls_token", special(Special::Cls)),
+                    ("sep_token", special(Special::Sep)),
+                    ("mask_token", special(Special::Mask)),
+                ]);
+            }
+            v
+        }
     };
     for (key, token) in specials {
         if let Some(t) = token {
@@ -100,13 +116,16 @@ pub fn generation_config(config: &ModelConfig) -> Option<Value> {
         }
         ModelConfig::Seq2Seq(c) => {
             let mut v = json!({
-                "bos_token_id": c.bos_token_id,
+                "bos_token_id": c.sequence_start_token_id.unwrap_or(c.bos_token_id),
                 "eos_token_id": c.eos_token_id,
                 "pad_token_id": c.pad_token_id,
                 "decoder_start_token_id": c.bos_token_id,
             });
             if let Some(id) = c.forced_eos_token_id {
                 v["forced_eos_token_id"] = id.into();
+            }
+            if let Some(id) = c.forced_bos_token_id {
+                v["forced_bos_token_id"] = id.into();
             }
             v
         }

@@ -195,9 +195,11 @@ impl WeightSource {
                 .iter()
                 .any(|p| used.contains(format!("{p}{n}").as_str()))
         };
+        let has_shared = store.contains("model.shared.weight") || store.contains("shared.weight");
         let mut unused: Vec<String> = store
             .names()
             .filter(|n| !used.contains(*n) && !loaded_as_task(n) && !is_buffer(n))
+            .filter(|n| !(has_shared && is_tied_copy(n)))
             .map(String::from)
             .collect();
         unused.sort();
@@ -271,8 +273,20 @@ impl WeightSource {
     }
 }
 
-/// The encoders' `base_model_prefix`es (GPT-2 picks its layout from the checkpoint).
-const BASE_MODEL_PREFIXES: [&str; 3] = ["bert.", "roberta.", "distilbert."];
+/// The task models' `base_model_prefix`es: the encoders', and BART's and Marian's
+/// `model.` (facebook/bart-base is a bare BartModel). GPT-2 picks its layout from the
+/// checkpoint.
+const BASE_MODEL_PREFIXES: [&str; 4] = ["bert.", "roberta.", "distilbert.", "model."];
+
+/// Copies of the shared embedding that encoder-decoder checkpoints may keep beside
+/// `shared.weight` (transformers ties them on load; so does wick, by reading `shared`).
+fn is_tied_copy(name: &str) -> bool {
+    let bare = name.strip_prefix("model.").unwrap_or(name);
+    matches!(
+        bare,
+        "encoder.embed_tokens.weight" | "decoder.embed_tokens.weight" | "lm_head.weight"
+    )
+}
 
 impl SimpleBackend for WeightSource {
     fn get(

@@ -208,13 +208,13 @@ fn eval_translator(args: &Args, p: &Pretrained, model: &crate::models::Seq2Seq) 
     let (loss, length_accuracy) = if c.is_nat() {
         let max = c.nat_max_length.unwrap_or(c.max_position_embeddings);
         let mask = c.mask_token_id.unwrap_or(c.pad_token_id);
-        let encoded = encode_pairs(tok, &pairs, c.eos_token_id, max)?;
+        let encoded = encode_pairs(tok, &pairs, c.framing(), max)?;
         let mut batches = NatBatches::new(encoded, args.batch_size, 0, false, c.pad_token_id, mask);
         let (loss, acc) =
             crate::eval::nat_loss_over(model, &mut batches, &device).with_context(data)?;
         (loss, Some(acc))
     } else {
-        let encoded = encode_pairs(tok, &pairs, c.eos_token_id, c.max_position_embeddings)?;
+        let encoded = encode_pairs(tok, &pairs, c.framing(), c.max_position_embeddings)?;
         let mut batches = PairBatches::new(
             encoded,
             args.batch_size,

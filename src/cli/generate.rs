@@ -224,6 +224,7 @@ fn processors(args: &Args) -> Result<ProcessorConfig> {
         min_new_tokens: args.min_new_tokens,
         eos_token_ids: vec![],
         forced_eos: None,
+        forced_bos: None,
     };
     processors.validate().map_err(anyhow::Error::msg)?;
     if args.beams.num_beams == 0 || args.num_return_sequences == 0 {

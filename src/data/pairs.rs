@@ -8,6 +8,7 @@ use candle_core::{Device, Tensor};
 
 use crate::error::{Result, WickError};
 use crate::labels::IGNORE;
+pub use crate::models::seq2seq::Framing;
 use crate::tokenizer::Tokenizer;
 
 /// Reads the pairs of a TSV file; a line without a tab is an error naming it.
@@ -101,35 +102,31 @@ pub fn label_set_of(text: &str) -> Vec<String> {
     out
 }
 
-/// Encodes text for either side: its tokens cut to `max_len - 1`, then EOS.
-pub fn encode_side(tok: &Tokenizer, text: &str, eos: u32, max_len: usize) -> Result<Vec<u32>> {
-    Ok(cut_with_eos(tok.encode(text, false)?, eos, max_len).0)
-}
-
-/// Token ids cut to `max_len - 1`, then EOS; and the length with EOS they had when they
-/// were cut (None when they fit).
-pub fn cut_with_eos(mut ids: Vec<u32>, eos: u32, max_len: usize) -> (Vec<u32>, Option<usize>) {
-    let full = ids.len() + 1;
-    ids.truncate(max_len.saturating_sub(1));
-    ids.push(eos);
-    let cut = (full > ids.len()).then_some(full);
-    (ids, cut)
+/// Encodes text for either side, framed as the model reads it (`[<s>] ... </s>`) and cut
+/// to `max_len` tokens.
+pub fn encode_side(
+    tok: &Tokenizer,
+    text: &str,
+    framing: Framing,
+    max_len: usize,
+) -> Result<Vec<u32>> {
+    Ok(framing.apply(tok.encode(text, false)?, max_len).0)
 }
 
 /// Every pair encoded: the source with `tok`'s source side, the target with `tok`, each
-/// cut to `max_len` tokens with EOS last. Training and `wick eval` both encode so.
+/// framed and cut to `max_len` tokens. Training and `wick eval` both encode so.
 pub fn encode_pairs(
     tok: &Tokenizer,
     pairs: &[(String, String)],
-    eos: u32,
+    framing: Framing,
     max_len: usize,
 ) -> Result<Vec<EncodedPair>> {
     pairs
         .iter()
         .map(|(src, tgt)| {
             Ok(EncodedPair {
-                src: encode_side(tok.source_side(), src, eos, max_len)?,
-                tgt: encode_side(tok, tgt, eos, max_len)?,
+                src: encode_side(tok.source_side(), src, framing, max_len)?,
+                tgt: encode_side(tok, tgt, framing, max_len)?,
             })
         })
         .collect()
@@ -289,6 +286,23 @@ mod tests {
             x.src_mask.to_vec2::<u32>().unwrap(),
             vec![vec![1, 1, 1], vec![1, 1, 0]]
         );
+    }
+
+    #[test]
+    fn framing_keeps_start_and_eos_when_it_cuts() {
+        let marian = Framing {
+            start: None,
+            eos: 2,
+        };
+        assert_eq!(marian.apply(vec![7, 8, 9], 8), (vec![7, 8, 9, 2], None));
+        assert_eq!(marian.apply(vec![7, 8, 9], 3), (vec![7, 8, 2], Some(4)));
+        let bart = Framing {
+            start: Some(0),
+            eos: 2,
+        };
+        assert_eq!(bart.apply(vec![7, 8, 9], 5), (vec![0, 7, 8, 9, 2], None));
+        assert_eq!(bart.apply(vec![7, 8, 9], 4), (vec![0, 7, 8, 2], Some(5)));
+        assert_eq!(bart.apply(vec![], 4), (vec![0, 2], None));
     }
 
     #[test]

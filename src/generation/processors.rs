@@ -35,6 +35,8 @@ pub struct ProcessorConfig {
     /// transformers' `forced_eos_token_id` (Marian): (n, id) makes the n-th generated
     /// token `id`, so a row that reaches the length limit still ends with EOS.
     pub forced_eos: Option<(usize, u32)>,
+    /// transformers' `forced_bos_token_id` (BART): the first generated token is `id`.
+    pub forced_bos: Option<u32>,
 }
 
 impl Default for ProcessorConfig {
@@ -52,6 +54,7 @@ impl Default for ProcessorConfig {
             min_new_tokens: 0,
             eos_token_ids: vec![],
             forced_eos: None,
+            forced_bos: None,
         }
     }
 }
@@ -112,13 +115,16 @@ impl ProcessorConfig {
         if generated.len() < self.min_new_tokens {
             suppress(logits, &self.eos_token_ids);
         }
-        if let Some((n, id)) = self.forced_eos {
-            // As ForcedEOSTokenLogitsProcessor: every other token -inf, EOS 0 (a beam's
-            // score then gains nothing from the forced step).
-            if generated.len() + 1 == n && (id as usize) < logits.len() {
-                logits.fill(f32::NEG_INFINITY);
-                logits[id as usize] = 0.0;
-            }
+        // As ForcedBOSTokenLogitsProcessor and ForcedEOSTokenLogitsProcessor: every
+        // other token -inf, the forced one 0 (a beam's score gains nothing from it).
+        let forced = match (self.forced_bos, self.forced_eos) {
+            (Some(id), _) if generated.is_empty() => Some(id),
+            (_, Some((n, id))) if generated.len() + 1 == n => Some(id),
+            _ => None,
+        };
+        if let Some(id) = forced.filter(|&id| (id as usize) < logits.len()) {
+            logits.fill(f32::NEG_INFINITY);
+            logits[id as usize] = 0.0;
         }
         if !self.sampling() {
             return;

@@ -38,13 +38,22 @@ impl ModelConfig {
             .ok_or_else(|| {
                 WickError::config(
                     path,
-                    "no `model_type` (expected \"gpt2\", \"bert\", \"roberta\", \"xlm-roberta\", \"distilbert\", \"marian\" or \"wick-seq2seq\")",
+                    "no `model_type` (expected \"gpt2\", \"bert\", \"roberta\", \"xlm-roberta\", \"distilbert\", \"bart\", \"marian\" or \"wick-seq2seq\")",
                 )
             })?;
         match model_type {
             "gpt2" => Ok(Self::Gpt2(Gpt2Config::from_json(obj, path)?)),
             "distilbert" => Ok(Self::Bert(super::distilbert_config::read(obj, path)?)),
-            "marian" => Ok(Self::Seq2Seq(super::marian_config::read(obj, path)?)),
+            "marian" => Ok(Self::Seq2Seq(super::bart_config::read(
+                obj,
+                path,
+                Seq2SeqFamily::Marian,
+            )?)),
+            "bart" => Ok(Self::Seq2Seq(super::bart_config::read(
+                obj,
+                path,
+                Seq2SeqFamily::Bart,
+            )?)),
             "wick-seq2seq" => Ok(Self::Seq2Seq(parse_strict(obj, path, &[])?)),
             other => match EncoderFamily::from_model_type(other) {
                 Some(family) => Ok(Self::Bert(BertConfig::from_json(obj, path, family)?)),
@@ -52,7 +61,7 @@ impl ModelConfig {
                     path,
                     format!(
                         "model_type `{other}` is not supported (gpt2, bert, roberta, \
-                         xlm-roberta, distilbert, marian, wick-seq2seq)"
+                         xlm-roberta, distilbert, bart, marian, wick-seq2seq)"
                     ),
                 )),
             },
@@ -77,10 +86,10 @@ impl ModelConfig {
                 c.family.model_type(),
                 c.architectures(),
             ),
-            Self::Seq2Seq(c) if c.family == Seq2SeqFamily::Marian => (
-                Ok(super::marian_config::write(c)),
-                "marian",
-                vec!["MarianMTModel".into()],
+            Self::Seq2Seq(c) if c.family != Seq2SeqFamily::Wick => (
+                Ok(super::bart_config::write(c)),
+                c.family.model_type(),
+                vec![c.family.architecture().into()],
             ),
             Self::Seq2Seq(c) => (
                 serde_json::to_value(c),

@@ -1,11 +1,11 @@
 //! The three variants of the one model definition.
 
+mod bart_config;
 pub mod bert;
 pub mod config;
 mod distilbert_config;
 pub mod encoder_family;
 pub mod gpt2;
-mod marian_config;
 pub mod seq2seq;
 pub(crate) mod strict;
 
@@ -137,7 +137,10 @@ impl Model {
             Model::Seq2Seq(m) if m.config().is_nat() => {
                 "non-autoregressive encoder-decoder Transformer (Mask-Predict)".into()
             }
-            Model::Seq2Seq(_) => "encoder-decoder Transformer".into(),
+            Model::Seq2Seq(m) => match m.config().family {
+                Seq2SeqFamily::Wick => "encoder-decoder Transformer".into(),
+                f => format!("{} encoder-decoder ({})", f.name(), f.architecture()),
+            },
         }
     }
 }

@@ -5,6 +5,10 @@
 //! with a separate source vocabulary, the source side's own).
 //! Tensor names follow BART/Marian (`shared`, `encoder.layers.N.self_attn.q_proj`, ...).
 //!
+//! Marian is this model under a `model.` prefix with a bias on the output; BART differs
+//! once more, at the embeddings: learned positions per side (row `pos + 2`, fairseq's
+//! offset) and a LayerNorm (`layernorm_embedding`) on token + position before dropout.
+//!
 //! The non-autoregressive variant (Mask-Predict, Ghazvininejad et al. 2019) is the same
 //! model with two differences: the decoder's self-attention has no causal mask (it reads
 //! a whole target of `<mask>` placeholders and fills every position at once), and a
@@ -12,7 +16,7 @@
 //! an offset from the source's length (fairseq's `--pred-length-offset`: a mean forgets
 //! how long the source was, and the offset is what varies little).
 
-use candle_core::{Result, Tensor};
+use candle_core::{Device, Result, Tensor};
 use candle_nn::{Module, VarBuilder};
 use serde::{Deserialize, Serialize};
 
@@ -66,10 +70,17 @@ pub struct Seq2SeqConfig {
     /// wick's own encoder-decoder or a Marian checkpoint (`model_type`).
     #[serde(skip)]
     pub family: Seq2SeqFamily,
-    /// Marian's `forced_eos_token_id`: the token generation must end with at its length
-    /// limit.
+    /// Marian's and BART's `forced_eos_token_id`: the token generation must end with at
+    /// its length limit.
     #[serde(skip)]
     pub forced_eos_token_id: Option<u32>,
+    /// BART's `forced_bos_token_id`: the first token generation must write (`<s>`).
+    #[serde(skip)]
+    pub forced_bos_token_id: Option<u32>,
+    /// BART's `<s>`: each side's ids are `<s> ... </s>`, as its tokenizer frames them
+    /// (Marian and wick: `... </s>`).
+    #[serde(skip)]
+    pub sequence_start_token_id: Option<u32>,
     /// Marian's dropout after the feed-forward activation, written back as read.
     #[serde(skip)]
     pub activation_dropout: f64,
@@ -84,6 +95,8 @@ pub enum Seq2SeqFamily {
     /// `marian`: the `model.` prefix, sinusoids in two halves (sin, then cos),
     /// `final_logits_bias` on the output.
     Marian,
+    /// `bart`: Marian's layout with learned positions and `layernorm_embedding`.
+    Bart,
 }
 
 impl Seq2SeqFamily {
@@ -91,6 +104,7 @@ impl Seq2SeqFamily {
         match self {
             Self::Wick => "wick-seq2seq",
             Self::Marian => "marian",
+            Self::Bart => "bart",
         }
     }
 
@@ -98,7 +112,42 @@ impl Seq2SeqFamily {
         match self {
             Self::Wick => "wick encoder-decoder",
             Self::Marian => "Marian",
+            Self::Bart => "BART",
         }
+    }
+
+    /// The transformers class a saved checkpoint names in `architectures`.
+    pub fn architecture(self) -> &'static str {
+        match self {
+            Self::Wick => "WickSeq2Seq",
+            Self::Marian => "MarianMTModel",
+            Self::Bart => "BartForConditionalGeneration",
+        }
+    }
+}
+
+/// How a side's token ids are framed for the model: `[start] ids EOS`, cut to fit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Framing {
+    pub start: Option<u32>,
+    pub eos: u32,
+}
+
+impl Framing {
+    /// The ids framed and cut to `max_len` (the text's tokens give way, never the
+    /// frame); and the framed length they had when they were cut (None when they fit).
+    pub fn apply(&self, ids: Vec<u32>, max_len: usize) -> (Vec<u32>, Option<usize>) {
+        let frame = 1 + usize::from(self.start.is_some());
+        let full = ids.len() + frame;
+        let keep = max_len.saturating_sub(frame).min(ids.len());
+        let out: Vec<u32> = self
+            .start
+            .into_iter()
+            .chain(ids[..keep].iter().copied())
+            .chain(std::iter::once(self.eos))
+            .collect();
+        let cut = (full > out.len()).then_some(full);
+        (out, cut)
     }
 }
 
@@ -107,6 +156,14 @@ impl Seq2SeqConfig {
     /// writing left to right.
     pub fn is_nat(&self) -> bool {
         self.nat_max_length.is_some()
+    }
+
+    /// How the source and the target are framed.
+    pub fn framing(&self) -> Framing {
+        Framing {
+            start: self.sequence_start_token_id,
+            eos: self.eos_token_id,
+        }
     }
 }
 
@@ -295,15 +352,71 @@ impl DecoderLayer {
     }
 }
 
+/// Position encodings: one fixed table for both sides, or BART's learned table per side.
+#[derive(Debug, Clone)]
+enum Positions {
+    Sinusoidal(SinusoidalPositions),
+    Learned {
+        encoder: Embedding,
+        decoder: Embedding,
+        max_len: usize,
+    },
+}
+
+/// fairseq's learned positions start at row 2 (rows 0 and 1 were for padding).
+const LEARNED_POSITION_OFFSET: usize = 2;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Side {
+    Encoder,
+    Decoder,
+}
+
+impl Positions {
+    fn max_len(&self) -> usize {
+        match self {
+            Self::Sinusoidal(p) => p.max_len(),
+            Self::Learned { max_len, .. } => *max_len,
+        }
+    }
+
+    /// Positions offset..offset + t of `side`, for b rows: (B, T, C).
+    fn forward(
+        &self,
+        side: Side,
+        b: usize,
+        t: usize,
+        offset: usize,
+        dev: &Device,
+    ) -> Result<Tensor> {
+        match self {
+            Self::Sinusoidal(p) => p.forward(&crate::nn::position_ids(b, t, offset, dev)?),
+            Self::Learned {
+                encoder, decoder, ..
+            } => {
+                let table = if side == Side::Encoder {
+                    encoder
+                } else {
+                    decoder
+                };
+                let ids = crate::nn::position_ids(b, t, offset + LEARNED_POSITION_OFFSET, dev)?;
+                table.forward(&ids)
+            }
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct Seq2Seq {
     shared: Embedding,
-    /// Marian's `final_logits_bias` (1, V), added to the output logits; a buffer in
-    /// transformers, so it is not trained.
+    /// Marian's and BART's `final_logits_bias` (1, V), added to the output logits; a
+    /// buffer in transformers, so it is not trained.
     final_logits_bias: Option<Tensor>,
     /// The source side's own embedding, when its vocabulary is separate.
     src_embed: Option<Embedding>,
-    positions: SinusoidalPositions,
+    positions: Positions,
+    /// BART's `layernorm_embedding` of the encoder and of the decoder.
+    embedding_norms: Option<(LayerNorm, LayerNorm)>,
     encoder: Vec<EncoderLayer>,
     decoder: Vec<DecoderLayer>,
     /// Non-autoregressive: pooled encoder output -> logits over target lengths 0..=max.
@@ -339,20 +452,61 @@ impl Seq2Seq {
                 )
             }
         }
-        // Marian nests the model under `model.`, beside the bias of its output.
+        // Marian and BART nest the model under `model.`, beside the bias of its output
+        // (absent from a bare BartModel checkpoint: zeros, as transformers starts it).
         let (vb, final_logits_bias) = match cfg.family {
             Seq2SeqFamily::Wick => (vb, None),
-            Seq2SeqFamily::Marian => {
+            Seq2SeqFamily::Marian | Seq2SeqFamily::Bart => {
+                // When absent: zeros, through the builder when it may start them (a
+                // fine-tune then saves them), else plain.
+                let shape = (1, cfg.vocab_size);
                 let bias = match vb.contains_tensor("final_logits_bias") {
-                    true => vb.get((1, cfg.vocab_size), "final_logits_bias")?.detach(),
-                    false => Tensor::zeros((1, cfg.vocab_size), vb.dtype(), vb.device())?,
-                };
+                    true => vb.get(shape, "final_logits_bias")?,
+                    false => vb
+                        .get_with_hints(shape, "final_logits_bias", candle_nn::Init::Const(0.0))
+                        .or_else(|_| Tensor::zeros(shape, vb.dtype(), vb.device()))?,
+                }
+                .detach();
                 (vb.pp("model"), Some(bias))
             }
         };
-        let layout = match cfg.family {
-            Seq2SeqFamily::Wick => SinusoidLayout::Interleaved,
-            Seq2SeqFamily::Marian => SinusoidLayout::Halves,
+        let sinusoids = |layout| {
+            let table = SinusoidalPositions::new(
+                cfg.max_position_embeddings,
+                cfg.d_model,
+                layout,
+                vb.dtype(),
+                vb.device(),
+            )?;
+            Ok::<_, candle_core::Error>(Positions::Sinusoidal(table))
+        };
+        let positions = match cfg.family {
+            Seq2SeqFamily::Wick => sinusoids(SinusoidLayout::Interleaved)?,
+            Seq2SeqFamily::Marian => sinusoids(SinusoidLayout::Halves)?,
+            Seq2SeqFamily::Bart => {
+                let rows = cfg.max_position_embeddings + LEARNED_POSITION_OFFSET;
+                let table = |side: &str| {
+                    Embedding::load(rows, cfg.d_model, vb.pp(format!("{side}.embed_positions")))
+                };
+                Positions::Learned {
+                    encoder: table("encoder")?,
+                    decoder: table("decoder")?,
+                    max_len: cfg.max_position_embeddings,
+                }
+            }
+        };
+        let embedding_norms = match cfg.family {
+            Seq2SeqFamily::Bart => {
+                let ln = |side: &str| {
+                    LayerNorm::load(
+                        cfg.d_model,
+                        cfg.layer_norm_eps,
+                        vb.pp(format!("{side}.layernorm_embedding")),
+                    )
+                };
+                Some((ln("encoder")?, ln("decoder")?))
+            }
+            _ => None,
         };
         Ok(Self {
             shared: Embedding::load(cfg.vocab_size, cfg.d_model, vb.pp("shared"))?,
@@ -361,13 +515,8 @@ impl Seq2Seq {
                 .src_vocab_size
                 .map(|v| Embedding::load(v, cfg.d_model, vb.pp("encoder.embed_tokens")))
                 .transpose()?,
-            positions: SinusoidalPositions::new(
-                cfg.max_position_embeddings,
-                cfg.d_model,
-                layout,
-                vb.dtype(),
-                vb.device(),
-            )?,
+            positions,
+            embedding_norms,
             encoder: (0..cfg.encoder_layers)
                 .map(|i| EncoderLayer::load(cfg, vb.pp(format!("encoder.layers.{i}"))))
                 .collect::<Result<_>>()?,
@@ -418,8 +567,8 @@ impl Seq2Seq {
         }
     }
 
-    /// Token embedding (scaled) from `table` plus sinusoidal position, then dropout.
-    fn embed(&self, table: &Embedding, ids: &Tensor, offset: usize, train: bool) -> Result<Tensor> {
+    /// Token embedding (scaled) of `side` plus position, BART's LayerNorm, then dropout.
+    fn embed(&self, side: Side, ids: &Tensor, offset: usize, train: bool) -> Result<Tensor> {
         let (b, t) = ids.dims2()?;
         if offset + t > self.positions.max_len() {
             return Err(candle_core::Error::wrap(WickError::TooLong {
@@ -432,22 +581,25 @@ impl Seq2Seq {
         } else {
             1.0
         };
+        let table = match (side, &self.src_embed) {
+            (Side::Encoder, Some(src)) => src,
+            _ => &self.shared,
+        };
         let tok = (table.forward(ids)? * scale)?; // (B, T, C)
-        let pos = self
-            .positions
-            .forward(&crate::nn::position_ids(b, t, offset, ids.device())?)?;
-        dropout(&(tok + pos)?, self.cfg.dropout, train)
+        let pos = self.positions.forward(side, b, t, offset, ids.device())?; // (B, T, C)
+        let x = (tok + pos)?;
+        let x = match (&self.embedding_norms, side) {
+            (Some((enc, _)), Side::Encoder) => enc.forward(&x)?,
+            (Some((_, dec)), Side::Decoder) => dec.forward(&x)?,
+            (None, _) => x,
+        };
+        dropout(&x, self.cfg.dropout, train)
     }
 
     /// src ids and mask: (B, S) -> memory (B, S, C).
     pub fn encode(&self, src: &Tensor, src_mask: Option<&Tensor>, train: bool) -> Result<Tensor> {
         let s = src.dim(1)?;
-        let mut x = self.embed(
-            self.src_embed.as_ref().unwrap_or(&self.shared),
-            src,
-            0,
-            train,
-        )?;
+        let mut x = self.embed(Side::Encoder, src, 0, train)?;
         let mask = Mask::new(s, s, false, src_mask, x.dtype(), x.device())?;
         for layer in &self.encoder {
             x = if train && self.gradient_checkpointing {
@@ -490,7 +642,7 @@ impl Seq2Seq {
         let t = tgt.dim(1)?;
         let s = memory.dim(1)?;
         let past = cache.as_ref().map_or(0, |c| c.len());
-        let mut x = self.embed(&self.shared, tgt, past, train)?;
+        let mut x = self.embed(Side::Decoder, tgt, past, train)?;
         let causal = !self.cfg.is_nat();
         let self_mask = Mask::new(t, past + t, causal, tgt_mask, x.dtype(), x.device())?;
         let cross_mask = Mask::new(t, s, false, src_mask, x.dtype(), x.device())?;

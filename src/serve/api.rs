@@ -193,6 +193,7 @@ impl Sampling {
             min_new_tokens: self.min_tokens.unwrap_or(0),
             eos_token_ids: eos.to_vec(),
             forced_eos: None,
+            forced_bos: None,
         })
     }
 

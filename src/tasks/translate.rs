@@ -6,7 +6,6 @@
 use candle_core::Device;
 use serde::Serialize;
 
-use crate::data::pairs::cut_with_eos;
 use crate::data::{pad_batch, Padding};
 use crate::error::Result;
 use crate::generation::{
@@ -66,7 +65,7 @@ pub fn translate(
     let mut src = Vec::with_capacity(sources.len());
     for s in sources {
         let ids = tok.source_side().encode(s, false)?;
-        let (ids, full) = cut_with_eos(ids, c.eos_token_id, c.max_position_embeddings);
+        let (ids, full) = c.framing().apply(ids, c.max_position_embeddings);
         src.push(ids);
         cut.push(full);
     }
@@ -106,6 +105,7 @@ fn search_outputs(
     opts.pad_token_id = c.pad_token_id;
     opts.max_new_tokens = opts.max_new_tokens.min(c.max_position_embeddings - 1);
     opts.processors.forced_eos = c.forced_eos_token_id.map(|id| (opts.max_new_tokens, id));
+    opts.processors.forced_bos = c.forced_bos_token_id;
     let prompts = vec![vec![c.bos_token_id]; src.dim(0)?];
     let capacity = opts.max_new_tokens + 1;
     Ok(if opts.num_beams > 1 {

@@ -338,11 +338,7 @@ fn tokenizer_and_config(
 ) -> Result<(Tokenizer, Value, Option<PathBuf>)> {
     Ok(match start {
         Start::Resume { dir, .. } => {
-            let c: Value = serde_json::from_str(
-                &std::fs::read_to_string(dir.join("config.json"))
-                    .map_err(|e| WickError::io(dir, e))?,
-            )
-            .map_err(|e| WickError::config(dir.join("config.json"), e.to_string()))?;
+            let (c, _) = crate::checkpoint::read_config_json(dir)?;
             (Tokenizer::from_dir(dir)?, c, Some(dir.clone()))
         }
         Start::New(Source::Scratch {
@@ -365,11 +361,7 @@ fn tokenizer_and_config(
             (tok, config, None)
         }
         Start::New(Source::Checkpoint { dir }) => {
-            let p = dir.join("config.json");
-            let c: Value = serde_json::from_str(
-                &std::fs::read_to_string(&p).map_err(|e| WickError::io(&p, e))?,
-            )
-            .map_err(|e| WickError::config(&p, e.to_string()))?;
+            let (c, _) = crate::checkpoint::read_config_json(dir)?;
             let tok = match &req.tokenizer {
                 Some(t) => Tokenizer::from_file(Path::new(t))?,
                 None => Tokenizer::from_dir(dir)?,
@@ -409,8 +401,12 @@ fn weight_source(weights_dir: Option<&Path>, resuming: bool, seed: u64) -> Resul
             let init = if resuming {
                 InitPolicy::Never
             } else {
-                // A new task head (and a pooler the checkpoint lacks) starts fresh.
-                let mut heads = std::collections::BTreeSet::from(["lm_head".to_string()]);
+                // A new task head (and a pooler the checkpoint lacks) starts fresh, as
+                // does the zero bias a bare BartModel lacks.
+                let mut heads = std::collections::BTreeSet::from([
+                    "lm_head".to_string(),
+                    "final_logits_bias".to_string(),
+                ]);
                 for family in EncoderFamily::ALL {
                     heads.extend(family.head_prefixes());
                 }

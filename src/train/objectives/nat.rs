@@ -15,7 +15,7 @@ use crate::data::nat::NatBatches;
 use crate::data::pairs::encode_pairs;
 use crate::error::{Result, WickError};
 use crate::eval::{nat_loss, nat_loss_over};
-use crate::models::{BertHeads, Model, ModelConfig, Seq2Seq};
+use crate::models::{BertHeads, Model, ModelConfig, Seq2Seq, Seq2SeqFamily};
 use crate::tokenizer::Tokenizer;
 use crate::train::config::TrainConfig;
 
@@ -35,6 +35,14 @@ impl Objective for Nat {
         let ModelConfig::Seq2Seq(c) = config else {
             return Err(does_not_fit("nat", config));
         };
+        if c.family != Seq2SeqFamily::Wick {
+            // transformers' classes have no length predictor to save it in.
+            return Err(WickError::Unsupported(format!(
+                "--objective nat trains wick's own encoder-decoder; a {} checkpoint saves in \
+                 transformers' layout, which has no length predictor (use --objective seq2seq)",
+                c.family.name()
+            )));
+        }
         let mask = tokenizer.token_to_id(Tokenizer::MASK).ok_or_else(|| {
             WickError::Unsupported(format!(
                 "--objective nat needs a `{}` token, and {} has none (a tokenizer wick learns for --objective nat has one)",
@@ -68,7 +76,7 @@ impl Objective for Nat {
         let mask = c.mask_token_id.expect("prepare set the mask token");
         // The held-out masks are seed 0's, as `wick eval` draws them: the same loss.
         let batches = |ps: &[(String, String)], seed, shuffle| -> Result<NatBatches> {
-            let encoded = encode_pairs(s.tokenizer, ps, c.eos_token_id, cfg.block_size)?;
+            let encoded = encode_pairs(s.tokenizer, ps, c.framing(), cfg.block_size)?;
             Ok(NatBatches::new(
                 encoded,
                 cfg.batch_size,

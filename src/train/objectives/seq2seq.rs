@@ -48,7 +48,7 @@ impl Objective for Seq2Seq {
             data_line,
         } = PairSplit::read(s)?;
         let encode =
-            |ps: &[(String, String)]| encode_pairs(tokenizer, ps, c.eos_token_id, cfg.block_size);
+            |ps: &[(String, String)]| encode_pairs(tokenizer, ps, c.framing(), cfg.block_size);
         let batches = |ps, shuffle| {
             PairBatches::new(
                 ps,

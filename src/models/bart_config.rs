@@ -1,7 +1,8 @@
-//! Marian's config.json (`model_type: marian`, the Helsinki-NLP `opus-mt-*`
-//! translators) is the original Transformer in BART's field names: it is read into a
-//! [`Seq2SeqConfig`] of family [`Seq2SeqFamily::Marian`] and written back in Marian's
-//! names, so transformers reads wick's fine-tunes as `MarianMTModel`s.
+//! BART's config.json (`model_type: bart`) and Marian's (`marian`, the Helsinki-NLP
+//! `opus-mt-*` translators, the original Transformer in BART's field names): read into a
+//! [`Seq2SeqConfig`] of family [`Seq2SeqFamily::Bart`] or [`Seq2SeqFamily::Marian`] and
+//! written back in the same names, so transformers reads wick's fine-tunes as
+//! `BartForConditionalGeneration` or `MarianMTModel`.
 
 use std::path::Path;
 
@@ -14,7 +15,7 @@ use crate::nn::Activation;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct MarianConfig {
+struct BartConfig {
     vocab_size: usize,
     #[serde(default)]
     decoder_vocab_size: Option<usize>,
@@ -75,14 +76,16 @@ mod defaults {
     }
 }
 
-/// nn.LayerNorm's default: Marian's layer norms take no eps from the config.
+/// nn.LayerNorm's default: BART's and Marian's layer norms take no eps from the config.
 const LAYER_NORM_EPS: f64 = 1e-5;
 
-/// Reads a `model_type: marian` config.json, refusing what the one model definition
-/// does not compute (different encoder and decoder widths, a separate decoder
-/// vocabulary, untied embeddings), by field name.
-pub fn read(obj: &Map<String, Value>, path: &Path) -> Result<Seq2SeqConfig> {
-    let m: MarianConfig = super::strict::parse_strict(
+/// Reads a `model_type: bart` or `marian` config.json, refusing what the one model
+/// definition does not compute (different encoder and decoder widths, a separate
+/// decoder vocabulary, untied embeddings), by field name. The legacy fields of old BART
+/// configs (`normalize_before`, `add_final_layer_norm`, ...) are ignored, as
+/// transformers ignores them.
+pub fn read(obj: &Map<String, Value>, path: &Path, family: Seq2SeqFamily) -> Result<Seq2SeqConfig> {
+    let m: BartConfig = super::strict::parse_strict(
         obj,
         path,
         &[
@@ -100,12 +103,16 @@ pub fn read(obj: &Map<String, Value>, path: &Path) -> Result<Seq2SeqConfig> {
             "gradient_checkpointing",
             "classif_dropout",
             "output_past",
+            "force_bos_token_to_be_generated",
+            "add_cross_attention",
+            "vocab_type",
         ],
     )?;
     let mut m = m;
     let id = |k: &str| obj.get(k).and_then(Value::as_u64).map(|v| v as u32);
     m.decoder_start_token_id = id("decoder_start_token_id");
     m.forced_eos_token_id = id("forced_eos_token_id");
+    let forced_bos_token_id = id("forced_bos_token_id");
     let refuse = |m: &str| Err(WickError::config(path, m.to_string()));
     if m.encoder_ffn_dim != m.decoder_ffn_dim {
         return refuse("encoder_ffn_dim and decoder_ffn_dim differ (one d_ff is supported)");
@@ -139,21 +146,28 @@ pub fn read(obj: &Map<String, Value>, path: &Path) -> Result<Seq2SeqConfig> {
         max_position_embeddings: m.max_position_embeddings,
         layer_norm_eps: LAYER_NORM_EPS,
         pad_token_id: m.pad_token_id,
-        // The decoder starts from decoder_start_token_id (the padding id in opus-mt).
+        // The decoder starts from decoder_start_token_id (the padding id in opus-mt,
+        // `</s>` in BART).
         bos_token_id: m.decoder_start_token_id.unwrap_or(m.pad_token_id),
         eos_token_id: m.eos_token_id,
         scale_embedding: m.scale_embedding,
         nat_max_length: None,
         mask_token_id: None,
-        family: Seq2SeqFamily::Marian,
+        family,
         forced_eos_token_id: m.forced_eos_token_id,
+        // BART's tokenizer frames each side `<s> ... </s>`.
+        sequence_start_token_id: match family {
+            Seq2SeqFamily::Bart => Some(m.bos_token_id.unwrap_or(0)),
+            _ => None,
+        },
+        forced_bos_token_id,
         activation_dropout: m.activation_dropout,
     })
 }
 
-/// The config.json fields transformers' MarianConfig reads.
+/// The config.json fields transformers' BartConfig or MarianConfig reads.
 pub fn write(c: &Seq2SeqConfig) -> Value {
-    let m = MarianConfig {
+    let m = BartConfig {
         vocab_size: c.vocab_size,
         decoder_vocab_size: Some(c.vocab_size),
         max_position_embeddings: c.max_position_embeddings,
@@ -174,7 +188,7 @@ pub fn write(c: &Seq2SeqConfig) -> Value {
         scale_embedding: c.scale_embedding,
         pad_token_id: c.pad_token_id,
         eos_token_id: c.eos_token_id,
-        bos_token_id: None,
+        bos_token_id: c.sequence_start_token_id,
         forced_eos_token_id: c.forced_eos_token_id,
         share_encoder_decoder_embeddings: true,
         tie_word_embeddings: true,
@@ -182,5 +196,8 @@ pub fn write(c: &Seq2SeqConfig) -> Value {
     };
     let mut v = serde_json::to_value(m).unwrap_or_default();
     v["is_encoder_decoder"] = true.into();
+    if let Some(id) = c.forced_bos_token_id {
+        v["forced_bos_token_id"] = id.into();
+    }
     v
 }
