@@ -1,7 +1,6 @@
 //! GFLOP/s of the fused linear op on the GPT-2 124M products of a training shard
 //! (512 rows), forward and backward, f32 (gemm's kernels) against
-//! `--matmul-precision bf16` (AMX tiles or AVX-512 BF16, where the CPU has them; set
-//! `WICK_BF16_KERNEL=avx512_bf16` to time the second on an AMX CPU). Run with
+//! `--matmul-precision bf16` (AMX tiles, where the CPU has them). Run with
 //! `cargo bench --bench matmul`. The peer is torch's `x @ w` under the same shapes with and
 //! without CPU autocast (benches/peers/matmul_torch.py).
 
@@ -29,7 +28,7 @@ fn main() -> anyhow::Result<()> {
         ("lm_head", 768, 50257, false),
     ];
     let mut precisions = vec![MatmulPrecision::F32];
-    if kernels::bf16_kernel().is_some() {
+    if kernels::amx_available() {
         precisions.push(MatmulPrecision::Bf16);
     }
     for p in precisions {

@@ -33,8 +33,8 @@ pub fn init() -> Result<(), String> {
 
 /// The CPU features the kernels use, for the summaries: wick's row kernels at
 /// [`crate::nn::kernels::simd::level`], and the instruction set gemm picks for matrix
-/// products (its own run-time choice, AVX-512 when the CPU has avx512f), and the bf16
-/// kernel (AMX or AVX-512 BF16) when `--matmul-precision bf16` put the products there.
+/// products (its own run-time choice, AVX-512 when the CPU has avx512f), and AMX when
+/// `--matmul-precision bf16` put the products there.
 pub fn cpu_features() -> String {
     use crate::nn::kernels::simd::{level, Simd};
     let gemm = if Simd::Avx512.supported() {
@@ -44,14 +44,9 @@ pub fn cpu_features() -> String {
     } else {
         "scalar"
     };
-    let bf16 = match (
-        crate::nn::kernels::matmul_precision(),
-        crate::nn::kernels::bf16_kernel(),
-    ) {
-        (crate::nn::kernels::MatmulPrecision::Bf16, Some(k)) => {
-            format!(", matmul bf16 on {}", k.name())
-        }
-        _ => String::new(),
+    let bf16 = match crate::nn::kernels::matmul_precision() {
+        crate::nn::kernels::MatmulPrecision::Bf16 => ", matmul bf16 on amx",
+        crate::nn::kernels::MatmulPrecision::F32 => "",
     };
     format!("row kernels {}, gemm {gemm}{bf16}", level().name())
 }

@@ -85,7 +85,7 @@ pub struct ModelArgs {
     /// Print exactly one JSON object on stdout.
     #[arg(long)]
     pub json: bool,
-    /// Matrix products in bf16 with f32 sums on CPUs with AMX or AVX-512 BF16 (as torch's
+    /// Matrix products in bf16 with f32 sums on CPUs with Intel AMX (as torch's
     /// `set_float32_matmul_precision("medium")`).
     #[arg(long, value_enum, default_value = "f32", env = "WICK_MATMUL_PRECISION")]
     pub matmul_precision: crate::nn::kernels::MatmulPrecision,

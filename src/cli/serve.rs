@@ -38,7 +38,7 @@ pub struct Args {
     /// cpu, cuda[:N] or metal.
     #[arg(long, default_value = "cpu")]
     device: String,
-    /// Matrix products in bf16 with f32 sums on CPUs with AMX or AVX-512 BF16.
+    /// Matrix products in bf16 with f32 sums on CPUs with Intel AMX.
     #[arg(long, value_enum, default_value = "f32", env = "WICK_MATMUL_PRECISION")]
     matmul_precision: crate::nn::kernels::MatmulPrecision,
 }

@@ -187,7 +187,7 @@ struct Settings {
     #[arg(long, num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
     #[serde(skip_serializing_if = "Option::is_none")]
     gradient_checkpointing: Option<bool>,
-    /// Matrix products in bf16 with f32 sums on CPUs with AMX or AVX-512 BF16 (as torch's
+    /// Matrix products in bf16 with f32 sums on CPUs with Intel AMX (as torch's
     /// `set_float32_matmul_precision("medium")`); weights, gradients and AdamW stay f32.
     #[arg(long, value_enum, value_name = "PRECISION")]
     #[serde(skip_serializing_if = "Option::is_none")]

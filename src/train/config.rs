@@ -123,7 +123,7 @@ pub struct TrainConfig {
     /// less memory for one more forward pass per step, the same gradients.
     pub gradient_checkpointing: bool,
     /// Precision of the CPU matrix products: f32, or bf16 operands with f32 sums on
-    /// AMX or AVX-512 BF16 (weights, gradients and optimizer state stay f32).
+    /// AMX (weights, gradients and optimizer state stay f32).
     pub matmul_precision: crate::nn::kernels::MatmulPrecision,
 }
 

@@ -1,27 +1,22 @@
-//! Matrix products with bf16 operands and f32 accumulation on Intel AMX, or with
-//! AVX-512 BF16 dot products where AMX is missing, for `--matmul-precision bf16`: what
-//! `torch.set_float32_matmul_precision("medium")` and CPU autocast do through oneDNN.
-//! Tensors, master weights, gradients and every other op stay f32; only the
-//! multiply-adds of a GEMM read their operands rounded to bf16 (8 significant bits), and
-//! the sums stay f32.
+//! Matrix products with bf16 operands and f32 accumulation on Intel AMX, for
+//! `--matmul-precision bf16`: what `torch.set_float32_matmul_precision("medium")` and
+//! CPU autocast do through oneDNN. Tensors, master weights, gradients and every other
+//! op stay f32; only the multiply-adds of a GEMM read their operands rounded to bf16
+//! (8 significant bits), and the sums stay f32.
 //!
 //! Why: one AMX `tdpbf16ps` does 16×16×32 multiply-adds. A loop of them runs at about
 //! 600 GFLOP/s on one Sapphire Rapids core, against ~130 for gemm's AVX-512 f32
-//! kernels, so the large products of a fine-tune can run several times faster. Without
-//! AMX (AMD Zen 4, and Xeons whose hypervisor hides the tiles) `vdpbf16ps` still does
-//! two multiply-adds per f32 lane where an f32 FMA does one.
+//! kernels, so the large products of a fine-tune can run several times faster.
 //!
 //! Layout: A is packed into strips of 16 rows, each a run of 16×32 bf16 tiles along k;
 //! B into strips of 16 columns, each a run of tiles whose row r holds, for each column,
 //! the pair (k = 2r, 2r + 1): the "VNNI" layout `tdpbf16ps` reads. The kernel keeps a
 //! 32×32 block of C in four tile registers over the whole k loop. Rust's AMX intrinsics
 //! are not stable, so the five tile instructions are written in `asm!`; the packing uses
-//! the (stable) AVX-512 BF16 conversions. The AVX-512 BF16 kernel reads the same packed
-//! operands: a pair of A's k (one 32-bit lane of a tile row) broadcast, times a row of
-//! B's tile (16 columns' pairs), into 16 f32 sums.
+//! the (stable) AVX-512 BF16 conversions.
 //!
 //! [`gemm_rows_slow`] is the plain reference: operands rounded the same way, f32 sums in
-//! order. The tests hold both kernels to it.
+//! order. The tests hold the AMX kernel to it.
 
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::OnceLock;
@@ -60,14 +55,13 @@ impl MatmulPrecision {
 static BF16: AtomicBool = AtomicBool::new(false);
 
 /// Sets the process-wide precision of the fused kernels' matrix products. bf16 needs
-/// AMX-BF16 (`amx_bf16` in lscpu's flags, and a kernel that grants the tile state) or
-/// AVX-512 BF16 (`avx512_bf16`).
+/// AMX-BF16 (`amx_bf16` in lscpu's flags) and a kernel that grants the tile state.
 pub fn set_matmul_precision(p: MatmulPrecision) -> Result<(), String> {
-    if p == MatmulPrecision::Bf16 && bf16_kernel().is_none() {
+    if p == MatmulPrecision::Bf16 && !amx_available() {
         return Err(
-            "bf16 matrix products need Intel AMX (amx_bf16 in lscpu's flags, Linux 5.16+) \
-             or AVX-512 BF16 (avx512_bf16: Cooper Lake, Sapphire Rapids, AMD Zen 4 or \
-             newer); this CPU lacks both: use f32"
+            "bf16 matrix products need Intel AMX (amx_bf16 and amx_tile in lscpu's \
+             flags, Sapphire Rapids or newer, Linux 5.16+); this CPU or kernel lacks it: \
+             use f32"
                 .into(),
         );
     }
@@ -89,46 +83,18 @@ pub(super) fn serves(m: usize, n: usize, k: usize) -> bool {
     BF16.load(Relaxed) && m >= 16 && n >= 16 && k >= 16
 }
 
-/// The instructions that run bf16 products on this CPU.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Bf16Kernel {
-    /// AMX tiles (`tdpbf16ps`).
-    Amx,
-    /// AVX-512 BF16 dot products (`vdpbf16ps`) on zmm registers.
-    Avx512Bf16,
-}
-
-impl Bf16Kernel {
-    pub fn name(self) -> &'static str {
-        match self {
-            Bf16Kernel::Amx => "amx",
-            Bf16Kernel::Avx512Bf16 => "avx512_bf16",
-        }
-    }
-}
-
-/// The best bf16 kernel this process may use, chosen once: AMX when the CPU has
-/// AMX-TILE, AMX-BF16 and the AVX-512 BF16 conversions and Linux granted the tile data
-/// state; else AVX-512 BF16; else none. `WICK_BF16_KERNEL=avx512_bf16` picks the second
-/// on an AMX machine (to test or time it there).
-pub fn bf16_kernel() -> Option<Bf16Kernel> {
-    static KERNEL: OnceLock<Option<Bf16Kernel>> = OnceLock::new();
-    *KERNEL.get_or_init(|| {
+/// Whether this process may use AMX-BF16 tiles: the CPU has AMX-TILE, AMX-BF16 and the
+/// AVX-512 BF16 conversions, and Linux granted the tile data state (asked once).
+pub fn amx_available() -> bool {
+    static OK: OnceLock<bool> = OnceLock::new();
+    *OK.get_or_init(|| {
         #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
         {
-            let forced = std::env::var("WICK_BF16_KERNEL").ok();
-            let dots = blocked::dots_supported().then_some(Bf16Kernel::Avx512Bf16);
-            if forced.as_deref() == Some("avx512_bf16") {
-                return dots;
-            }
-            if blocked::request_amx() {
-                return Some(Bf16Kernel::Amx);
-            }
-            dots
+            amx::request()
         }
         #[cfg(not(all(target_arch = "x86_64", target_os = "linux")))]
         {
-            None
+            false
         }
     })
 }
@@ -145,7 +111,7 @@ fn from_bf16(h: u16) -> f32 {
 }
 
 /// dst (m, n) rows `dst_rs` apart = [dst +] lhs (m, k) · rhs (k, n), operands rounded to
-/// bf16, sums in f32: the CPU's [`bf16_kernel`], else [`gemm_rows_slow`].
+/// bf16, sums in f32: the AMX kernel where it runs, else [`gemm_rows_slow`].
 #[allow(clippy::too_many_arguments)] // the BLAS shape: dst, sizes, operands
 pub(super) fn gemm_rows(
     dst: &mut [f32],
@@ -158,8 +124,8 @@ pub(super) fn gemm_rows(
     add: bool,
 ) {
     #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
-    if let Some(kernel) = bf16_kernel() {
-        return blocked::gemm_rows(kernel, dst, dst_rs, m, n, k, lhs, rhs, add);
+    if amx_available() {
+        return amx::gemm_rows(dst, dst_rs, m, n, k, lhs, rhs, add);
     }
     gemm_rows_slow(dst, dst_rs, m, n, k, lhs, rhs, add)
 }
@@ -189,9 +155,8 @@ pub fn gemm_rows_slow(
     }
 }
 
-/// The packed, blocked product and its two inner kernels (AMX tiles, AVX-512 BF16).
 #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
-mod blocked {
+mod amx {
     use std::arch::asm;
     use std::arch::x86_64::*;
     use std::cell::RefCell;
@@ -200,26 +165,18 @@ mod blocked {
 
     use super::super::matmul::View;
     use super::super::parallel::may_split;
-    use super::Bf16Kernel;
-
-    /// The AVX-512 features the packing and the dot-product kernel use.
-    pub(super) fn dots_supported() -> bool {
-        is_x86_feature_detected!("avx512f")
-            && is_x86_feature_detected!("avx512bw")
-            && is_x86_feature_detected!("avx512vl")
-            && is_x86_feature_detected!("avx512bf16")
-    }
 
     /// Linux's arch_prctl request for the AMX tile data state (XFEATURE_XTILEDATA).
     const ARCH_REQ_XCOMP_PERM: libc::c_ulong = 0x1023;
     const XFEATURE_XTILEDATA: libc::c_ulong = 18;
 
-    /// Whether the CPU has AMX-BF16 and Linux grants this process the tile state.
-    pub(super) fn request_amx() -> bool {
+    pub(super) fn request() -> bool {
         // CPUID leaf 7: EDX bit 22 AMX-BF16, bit 24 AMX-TILE.
         let leaf7 = __cpuid_count(7, 0);
         let tiles = leaf7.edx & (1 << 22) != 0 && leaf7.edx & (1 << 24) != 0;
-        let avx = dots_supported();
+        let avx = is_x86_feature_detected!("avx512f")
+            && is_x86_feature_detected!("avx512bw")
+            && is_x86_feature_detected!("avx512bf16");
         // SAFETY: a plain syscall with integer arguments; it fails cleanly on kernels
         // without AMX support.
         tiles
@@ -294,7 +251,6 @@ mod blocked {
 
     #[allow(clippy::too_many_arguments)]
     pub(super) fn gemm_rows(
-        kernel: Bf16Kernel,
         dst: &mut [f32],
         dst_rs: usize,
         m: usize,
@@ -337,8 +293,7 @@ mod blocked {
                             for (s, strip) in b.chunks_mut(pair).enumerate() {
                                 pack_b(strip, rhs, k, j0 + s * 32, cols.saturating_sub(s * 32));
                             }
-                            let c = out.0.add(j0);
-                            block_product(kernel, a, b, m, cols, kbs, acc, c, dst_rs, add);
+                            block_product(a, b, m, cols, kbs, acc, out.0.add(j0), dst_rs, add);
                         }
                     })
                 })
@@ -355,7 +310,6 @@ mod blocked {
     /// C (m, cols) at `c` = [C +] A · B over packed A and B, in the blocking above.
     #[allow(clippy::too_many_arguments)]
     unsafe fn block_product(
-        kernel: Bf16Kernel,
         a: &[u16],
         b: &[u16],
         m: usize,
@@ -367,10 +321,7 @@ mod blocked {
         add: bool,
     ) {
         let strip = kbs * TILE;
-        let amx = kernel == Bf16Kernel::Amx;
-        if amx {
-            asm!("ldtilecfg [{0}]", in(reg) CONFIG.0.as_ptr(), options(nostack, readonly));
-        }
+        asm!("ldtilecfg [{0}]", in(reg) CONFIG.0.as_ptr(), options(nostack, readonly));
         for ic in (0..m).step_by(MC) {
             let rows = (m - ic).min(MC);
             for kc in (0..kbs).step_by(KC_TILES) {
@@ -380,12 +331,7 @@ mod blocked {
                     for j0 in (0..cols).step_by(32) {
                         let b0 = b.as_ptr().add((j0 / 16) * strip + kc * TILE);
                         let sums = acc.as_mut_ptr().add(i0 * BLOCK + j0);
-                        let (a1, b1) = (a0.add(strip), b0.add(strip));
-                        if amx {
-                            tiles_2x2(a0, a1, b0, b1, depth, sums, kc > 0);
-                        } else {
-                            dots_2x2(a0, a1, b0, b1, depth, sums, kc > 0);
-                        }
+                        tiles_2x2(a0, a0.add(strip), b0, b0.add(strip), depth, sums, kc > 0);
                     }
                 }
             }
@@ -399,58 +345,7 @@ mod blocked {
                 }
             }
         }
-        if amx {
-            asm!("tilerelease", options(nostack, nomem));
-        }
-    }
-
-    /// [`tiles_2x2`] with AVX-512 BF16 dot products: each `vdpbf16ps` adds, to the 16
-    /// sums of a row and 16 columns, a broadcast pair of the row's k times a row of B's
-    /// tile (those columns' pairs). Eight rows at a time, their 32 columns in 16 zmm
-    /// sums, B's two tile rows loaded once for the eight.
-    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512bf16")]
-    unsafe fn dots_2x2(
-        a0: *const u16,
-        a1: *const u16,
-        b0: *const u16,
-        b1: *const u16,
-        depth: usize,
-        sums: *mut f32,
-        load: bool,
-    ) {
-        const ROWS: usize = 8;
-        for g in 0..32 / ROWS {
-            // Rows 8g..8g + 8 of the block: in A's first strip of 16 rows, then its second.
-            let a = if g < 2 { a0 } else { a1 }.add((g % 2) * ROWS * 32);
-            let c = sums.add(g * ROWS * BLOCK);
-            let mut acc = [[_mm512_setzero_ps(); 2]; ROWS];
-            if load {
-                for (r, acc) in acc.iter_mut().enumerate() {
-                    acc[0] = _mm512_loadu_ps(c.add(r * BLOCK));
-                    acc[1] = _mm512_loadu_ps(c.add(r * BLOCK + 16));
-                }
-            }
-            for t in 0..depth {
-                let (at, bt0, bt1) = (a.add(t * TILE), b0.add(t * TILE), b1.add(t * TILE));
-                for q in 0..16 {
-                    // Tile row q of B: for each of 16 columns, its pair (k = 2q, 2q + 1).
-                    let x0: __m512bh =
-                        std::mem::transmute(_mm512_loadu_si512(bt0.add(q * 32) as *const _));
-                    let x1: __m512bh =
-                        std::mem::transmute(_mm512_loadu_si512(bt1.add(q * 32) as *const _));
-                    for (r, acc) in acc.iter_mut().enumerate() {
-                        let pair = (at.add(r * 32 + 2 * q) as *const i32).read_unaligned();
-                        let av: __m512bh = std::mem::transmute(_mm512_set1_epi32(pair));
-                        acc[0] = _mm512_dpbf16_ps(acc[0], av, x0);
-                        acc[1] = _mm512_dpbf16_ps(acc[1], av, x1);
-                    }
-                }
-            }
-            for (r, acc) in acc.iter().enumerate() {
-                _mm512_storeu_ps(c.add(r * BLOCK), acc[0]);
-                _mm512_storeu_ps(c.add(r * BLOCK + 16), acc[1]);
-            }
-        }
+        asm!("tilerelease", options(nostack, nomem));
     }
 
     /// The 2×2 tiles of C at `sums` (32×32, rows BLOCK apart) [+]= A strips a0, a1 ·
@@ -737,31 +632,15 @@ mod tests {
         assert_eq!(from_bf16(to_bf16(f32::INFINITY)), f32::INFINITY);
     }
 
-    /// Each bf16 kernel this CPU has (AMX and AVX-512 BF16 on a Sapphire Rapids; AVX-512
-    /// BF16 on Zen 4) against the reference on every operand layout the fused ops use
+    /// The AMX kernel against the reference on every operand layout the fused ops use
     /// (rows contiguous, a transpose, neither), sizes off the tile grid, with and
     /// without accumulating, serial and split over threads.
-    #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
     #[test]
-    fn each_kernel_matches_the_reference_on_every_layout() {
-        let mut kernels = vec![];
-        if blocked::request_amx() {
-            kernels.push(Bf16Kernel::Amx);
-        }
-        if blocked::dots_supported() {
-            kernels.push(Bf16Kernel::Avx512Bf16);
-        }
-        if kernels.is_empty() {
-            eprintln!("no AMX or AVX-512 BF16 on this CPU: only the reference runs here");
+    fn amx_matches_the_reference_on_every_layout() {
+        if !amx_available() {
+            eprintln!("no AMX on this CPU: only the reference runs here");
             return;
         }
-        for kernel in kernels {
-            matches_the_reference(kernel);
-        }
-    }
-
-    #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
-    fn matches_the_reference(kernel: Bf16Kernel) {
         // Past one row block (256) and one k chunk (512), several column blocks, and a
         // small product after a large one (the reused packing buffers' padding).
         let sizes = [
@@ -793,9 +672,8 @@ mod tests {
                         gemm_rows_slow(&mut want, dst_rs, m, n, k, *lhs, *rhs, add);
                         for split in [false, true] {
                             let mut got = start.clone();
-                            let (l, r) = (*lhs, *rhs);
                             let mut run =
-                                || blocked::gemm_rows(kernel, &mut got, dst_rs, m, n, k, l, r, add);
+                                || amx::gemm_rows(&mut got, dst_rs, m, n, k, *lhs, *rhs, add);
                             if split {
                                 run()
                             } else {
@@ -806,8 +684,8 @@ mod tests {
                                 let tol = if j < n { 1e-5 * k as f32 } else { 0.0 };
                                 assert!(
                                     (g - w).abs() <= tol,
-                                    "{kernel:?} ({m},{n},{k}) lhs {li} rhs {ri} add {add} \
-                                     split {split}: [{i},{j}] {g} vs {w}"
+                                    "({m},{n},{k}) lhs {li} rhs {ri} add {add} split {split}: \
+                                     [{i},{j}] {g} vs {w}"
                                 );
                             }
                         }

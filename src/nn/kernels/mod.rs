@@ -20,7 +20,7 @@ pub mod parallel;
 mod rows;
 pub mod simd;
 
-pub use bf16::{bf16_kernel, matmul_precision, set_matmul_precision, Bf16Kernel, MatmulPrecision};
+pub use bf16::{amx_available, matmul_precision, set_matmul_precision, MatmulPrecision};
 
 use std::sync::OnceLock;
 
