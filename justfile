@@ -146,3 +146,15 @@ bench-serve:
       "$src/build/bin/llama-server" -m /tmp/gpt2-$m.gguf -t 2 -tb 2 -np 16 -c 16384 --host 127.0.0.1 --port 8094 > /tmp/llama-server.log 2>&1 & pid=$!; sleep 8
       echo "llama.cpp $m"; load 8094 x llama; kill $pid; wait $pid || true
     done
+
+# Data-parallel training over MPI: Open MPI and libclang from Debian (root, or prefix
+# sudo), then the --ignored tests that start two ranks on this machine (loopback only).
+test-mpi:
+    apt-get install -y openmpi-bin libopenmpi-dev libclang-dev
+    cargo test --release --features mpi --test distributed -- --ignored
+
+# Step time of the default preset at 1 and 2 ranks on this machine (same cores: the
+# all-reduce's overhead, not a speed-up); needs what test-mpi installs.
+bench-mpi:
+    cargo build --release --features mpi
+    bash benches/distributed.sh

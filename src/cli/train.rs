@@ -209,6 +209,9 @@ pub fn run(a: Args) -> Result<()> {
         device: crate::device::parse_device(&a.device)?,
         progress: std::io::stderr().is_terminal(),
     })?;
+    if !summary.leader {
+        return Ok(());
+    }
     if let Some(v) = summary.final_val_loss {
         println!(
             "val loss     {v:.4} (whole validation split), perplexity {:.3}",

@@ -4,6 +4,7 @@
 pub mod checkpoints;
 pub mod config;
 pub mod distill;
+pub mod distributed;
 pub mod lora;
 pub mod metrics;
 pub mod objectives;

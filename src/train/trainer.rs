@@ -12,6 +12,7 @@ use serde_json::{Map, Value};
 
 use super::checkpoints::{self, Snapshot, TrainerState, Weights};
 use super::config::{merge, Objective, Preset, TrainConfig};
+use super::distributed::{self, Collective};
 use super::metrics::{Metrics, Record};
 use super::objectives::{self, Built, Eval, Setup, Task};
 use super::optim::{AdamW, AdamWConfig};
@@ -47,6 +48,9 @@ pub struct TrainSummary {
     pub tokens_per_sec: f64,
     pub interrupted: bool,
     pub sample: Option<String>,
+    /// Whether this process wrote the run (rank 0, or the only process); the others'
+    /// summaries say nothing the user needs.
+    pub leader: bool,
 }
 
 static INTERRUPTED: AtomicBool = AtomicBool::new(false);
@@ -135,13 +139,25 @@ fn check_out_dir(out: &Path, resume: bool) -> Result<()> {
 
 pub fn train(req: TrainRequest) -> Result<TrainSummary> {
     let device = req.device.clone();
+    // The processes beside this one (none, or the ranks mpirun started).
+    let comm = distributed::from_env()?;
+    let leader = comm.is_leader();
     // 1. Where the model, settings, data and output come from.
     let Plan {
         start,
         out,
         cfg,
         data,
-    } = plan(&req)?;
+    } = plan(&req, leader)?;
+    if cfg.batch_size % comm.world() != 0 {
+        return Err(WickError::Unsupported(format!(
+            "--batch-size {} (the global batch) does not split over {} ranks: give a multiple \
+             of {}",
+            cfg.batch_size,
+            comm.world(),
+            comm.world()
+        )));
+    }
     if cfg.objective == Objective::Clm && device.is_cpu() {
         // Before any tensor work: the batch runs as shards side by side (objectives/clm.rs).
         crate::runtime::candle_ops_on_caller();
@@ -223,20 +239,31 @@ pub fn train(req: TrainRequest) -> Result<TrainSummary> {
         opt.load_state(moments, state.step as u64)?;
         start_step = state.step;
         best_val = state.best_val_loss;
-        eprintln!("resuming {} from step {start_step}", dir.display());
+        if leader {
+            eprintln!("resuming {} from step {start_step}", dir.display());
+        }
     }
+    // Every rank starts from rank 0's weights.
+    distributed::broadcast_vars(comm.as_ref(), &vars)?;
 
     // 4. Data: the objective's batches, split into train and validation. The run's
     //    folder appears now, after every check of flags and model (it holds the token
-    //    cache and held-out pairs), and goes again if the data is refused.
-    let created = !out.exists();
-    std::fs::create_dir_all(&out).map_err(|e| WickError::io(&out, e))?;
+    //    cache and held-out pairs), and goes again if the data is refused. Ranks other
+    //    than 0 write nothing there: their caches go to a folder of their own.
+    let scratch = if leader {
+        None
+    } else {
+        Some(tempfile::tempdir().map_err(|e| WickError::io(std::env::temp_dir(), e))?)
+    };
+    let build_dir = scratch.as_ref().map_or(out.as_path(), |d| d.path());
+    let created = !build_dir.exists();
+    std::fs::create_dir_all(build_dir).map_err(|e| WickError::io(build_dir, e))?;
     let setup = Setup {
         cfg: &cfg,
         data: &data,
         tokenizer: &tokenizer,
         config: &model_config,
-        out: &out,
+        out: build_dir,
         device: &device,
     };
     let Built {
@@ -245,7 +272,7 @@ pub fn train(req: TrainRequest) -> Result<TrainSummary> {
         steps_per_epoch,
     } = objective.build(&model, &setup).inspect_err(|_| {
         if created {
-            let _ = std::fs::remove_dir_all(&out);
+            let _ = std::fs::remove_dir_all(build_dir);
         }
     })?;
 
@@ -259,13 +286,16 @@ pub fn train(req: TrainRequest) -> Result<TrainSummary> {
         weights: &weights,
         lora: lora.as_ref(),
         device: &device,
-        progress: req.progress,
+        progress: req.progress && leader,
+        comm: comm.as_ref(),
     };
-    run.summary(&model, &opt, &data_line, steps_per_epoch, task.shards());
-    crate::files::atomic_write(
-        &out.join("train_config.json"),
-        serde_json::to_string_pretty(&cfg).unwrap().as_bytes(),
-    )?;
+    if leader {
+        run.summary(&model, &opt, &data_line, steps_per_epoch, task.shards());
+        crate::files::atomic_write(
+            &out.join("train_config.json"),
+            serde_json::to_string_pretty(&cfg).unwrap().as_bytes(),
+        )?;
+    }
 
     // 6. The loop, then 7. the whole validation split and a sample.
     let looped = run.train_loop(task.as_mut(), &mut opt, &vars, start_step, best_val)?;
@@ -474,7 +504,7 @@ enum Start {
 /// is (a flag that does not fit the run is refused whatever `--out` holds), and the
 /// folder is created only once every check has passed. Resuming reads the settings from
 /// the run's folder, so that folder is checked first.
-fn plan(req: &TrainRequest) -> Result<Plan> {
+fn plan(req: &TrainRequest, leader: bool) -> Result<Plan> {
     let source = if req.resume {
         None
     } else {
@@ -558,7 +588,8 @@ fn plan(req: &TrainRequest) -> Result<Plan> {
     let data = data.ok_or_else(|| {
         WickError::Unsupported("no training data: pass --data FILE_OR_DIR".into())
     })?;
-    if let Start::New(_) = start {
+    // Rank 0 checks the folder it alone writes (the others would find its first files).
+    if let (Start::New(_), true) = (&start, leader) {
         check_out_dir(&out, false)?;
     }
     Ok(Plan {
@@ -581,6 +612,8 @@ struct Run<'a> {
     lora: Option<&'a super::lora::LoraRun>,
     device: &'a Device,
     progress: bool,
+    /// The ranks training together (one process: [`distributed::SingleProcess`]).
+    comm: &'a dyn Collective,
 }
 
 /// Where the loop stopped.
@@ -670,6 +703,19 @@ impl Run<'_> {
                  in the backward pass"
             );
         }
+        let world = self.comm.world();
+        if world > 1 {
+            let (decayed, not_decayed) = opt.group_sizes();
+            let floats = decayed + not_decayed;
+            println!(
+                "distributed  {}, {world} ranks: each takes {} rows of every batch of {}; \
+                 {:.1} MB of gradients all-reduced per step; rank 0 logs, evaluates and writes",
+                self.comm.name(),
+                cfg.batch_size / world,
+                cfg.batch_size,
+                4.0 * floats as f64 / 1e6
+            );
+        }
         println!("out          {}", self.out.display());
         println!("config       {}", serde_json::to_string(cfg).unwrap());
     }
@@ -727,26 +773,34 @@ impl Run<'_> {
         vars: &[(String, Var)],
     ) -> Result<(f64, f64)> {
         let cfg = self.cfg;
+        let (part, world) = (self.comm.part(), self.comm.world() as f64);
         let mut grads = None;
         let mut loss_sum = 0f64;
         for micro in 0..cfg.grad_accum {
             let n = step * cfg.grad_accum + micro;
-            // Dropout masks from (seed, micro-batch): a resumed run draws the same ones.
-            let seed = cfg.seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ n as u64;
-            let (l, micro_grads) =
-                task.train_grads(n, 1.0 / cfg.grad_accum as f64, seed, vars, self.device)?;
-            if !l.is_finite() {
-                let last = checkpoints::latest(self.out)
-                    .map(|(_, d)| d.display().to_string())
-                    .unwrap_or_else(|| "none".into());
-                return Err(WickError::Unsupported(format!(
-                    "the loss became {l} at step {step}: stopping (last good checkpoint: {last}); try a lower --learning-rate"
-                )));
-            }
+            // Dropout masks from (seed, micro-batch, rank): a resumed run draws the same
+            // ones, and no two ranks the same.
+            let seed = cfg.seed.wrapping_mul(0x9e37_79b9_7f4a_7c15)
+                ^ n as u64
+                ^ (part.rank as u64).wrapping_mul(0xa076_1d64_78bd_642f);
+            let weight = 1.0 / (cfg.grad_accum as f64 * world);
+            let (l, micro_grads) = task.train_grads(n, part, weight, seed, vars, self.device)?;
             loss_sum += l;
             accumulate(&mut grads, micro_grads, vars)?;
         }
-        let grads = grads.expect("at least one micro-batch");
+        // Every rank's mean loss, summed: the same figure, and the same verdict on a
+        // non-finite loss, on every rank.
+        let [loss_sum] = distributed::sum_scalars(self.comm, [loss_sum / world])?;
+        if !loss_sum.is_finite() {
+            let last = checkpoints::latest(self.out)
+                .map(|(_, d)| d.display().to_string())
+                .unwrap_or_else(|| "none".into());
+            return Err(WickError::Unsupported(format!(
+                "the loss became {loss_sum} at step {step}: stopping (last good checkpoint: {last}); try a lower --learning-rate"
+            )));
+        }
+        let mut grads = grads.expect("at least one micro-batch");
+        distributed::all_reduce_grads(self.comm, &mut grads, vars)?;
         let norm = opt.grad_norm(&grads)?;
         let scale = if cfg.grad_clip > 0.0 && norm > cfg.grad_clip {
             cfg.grad_clip / (norm + 1e-6)
@@ -777,16 +831,26 @@ impl Run<'_> {
             decay_iters: cfg.lr_decay_iters.unwrap_or(cfg.max_iters),
             d_model: self.model_config.hidden_size(),
         };
-        let mut metrics = Metrics::open(self.out, Some(start_step))?;
+        let leader = self.comm.is_leader();
+        let mut metrics = if leader {
+            Some(Metrics::open(self.out, Some(start_step))?)
+        } else {
+            None
+        };
         let _ = ctrlc::set_handler(|| INTERRUPTED.store(true, Ordering::SeqCst));
         let pb = self.progress_bar(start_step);
         let run_start = Instant::now();
-        let elapsed_before = metrics.records.last().map_or(0.0, |r| r.elapsed_s);
+        let elapsed_before = metrics
+            .as_ref()
+            .and_then(|m| m.records.last())
+            .map_or(0.0, |r| r.elapsed_s);
         let mut window = (Instant::now(), 0usize, 0f64, 0usize); // (since, tokens, loss sum, steps)
         let mut last_saved = None;
         let mut interrupted = false;
         for step in start_step..cfg.max_iters {
-            if INTERRUPTED.load(Ordering::SeqCst) {
+            // Every rank stops at the same step when any was signalled.
+            let stop = f64::from(u8::from(INTERRUPTED.load(Ordering::SeqCst)));
+            if distributed::sum_scalars(self.comm, [stop])?[0] > 0.0 {
                 interrupted = true;
                 break;
             }
@@ -801,7 +865,8 @@ impl Run<'_> {
             pb.set_position(done as u64);
 
             let eval_now = done % cfg.eval_every == 0 || done == cfg.max_iters;
-            if done % cfg.log_every == 0 || eval_now || done == start_step + 1 {
+            let log_now = done % cfg.log_every == 0 || eval_now || done == start_step + 1;
+            if let (true, Some(metrics)) = (log_now, metrics.as_mut()) {
                 // Throughput over the steps alone; elapsed time with the evaluation.
                 let tokens_per_sec = window.1 as f64 / window.0.elapsed().as_secs_f64().max(1e-9);
                 let eval = if eval_now {
@@ -817,13 +882,14 @@ impl Run<'_> {
                     tokens_per_sec,
                     elapsed_s: elapsed_before + run_start.elapsed().as_secs_f64(),
                 };
-                if self.record(&log, eval, &mut metrics, &pb, &mut best_val, opt)? {
+                if self.record(&log, eval, metrics, &pb, &mut best_val, opt)? {
                     last_saved = Some(done);
                 }
                 window = (Instant::now(), 0, 0.0, 0);
             }
             if (cfg.save_every > 0 && done % cfg.save_every == 0 || done == cfg.max_iters)
                 && last_saved != Some(done)
+                && leader
             {
                 self.save(done, best_val, opt)?;
                 last_saved = Some(done);
@@ -831,14 +897,16 @@ impl Run<'_> {
         }
         pb.finish_and_clear();
         let steps_done = opt.steps_taken() as usize;
-        if interrupted {
-            let dir = self.save(steps_done, best_val, opt)?;
-            eprintln!(
-                "interrupted: saved {}; continue with --resume",
-                dir.display()
-            );
-        } else {
-            self.plot(&metrics)?;
+        match (interrupted, &metrics) {
+            (_, None) => {}
+            (true, Some(_)) => {
+                let dir = self.save(steps_done, best_val, opt)?;
+                eprintln!(
+                    "interrupted: saved {}; continue with --resume",
+                    dir.display()
+                );
+            }
+            (false, Some(metrics)) => self.plot(metrics)?,
         }
         Ok(Looped {
             steps_done,
@@ -941,8 +1009,9 @@ impl Run<'_> {
             tokens_per_sec: trained_tokens as f64 / looped.seconds,
             interrupted: looped.interrupted,
             sample: None,
+            leader: self.comm.is_leader(),
         };
-        if looped.interrupted {
+        if looped.interrupted || !summary.leader {
             return Ok(summary);
         }
         let final_eval = task.final_eval(cfg.eval_iters, self.device)?;

@@ -21,6 +21,7 @@ use crate::models::{Bert, BertHeads, Model, ModelConfig};
 use crate::nn::loss::{bce_with_logits, cross_entropy};
 use crate::tokenizer::Tokenizer;
 use crate::train::config::TrainConfig;
+use crate::train::distributed::Part;
 
 /// The training examples, once [`Objective::prepare`] has read them.
 #[derive(Default)]
@@ -128,8 +129,14 @@ struct ClassifyTask<'m> {
 }
 
 impl Task for ClassifyTask<'_> {
-    fn train_loss(&mut self, n: usize, device: &Device) -> Result<Tensor> {
+    fn train_loss(&mut self, n: usize, part: Part, device: &Device) -> Result<Tensor> {
         let (x, tt, mask, y) = self.train.batch(n, device)?;
+        let (x, tt, mask, y) = (
+            part.rows(&x)?,
+            part.rows(&tt)?,
+            part.rows(&mask)?,
+            part.rows(&y)?,
+        );
         let h = self.model.forward(&x, Some(&tt), Some(&mask), true)?;
         let logits = self.model.classifier_logits(&h, true)?; // (B, labels)
         Ok(match self.threshold {

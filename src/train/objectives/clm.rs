@@ -17,6 +17,7 @@ use crate::nn::kernels::parallel::shard_count;
 use crate::nn::loss::lm_loss;
 use crate::tokenizer::Tokenizer;
 use crate::train::config::TrainConfig;
+use crate::train::distributed::Part;
 use crate::train::shards;
 
 pub struct Clm;
@@ -112,8 +113,9 @@ struct ClmTask<'m> {
 }
 
 impl Task for ClmTask<'_> {
-    fn train_loss(&mut self, n: usize, device: &Device) -> Result<Tensor> {
+    fn train_loss(&mut self, n: usize, part: Part, device: &Device) -> Result<Tensor> {
         let (x, y) = self.train.batch(n, device)?;
+        let (x, y) = (part.rows(&x)?, part.rows(&y)?);
         Ok(lm_loss(&self.model.forward(&x, None, None, true)?, &y)?)
     }
 
@@ -121,12 +123,14 @@ impl Task for ClmTask<'_> {
     fn train_grads(
         &mut self,
         n: usize,
+        part: Part,
         weight: f64,
         seed: u64,
         vars: &[(String, Var)],
         device: &Device,
     ) -> Result<(f64, GradStore)> {
         let (x, y) = self.train.batch(n, device)?;
+        let (x, y) = (part.rows(&x)?, part.rows(&y)?);
         shards::loss_and_grads(self.model, &x, &y, weight, seed, vars)
     }
 

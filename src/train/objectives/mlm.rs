@@ -13,6 +13,7 @@ use crate::models::{Bert, BertHeads, Model, ModelConfig};
 use crate::nn::loss::{cross_entropy, labelled_positions, masked_lm_loss};
 use crate::tokenizer::{Special, Tokenizer};
 use crate::train::config::TrainConfig;
+use crate::train::distributed::Part;
 
 pub struct Mlm;
 
@@ -79,8 +80,9 @@ struct MlmTask<'m> {
 }
 
 impl Task for MlmTask<'_> {
-    fn train_loss(&mut self, n: usize, device: &Device) -> Result<Tensor> {
+    fn train_loss(&mut self, n: usize, part: Part, device: &Device) -> Result<Tensor> {
         let (x, y) = self.train.batch(n, device)?;
+        let (x, y) = (part.rows(&x)?, part.rows(&y)?);
         mlm_loss(self.model, &self.model.forward(&x, None, None, true)?, &y)
     }
 

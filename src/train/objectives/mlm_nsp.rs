@@ -16,6 +16,7 @@ use crate::models::{Bert, BertHeads, EncoderFamily, Model, ModelConfig};
 use crate::nn::loss::cross_entropy;
 use crate::tokenizer::Tokenizer;
 use crate::train::config::TrainConfig;
+use crate::train::distributed::Part;
 
 pub struct MlmNsp;
 
@@ -123,8 +124,16 @@ struct MlmNspTask<'m> {
 }
 
 impl Task for MlmNspTask<'_> {
-    fn train_loss(&mut self, n: usize, device: &Device) -> Result<Tensor> {
-        let (mlm, nsp, _) = losses(self.model, &self.train.batch(n, device)?, true)?;
+    fn train_loss(&mut self, n: usize, part: Part, device: &Device) -> Result<Tensor> {
+        let b = self.train.batch(n, device)?;
+        let b = NspBatch {
+            ids: part.rows(&b.ids)?,
+            token_types: part.rows(&b.token_types)?,
+            mask: part.rows(&b.mask)?,
+            mlm_labels: part.rows(&b.mlm_labels)?,
+            nsp_labels: part.rows(&b.nsp_labels)?,
+        };
+        let (mlm, nsp, _) = losses(self.model, &b, true)?;
         Ok((mlm + nsp)?)
     }
 

@@ -19,6 +19,7 @@ use candle_core::backprop::GradStore;
 use candle_core::{Device, Tensor, Var};
 
 use super::config::{Objective as Name, TrainConfig};
+use super::distributed::Part;
 use crate::error::{Result, WickError};
 use crate::models::{BertHeads, Gpt2, Model, ModelConfig};
 use crate::tokenizer::Tokenizer;
@@ -74,21 +75,23 @@ pub trait Objective {
 
 /// What is being learned, as the loop asks for it.
 pub trait Task {
-    /// Loss of training micro-batch `n`, dropout on.
-    fn train_loss(&mut self, n: usize, device: &Device) -> Result<Tensor>;
+    /// Loss of `part`'s rows of training micro-batch `n`, dropout on.
+    fn train_loss(&mut self, n: usize, part: Part, device: &Device) -> Result<Tensor>;
 
-    /// Loss of training micro-batch `n` and the gradients of `vars`, the loss scaled by
-    /// `weight` (1 / grad_accum) before the backward pass; dropout seeded from `seed`.
+    /// Loss of `part`'s rows of training micro-batch `n` and the gradients of `vars`,
+    /// the loss scaled by `weight` (1 / (grad_accum · ranks)) before the backward pass;
+    /// dropout seeded from `seed`.
     fn train_grads(
         &mut self,
         n: usize,
+        part: Part,
         weight: f64,
         seed: u64,
         _vars: &[(String, Var)],
         device: &Device,
     ) -> Result<(f64, GradStore)> {
         crate::nn::seed_dropout(seed);
-        let loss = self.train_loss(n, device)?;
+        let loss = self.train_loss(n, part, device)?;
         super::shards::backward(&loss, weight)
     }
 
