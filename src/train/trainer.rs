@@ -288,6 +288,7 @@ pub fn train(req: TrainRequest) -> Result<TrainSummary> {
         device: &device,
         progress: req.progress && leader,
         comm: comm.as_ref(),
+        reduce_seconds: Default::default(),
     };
     if leader {
         run.summary(&model, &opt, &data_line, steps_per_epoch, task.shards());
@@ -614,6 +615,8 @@ struct Run<'a> {
     progress: bool,
     /// The ranks training together (one process: [`distributed::SingleProcess`]).
     comm: &'a dyn Collective,
+    /// Seconds spent summing gradients over the ranks.
+    reduce_seconds: std::cell::Cell<f64>,
 }
 
 /// Where the loop stopped.
@@ -800,7 +803,10 @@ impl Run<'_> {
             )));
         }
         let mut grads = grads.expect("at least one micro-batch");
+        let reducing = Instant::now();
         distributed::all_reduce_grads(self.comm, &mut grads, vars)?;
+        let spent = self.reduce_seconds.get() + reducing.elapsed().as_secs_f64();
+        self.reduce_seconds.set(spent);
         let norm = opt.grad_norm(&grads)?;
         let scale = if cfg.grad_clip > 0.0 && norm > cfg.grad_clip {
             cfg.grad_clip / (norm + 1e-6)
@@ -1011,6 +1017,15 @@ impl Run<'_> {
             sample: None,
             leader: self.comm.is_leader(),
         };
+        if self.comm.world() > 1 && summary.leader {
+            let reduce = self.reduce_seconds.get();
+            println!(
+                "distributed  rank 0 spent {reduce:.1} s of the loop's {:.1} s ({:.1}%) \
+                 summing gradients",
+                looped.seconds,
+                100.0 * reduce / looped.seconds.max(1e-9)
+            );
+        }
         if looped.interrupted || !summary.leader {
             return Ok(summary);
         }
