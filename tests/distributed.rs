@@ -31,14 +31,7 @@ fn train_args<'a>(out: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
         ("--save-every", "10"),
         ("--sample-tokens", "0"),
     ];
-    let mut args = vec!["train"];
-    for (flag, value) in defaults {
-        if !extra.contains(&flag) {
-            args.extend([flag, value]);
-        }
-    }
-    args.extend_from_slice(extra);
-    args
+    with_defaults("train", &defaults, extra)
 }
 
 /// `mpirun -np 2 wick ARGS`, kept on this machine: Open MPI's out-of-band and TCP

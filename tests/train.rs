@@ -46,15 +46,7 @@ impl Setup {
             ("--eval-iters", "2"),
             ("--sample-tokens", "0"),
         ];
-        // Flags in `extra` replace the defaults.
-        let mut args = vec!["train"];
-        for (flag, value) in defaults {
-            if !extra.contains(&flag) {
-                args.extend([flag, value]);
-            }
-        }
-        args.extend_from_slice(extra);
-        wick(&args)
+        wick(&with_defaults("train", &defaults, extra))
     }
 }
 

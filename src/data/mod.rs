@@ -11,9 +11,11 @@ pub mod nsp;
 pub mod order;
 pub mod padding;
 pub mod pairs;
+pub mod part;
 pub mod tokens;
 
 pub use corpus::read_documents;
 pub use lm::LmBatches;
 pub use padding::{pad_batch, Padding};
+pub use part::Part;
 pub use tokens::{tokenize_cached, TokenBuffer};

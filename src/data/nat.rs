@@ -26,6 +26,21 @@ pub struct NatBatch {
     pub tgt_lengths: Vec<usize>,
 }
 
+impl NatBatch {
+    /// `part`'s rows of the batch.
+    pub fn rows(self, part: super::Part) -> Result<Self> {
+        Ok(Self {
+            src: part.rows(&self.src)?,
+            src_mask: part.rows(&self.src_mask)?,
+            tgt_in: part.rows(&self.tgt_in)?,
+            tgt_mask: part.rows(&self.tgt_mask)?,
+            labels: part.rows(&self.labels)?,
+            src_lengths: part.items(&self.src_lengths),
+            tgt_lengths: part.items(&self.tgt_lengths),
+        })
+    }
+}
+
 /// [`PairBatches`]' order and sources, with masked targets.
 pub struct NatBatches {
     pairs: PairBatches,

@@ -114,6 +114,19 @@ pub struct NspBatch {
     pub nsp_labels: Tensor,
 }
 
+impl NspBatch {
+    /// `part`'s rows of the batch.
+    pub fn rows(self, part: super::Part) -> Result<Self> {
+        Ok(Self {
+            ids: part.rows(&self.ids)?,
+            token_types: part.rows(&self.token_types)?,
+            mask: part.rows(&self.mask)?,
+            mlm_labels: part.rows(&self.mlm_labels)?,
+            nsp_labels: part.rows(&self.nsp_labels)?,
+        })
+    }
+}
+
 pub struct NspBatches {
     pairs: Vec<SentencePair>,
     masker: Masker,

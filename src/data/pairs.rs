@@ -143,6 +143,19 @@ pub struct PairBatch {
     pub labels: Tensor,
 }
 
+impl PairBatch {
+    /// `part`'s rows of the batch.
+    pub fn rows(self, part: super::Part) -> Result<Self> {
+        Ok(Self {
+            src: part.rows(&self.src)?,
+            src_mask: part.rows(&self.src_mask)?,
+            tgt_in: part.rows(&self.tgt_in)?,
+            tgt_mask: part.rows(&self.tgt_mask)?,
+            labels: part.rows(&self.labels)?,
+        })
+    }
+}
+
 pub struct PairBatches {
     pairs: Vec<EncodedPair>,
     batch_size: usize,

@@ -11,11 +11,10 @@
 //! model at any world size that divides the batch, and resumes at any of them. Rank 0
 //! alone logs, evaluates, plots and writes; the others only train.
 
-use std::ops::Range;
-
 use candle_core::backprop::GradStore;
 use candle_core::{Tensor, Var};
 
+pub use crate::data::Part;
 use crate::error::{Result, WickError};
 
 /// What the trainer needs from the processes around it.
@@ -113,38 +112,26 @@ pub fn from_env() -> Result<Box<dyn Collective>> {
     Ok(Box::new(SingleProcess))
 }
 
-/// A rank's share of each global batch: rows `range(batch)` of it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Part {
-    pub rank: usize,
-    pub world: usize,
+/// Refuses a global batch the ranks cannot share equally, naming the flag.
+pub fn check_batch(comm: &dyn Collective, batch_size: usize) -> Result<()> {
+    let world = comm.world();
+    if !batch_size.is_multiple_of(world) {
+        return Err(WickError::Unsupported(format!(
+            "--batch-size {batch_size} (the global batch) does not split over {world} ranks: \
+             give a multiple of {world}"
+        )));
+    }
+    Ok(())
 }
 
-impl Part {
-    /// The whole batch (one process).
-    pub const WHOLE: Part = Part { rank: 0, world: 1 };
-
-    /// The rows of a batch of `rows` this rank takes: equal blocks in rank order (the
-    /// trainer checks that the world divides the batch; a short last batch of an
-    /// evaluation is split as evenly as it goes).
-    pub fn range(&self, rows: usize) -> Range<usize> {
-        let at = |r: usize| r * rows / self.world;
-        at(self.rank)..at(self.rank + 1)
+/// A folder of this rank's own for what building the data writes (token caches,
+/// held-out pairs), for every rank but the leader, who writes the run folder.
+pub fn scratch_dir(comm: &dyn Collective) -> Result<Option<tempfile::TempDir>> {
+    if comm.is_leader() {
+        return Ok(None);
     }
-
-    /// This rank's rows of a batch tensor (B, ...): the tensor itself for one process.
-    pub fn rows(&self, t: &Tensor) -> Result<Tensor> {
-        if self.world == 1 {
-            return Ok(t.clone());
-        }
-        let r = self.range(t.dim(0)?);
-        Ok(t.narrow(0, r.start, r.len())?)
-    }
-
-    /// This rank's items of a per-row list.
-    pub fn items<T: Clone>(&self, v: &[T]) -> Vec<T> {
-        v[self.range(v.len())].to_vec()
-    }
+    let dir = tempfile::tempdir().map_err(|e| WickError::io(std::env::temp_dir(), e))?;
+    Ok(Some(dir))
 }
 
 /// Gradients are summed in buckets of this many floats (25 MB, PyTorch DDP's default):
@@ -285,34 +272,5 @@ mod mpi_backend {
             let (major, minor) = mpi::environment::version();
             format!("MPI {major}.{minor}")
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use candle_core::Device;
-
-    #[test]
-    fn parts_cover_the_batch_in_rank_order() {
-        let parts: Vec<Range<usize>> = (0..2)
-            .map(|rank| Part { rank, world: 2 }.range(12))
-            .collect();
-        assert_eq!(parts, vec![0..6, 6..12]);
-        let uneven: Vec<usize> = (0..3)
-            .map(|rank| Part { rank, world: 3 }.range(7).len())
-            .collect();
-        assert_eq!(uneven.iter().sum::<usize>(), 7);
-        let t = Tensor::arange(0u32, 12, &Device::Cpu)
-            .unwrap()
-            .reshape((6, 2))
-            .unwrap();
-        let second = Part { rank: 1, world: 2 }.rows(&t).unwrap();
-        assert_eq!(
-            second.to_vec2::<u32>().unwrap(),
-            vec![vec![6, 7], vec![8, 9], vec![10, 11]]
-        );
-        assert_eq!(Part::WHOLE.rows(&t).unwrap().dims(), &[6, 2]);
-        assert_eq!(Part { rank: 0, world: 2 }.items(&[1, 2, 3, 4]), vec![1, 2]);
     }
 }

@@ -149,15 +149,7 @@ pub fn train(req: TrainRequest) -> Result<TrainSummary> {
         cfg,
         data,
     } = plan(&req, leader)?;
-    if cfg.batch_size % comm.world() != 0 {
-        return Err(WickError::Unsupported(format!(
-            "--batch-size {} (the global batch) does not split over {} ranks: give a multiple \
-             of {}",
-            cfg.batch_size,
-            comm.world(),
-            comm.world()
-        )));
-    }
+    distributed::check_batch(comm.as_ref(), cfg.batch_size)?;
     if cfg.objective == Objective::Clm && device.is_cpu() {
         // Before any tensor work: the batch runs as shards side by side (objectives/clm.rs).
         crate::runtime::candle_ops_on_caller();
@@ -250,11 +242,7 @@ pub fn train(req: TrainRequest) -> Result<TrainSummary> {
     //    folder appears now, after every check of flags and model (it holds the token
     //    cache and held-out pairs), and goes again if the data is refused. Ranks other
     //    than 0 write nothing there: their caches go to a folder of their own.
-    let scratch = if leader {
-        None
-    } else {
-        Some(tempfile::tempdir().map_err(|e| WickError::io(std::env::temp_dir(), e))?)
-    };
+    let scratch = distributed::scratch_dir(comm.as_ref())?;
     let build_dir = scratch.as_ref().map_or(out.as_path(), |d| d.path());
     let created = !build_dir.exists();
     std::fs::create_dir_all(build_dir).map_err(|e| WickError::io(build_dir, e))?;
@@ -290,13 +278,7 @@ pub fn train(req: TrainRequest) -> Result<TrainSummary> {
         comm: comm.as_ref(),
         reduce_seconds: Default::default(),
     };
-    if leader {
-        run.summary(&model, &opt, &data_line, steps_per_epoch, task.shards());
-        crate::files::atomic_write(
-            &out.join("train_config.json"),
-            serde_json::to_string_pretty(&cfg).unwrap().as_bytes(),
-        )?;
-    }
+    run.announce(&model, &opt, &data_line, steps_per_epoch, task.shards())?;
 
     // 6. The loop, then 7. the whole validation split and a sample.
     let looped = run.train_loop(task.as_mut(), &mut opt, &vars, start_step, best_val)?;
@@ -638,6 +620,26 @@ struct StepLog {
 }
 
 impl Run<'_> {
+    /// The derived numbers printed before the first step, and the effective config
+    /// stored with the run (rank 0 alone: the other ranks' numbers are its own).
+    fn announce(
+        &self,
+        model: &Model,
+        opt: &AdamW,
+        data_line: &str,
+        steps_per_epoch: f64,
+        shards: usize,
+    ) -> Result<()> {
+        if !self.comm.is_leader() {
+            return Ok(());
+        }
+        self.summary(model, opt, data_line, steps_per_epoch, shards);
+        crate::files::atomic_write(
+            &self.out.join("train_config.json"),
+            serde_json::to_string_pretty(self.cfg).unwrap().as_bytes(),
+        )
+    }
+
     /// The derived numbers, printed before the first step.
     fn summary(
         &self,

@@ -97,6 +97,23 @@ pub fn wick_command() -> std::process::Command {
     c
 }
 
+/// `command` with the `defaults` (flag, value) pairs, then `extra`: a flag in `extra`
+/// replaces its default.
+pub fn with_defaults<'a>(
+    command: &'a str,
+    defaults: &[(&'a str, &'a str)],
+    extra: &[&'a str],
+) -> Vec<&'a str> {
+    let mut args = vec![command];
+    for &(flag, value) in defaults {
+        if !extra.contains(&flag) {
+            args.extend([flag, value]);
+        }
+    }
+    args.extend_from_slice(extra);
+    args
+}
+
 /// Runs the `wick` binary ([`wick_command`]); returns (exit code, stdout, stderr).
 pub fn wick(args: &[&str]) -> (i32, String, String) {
     let out = wick_command().args(args).output().expect("run wick");

@@ -14,6 +14,7 @@ use super::{does_not_fit, held_out, Built, Eval, Objective, Setup, Task};
 use crate::data::labeled::{
     label_set, looks_multi_label, read_examples, read_label_names, ClassifyBatches, Example,
 };
+use crate::data::Part;
 use crate::error::Result;
 use crate::eval::{classify_over, multi_label_over, Thresholds};
 use crate::models::bert::MULTI_LABEL;
@@ -21,7 +22,6 @@ use crate::models::{Bert, BertHeads, Model, ModelConfig};
 use crate::nn::loss::{bce_with_logits, cross_entropy};
 use crate::tokenizer::Tokenizer;
 use crate::train::config::TrainConfig;
-use crate::train::distributed::Part;
 
 /// The training examples, once [`Objective::prepare`] has read them.
 #[derive(Default)]

@@ -9,6 +9,7 @@ use candle_core::backprop::GradStore;
 use candle_core::{Device, Tensor, Var};
 
 use super::{does_not_fit, Built, Eval, Objective, Setup, Task, TokenSplit};
+use crate::data::Part;
 use crate::data::{LmBatches, TokenBuffer};
 use crate::error::Result;
 use crate::eval::{lm_loss_over, mean_loss};
@@ -17,7 +18,6 @@ use crate::nn::kernels::parallel::shard_count;
 use crate::nn::loss::lm_loss;
 use crate::tokenizer::Tokenizer;
 use crate::train::config::TrainConfig;
-use crate::train::distributed::Part;
 use crate::train::shards;
 
 pub struct Clm;

@@ -8,12 +8,12 @@ use candle_core::{Device, Tensor};
 
 use super::{bert_heads, does_not_fit, Built, Eval, Objective, Setup, Task, TokenSplit};
 use crate::data::mlm::MlmBatches;
+use crate::data::Part;
 use crate::error::Result;
 use crate::models::{Bert, BertHeads, Model, ModelConfig};
 use crate::nn::loss::{cross_entropy, labelled_positions, masked_lm_loss};
 use crate::tokenizer::{Special, Tokenizer};
 use crate::train::config::TrainConfig;
-use crate::train::distributed::Part;
 
 pub struct Mlm;
 

@@ -11,12 +11,12 @@ use super::mlm::mlm_loss;
 use super::{bert_heads, does_not_fit, Built, Eval, Objective, Setup, Task};
 use crate::data::nsp::{draw_pairs, split_sentences, NspBatch, NspBatches, IS_NEXT};
 use crate::data::read_documents;
+use crate::data::Part;
 use crate::error::{Result, WickError};
 use crate::models::{Bert, BertHeads, EncoderFamily, Model, ModelConfig};
 use crate::nn::loss::cross_entropy;
 use crate::tokenizer::Tokenizer;
 use crate::train::config::TrainConfig;
-use crate::train::distributed::Part;
 
 pub struct MlmNsp;
 
@@ -125,14 +125,7 @@ struct MlmNspTask<'m> {
 
 impl Task for MlmNspTask<'_> {
     fn train_loss(&mut self, n: usize, part: Part, device: &Device) -> Result<Tensor> {
-        let b = self.train.batch(n, device)?;
-        let b = NspBatch {
-            ids: part.rows(&b.ids)?,
-            token_types: part.rows(&b.token_types)?,
-            mask: part.rows(&b.mask)?,
-            mlm_labels: part.rows(&b.mlm_labels)?,
-            nsp_labels: part.rows(&b.nsp_labels)?,
-        };
+        let b = self.train.batch(n, device)?.rows(part)?;
         let (mlm, nsp, _) = losses(self.model, &b, true)?;
         Ok((mlm + nsp)?)
     }

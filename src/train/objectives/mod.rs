@@ -19,7 +19,7 @@ use candle_core::backprop::GradStore;
 use candle_core::{Device, Tensor, Var};
 
 use super::config::{Objective as Name, TrainConfig};
-use super::distributed::Part;
+use crate::data::Part;
 use crate::error::{Result, WickError};
 use crate::models::{BertHeads, Gpt2, Model, ModelConfig};
 use crate::tokenizer::Tokenizer;

@@ -11,14 +11,14 @@ use candle_core::{Device, Tensor};
 
 use super::seq2seq::PairSplit;
 use super::{does_not_fit, Built, Eval, Objective, Setup, Task};
-use crate::data::nat::{NatBatch, NatBatches};
+use crate::data::nat::NatBatches;
 use crate::data::pairs::encode_pairs;
+use crate::data::Part;
 use crate::error::{Result, WickError};
 use crate::eval::{nat_loss, nat_loss_over};
 use crate::models::{BertHeads, Model, ModelConfig, Seq2Seq, Seq2SeqFamily};
 use crate::tokenizer::Tokenizer;
 use crate::train::config::TrainConfig;
-use crate::train::distributed::Part;
 
 pub struct Nat;
 
@@ -112,16 +112,7 @@ struct NatTask<'m> {
 
 impl Task for NatTask<'_> {
     fn train_loss(&mut self, n: usize, part: Part, device: &Device) -> Result<Tensor> {
-        let b = self.train.batch(n, device)?;
-        let b = NatBatch {
-            src: part.rows(&b.src)?,
-            src_mask: part.rows(&b.src_mask)?,
-            tgt_in: part.rows(&b.tgt_in)?,
-            tgt_mask: part.rows(&b.tgt_mask)?,
-            labels: part.rows(&b.labels)?,
-            src_lengths: part.items(&b.src_lengths),
-            tgt_lengths: part.items(&b.tgt_lengths),
-        };
+        let b = self.train.batch(n, device)?.rows(part)?;
         Ok(nat_loss(self.model, &b, self.label_smoothing, true)?.total)
     }
 

@@ -10,13 +10,13 @@ use rand::{rngs::StdRng, seq::SliceRandom, Rng, SeedableRng};
 
 use super::{does_not_fit, held_out, Built, Eval, Objective, Setup, Task};
 use crate::data::pairs::{encode_pairs, PairBatch, PairBatches};
+use crate::data::Part;
 use crate::error::{Result, WickError};
 use crate::eval::seq2seq_loss_over;
 use crate::models::{BertHeads, Model, ModelConfig, Seq2Seq as Seq2SeqModel};
 use crate::nn::loss::smoothed_loss;
 use crate::tokenizer::Tokenizer;
 use crate::train::config::TrainConfig;
-use crate::train::distributed::Part;
 
 pub struct Seq2Seq;
 
@@ -132,14 +132,7 @@ struct Seq2SeqTask<'m> {
 
 impl Task for Seq2SeqTask<'_> {
     fn train_loss(&mut self, n: usize, part: Part, device: &Device) -> Result<Tensor> {
-        let b = self.train.batch(n, device)?;
-        let b = PairBatch {
-            src: part.rows(&b.src)?,
-            src_mask: part.rows(&b.src_mask)?,
-            tgt_in: part.rows(&b.tgt_in)?,
-            tgt_mask: part.rows(&b.tgt_mask)?,
-            labels: part.rows(&b.labels)?,
-        };
+        let b = self.train.batch(n, device)?.rows(part)?;
         let tgt_in = if self.scheduled_sampling > 0.0 {
             let mut rng = StdRng::seed_from_u64(
                 self.seed ^ 0x5353 ^ (n as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15),
