@@ -297,6 +297,13 @@ fn fine_tuning_bart_from_a_bare_model_saves_the_generation_layout() {
         (&"<s>".into(), &"<mask>".into())
     );
     translate_and_keep(&out, "To be, or not to be", "tiny-bart-ft");
+    // `wick eval` frames the pairs as training did: its teacher-forced loss on the
+    // training pairs is near the last training loss, far below the first.
+    let data = dir.path().join("pairs.tsv");
+    let (out_s, data_s) = (out.to_str().unwrap(), data.to_str().unwrap());
+    let v = wick_json(&["eval", "--model", out_s, "--data", data_s, "--json"]);
+    let l = losses(&out);
+    assert!(v["loss"].as_f64().unwrap() < l[0].1 * 0.8, "{v} vs {l:?}");
     let v = wick_json(&["info", "--model", out.to_str().unwrap(), "--json"]);
     assert_eq!(v["family"], "BART");
     assert!(v["supported"].to_string().contains("translate"), "{v}");
