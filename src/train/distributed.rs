@@ -65,17 +65,14 @@ impl Collective for SingleProcess {
 }
 
 /// The size of the world the launcher started this process in, from the variables
-/// Open MPI, MPICH (Hydra) and Slurm set; 1 when it was started alone.
+/// Open MPI, MPICH's Hydra and PMIx launchers set for each process they start (not a
+/// batch job's task count, which a single process run inside the job also sees); 1 when
+/// it was started alone.
 pub fn launched_world() -> usize {
-    [
-        "OMPI_COMM_WORLD_SIZE",
-        "PMI_SIZE",
-        "PMIX_SIZE",
-        "SLURM_NTASKS",
-    ]
-    .iter()
-    .find_map(|k| std::env::var(k).ok()?.parse().ok())
-    .unwrap_or(1)
+    ["OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_SIZE"]
+        .iter()
+        .find_map(|k| std::env::var(k).ok()?.parse().ok())
+        .unwrap_or(1)
 }
 
 /// Ranks on one machine share its cores: unless `RAYON_NUM_THREADS` says otherwise,
