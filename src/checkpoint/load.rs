@@ -102,13 +102,9 @@ const GENERATION_IDS: [&str; 3] = [
     "forced_eos_token_id",
 ];
 
-/// `dir`'s config.json, with generation_config.json's [`GENERATION_IDS`] over it; the
-/// path it was read from comes back for errors.
-pub fn read_config_json(dir: &Path) -> Result<(Value, PathBuf)> {
-    let path = dir.join("config.json");
-    let text = std::fs::read_to_string(&path).map_err(|e| WickError::io(&path, e))?;
-    let mut value: Value = serde_json::from_str(&text)
-        .map_err(|e| WickError::config(&path, format!("not valid JSON: {e}")))?;
+/// `dir`'s config.json, with generation_config.json's [`GENERATION_IDS`] over it.
+pub fn read_config_json(dir: &Path) -> Result<Value> {
+    let mut value = ModelConfig::read_json(&dir.join("config.json"))?;
     if let (Some(obj), Some((g, _))) = (value.as_object_mut(), generation_config(dir)?) {
         let encoder_decoder = obj.get("is_encoder_decoder") == Some(&Value::Bool(true))
             || obj.contains_key("decoder_start_token_id");
@@ -118,7 +114,7 @@ pub fn read_config_json(dir: &Path) -> Result<(Value, PathBuf)> {
             }
         }
     }
-    Ok((value, path))
+    Ok(value)
 }
 
 /// Loads `model` (a folder or a hub id) for inference. A LoRA adapter folder loads the
@@ -156,7 +152,7 @@ pub fn load(model: &str, opts: &LoadOptions) -> Result<Pretrained> {
         });
     }
     let config_dir = config_path.parent().unwrap_or(&dir).to_path_buf();
-    let (config_json, _) = read_config_json(&config_dir)?;
+    let config_json = read_config_json(&config_dir)?;
     let mut config = ModelConfig::from_value(&config_json, &config_path)?;
     let store = TensorStore::open_dir(&dir)?;
     let heads = adapter

@@ -22,10 +22,14 @@ pub enum ModelConfig {
 
 impl ModelConfig {
     pub fn from_file(path: &Path) -> Result<Self> {
+        Self::from_value(&Self::read_json(path)?, path)
+    }
+
+    /// A config.json as JSON, errors naming the file.
+    pub fn read_json(path: &Path) -> Result<Value> {
         let text = std::fs::read_to_string(path).map_err(|e| WickError::io(path, e))?;
-        let value: Value = serde_json::from_str(&text)
-            .map_err(|e| WickError::config(path, format!("not valid JSON: {e}")))?;
-        Self::from_value(&value, path)
+        serde_json::from_str(&text)
+            .map_err(|e| WickError::config(path, format!("not valid JSON: {e}")))
     }
 
     pub fn from_value(value: &Value, path: &Path) -> Result<Self> {

@@ -351,7 +351,7 @@ fn tokenizer_and_config(
 ) -> Result<(Tokenizer, Value, Option<PathBuf>)> {
     Ok(match start {
         Start::Resume { dir, .. } => {
-            let (c, _) = crate::checkpoint::read_config_json(dir)?;
+            let c = crate::checkpoint::read_config_json(dir)?;
             (Tokenizer::from_dir(dir)?, c, Some(dir.clone()))
         }
         Start::New(Source::Scratch {
@@ -374,7 +374,7 @@ fn tokenizer_and_config(
             (tok, config, None)
         }
         Start::New(Source::Checkpoint { dir }) => {
-            let (c, _) = crate::checkpoint::read_config_json(dir)?;
+            let c = crate::checkpoint::read_config_json(dir)?;
             let tok = match &req.tokenizer {
                 Some(t) => Tokenizer::from_file(Path::new(t))?,
                 None => Tokenizer::from_dir(dir)?,
@@ -633,22 +633,6 @@ impl Run<'_> {
         if !self.comm.is_leader() {
             return Ok(());
         }
-        self.summary(model, opt, data_line, steps_per_epoch, shards);
-        crate::files::atomic_write(
-            &self.out.join("train_config.json"),
-            serde_json::to_string_pretty(self.cfg).unwrap().as_bytes(),
-        )
-    }
-
-    /// The derived numbers, printed before the first step.
-    fn summary(
-        &self,
-        model: &Model,
-        opt: &AdamW,
-        data_line: &str,
-        steps_per_epoch: f64,
-        shards: usize,
-    ) {
         let cfg = self.cfg;
         let (decayed, not_decayed) = opt.group_sizes();
         println!(
@@ -723,6 +707,10 @@ impl Run<'_> {
         }
         println!("out          {}", self.out.display());
         println!("config       {}", serde_json::to_string(cfg).unwrap());
+        crate::files::atomic_write(
+            &self.out.join("train_config.json"),
+            serde_json::to_string_pretty(cfg).unwrap().as_bytes(),
+        )
     }
 
     /// A checkpoint of step `step` (model, tokenizer, optimizer, trainer state).
