@@ -16,9 +16,6 @@ pub struct Part {
 }
 
 impl Part {
-    /// The whole batch (one process).
-    pub const WHOLE: Part = Part { rank: 0, world: 1 };
-
     /// The rows of a batch of `rows` this rank takes: equal blocks in rank order (the
     /// trainer checks that the world divides the batch; a short last batch of an
     /// evaluation is split as evenly as it goes).
@@ -66,7 +63,8 @@ mod tests {
             second.to_vec2::<u32>().unwrap(),
             vec![vec![6, 7], vec![8, 9], vec![10, 11]]
         );
-        assert_eq!(Part::WHOLE.rows(&t).unwrap().dims(), &[6, 2]);
+        let whole = Part { rank: 0, world: 1 };
+        assert_eq!(whole.rows(&t).unwrap().dims(), &[6, 2]);
         assert_eq!(Part { rank: 0, world: 2 }.items(&[1, 2, 3, 4]), vec![1, 2]);
     }
 }
