@@ -158,3 +158,16 @@ test-mpi:
 bench-mpi:
     cargo build --release --features mpi
     bash benches/distributed.sh
+
+# The CUDA build's tests on a machine with an NVIDIA GPU and the CUDA toolkit (nvcc,
+# cuBLAS, NCCL): every command and objective against the CPU, transformers' logits, and
+# NCCL's collectives.
+test-cuda:
+    cargo test --release --features nccl --test cuda
+
+# wick against nanoGPT, a PyTorch loop and transformers' generate on the same GPU
+# (docs/benchmarks.md "GPU"); needs torch and transformers with CUDA.
+bench-gpu:
+    cargo build --release --features nccl
+    cargo test --release --features nccl --test cuda --no-run
+    bash benches/gpu.sh target/release/wick "$(ls -t target/release/deps/cuda-* | grep -v '\.d$' | head -1)"

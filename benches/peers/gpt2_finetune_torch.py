@@ -35,6 +35,7 @@ ap.add_argument("--gradient-checkpointing", action="store_true")
 # torch's CPU mixed precision (bf16 matmuls on AMX through oneDNN, f32 master weights):
 # the peer of `wick train --matmul-precision bf16`.
 ap.add_argument("--autocast-bf16", action="store_true")
+ap.add_argument("--device", default="cpu", help="cpu or cuda (f32, no TF32; cuda adds a synchronize to each step's time)")
 ap.add_argument("--data", default=os.path.join(os.path.dirname(__file__), "..", "..", "data", "tinyshakespeare.txt"))
 ap.add_argument("--tokenizer", default=os.path.join(os.path.dirname(__file__), "..", "..", "..", "shared", "data", "gpt2-tokenizer"))
 args = ap.parse_args()
@@ -53,7 +54,8 @@ if args.save:
 
 tok = PreTrainedTokenizerFast(tokenizer_file=os.path.join(args.model, "tokenizer.json"))
 ids = torch.tensor(tok(open(args.data).read())["input_ids"], dtype=torch.long)
-model = GPT2LMHeadModel.from_pretrained(args.model, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
+model = GPT2LMHeadModel.from_pretrained(args.model, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0).to(args.device)
+cuda = args.device.startswith("cuda")
 if args.gradient_checkpointing:
     model.gradient_checkpointing_enable()
 if args.lora_r:
@@ -77,15 +79,19 @@ times = []
 for step in range(1, args.steps + 1):
     t0 = time.perf_counter()
     ix = torch.randint(len(ids) - T - 1, (B,), generator=g)
-    x = torch.stack([ids[i : i + T] for i in ix])
-    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.autocast_bf16):
+    x = torch.stack([ids[i : i + T] for i in ix]).to(args.device)
+    with torch.autocast(torch.device(args.device).type, dtype=torch.bfloat16, enabled=args.autocast_bf16):
         out = model(input_ids=x, labels=x)
     out.loss.backward()
     torch.nn.utils.clip_grad_norm_(trained, 1.0)
     opt.step()
     opt.zero_grad(set_to_none=True)
+    if cuda:
+        torch.cuda.synchronize()
     dt = time.perf_counter() - t0
     times.append(dt)
     print(f"step {step}: loss {out.loss.item():.4f}, {dt * 1e3:.0f} ms", flush=True)
 print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, cpu {torch.backends.cpu.get_cpu_capability()}")
+if cuda:
+    print(f"{torch.cuda.get_device_name()}: peak GPU memory allocated {torch.cuda.max_memory_allocated() / 2**30:.2f} GiB")
 print(f"median ms/step (steps 3-{args.steps}): {statistics.median(times[2:]) * 1e3:.0f}")

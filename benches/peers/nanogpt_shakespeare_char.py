@@ -25,6 +25,7 @@ from torch.nn import functional as F
 
 ap = argparse.ArgumentParser()
 ap.add_argument("--max-iters", type=int, default=2000)
+ap.add_argument("--device", default="cpu", help="cpu or cuda (f32 on both: no autocast, no compile, no TF32)")
 ap.add_argument("--data", default=os.path.join(os.path.dirname(__file__), "..", "..", "data", "tinyshakespeare.txt"))
 args = ap.parse_args()
 
@@ -122,7 +123,7 @@ class GPT(nn.Module):
 
     def forward(self, idx, targets):
         b, t = idx.size()
-        pos = torch.arange(0, t, dtype=torch.long)
+        pos = torch.arange(0, t, dtype=torch.long, device=idx.device)
         x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(pos))
         for block in self.transformer.h:
             x = block(x)
@@ -130,11 +131,13 @@ class GPT(nn.Module):
         return F.cross_entropy(logits.view(-1, logits.size(-1)), targets.view(-1), ignore_index=-1)
 
 
-model = GPT(len(chars))
+device = args.device
+model = GPT(len(chars)).to(device)
 params = [p for p in model.parameters() if p.requires_grad]
 groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
           {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
-optimizer = torch.optim.AdamW(groups, lr=learning_rate, betas=(beta1, beta2))
+# nanoGPT's configure_optimizers: the fused AdamW on CUDA.
+optimizer = torch.optim.AdamW(groups, lr=learning_rate, betas=(beta1, beta2), fused=device.startswith("cuda"))
 
 
 def get_batch(split):
@@ -142,6 +145,8 @@ def get_batch(split):
     ix = torch.randint(len(data) - block_size, (batch_size,))
     x = torch.stack([torch.from_numpy(data[i:i + block_size].astype(np.int64)) for i in ix])
     y = torch.stack([torch.from_numpy(data[i + 1:i + 1 + block_size].astype(np.int64)) for i in ix])
+    if device.startswith("cuda"):  # as train.py: pinned, asynchronous copies
+        return x.pin_memory().to(device, non_blocking=True), y.pin_memory().to(device, non_blocking=True)
     return x, y
 
 
@@ -168,7 +173,7 @@ def get_lr(it):
 
 
 print(f"nanoGPT peer: {sum(p.numel() for p in params) / 1e6:.2f}M parameters, torch {torch.__version__}, "
-      f"{torch.get_num_threads()} threads")
+      f"{torch.get_num_threads()} threads, {torch.cuda.get_device_name() if device.startswith('cuda') else 'cpu'}")
 X, Y = get_batch("train")
 start = time.time()
 iter_num, last = 0, None
@@ -187,6 +192,7 @@ while True:
     torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
+    loss.item()  # train.py's log_interval=1 reads the loss every iteration
     iter_num += 1
     if iter_num > max_iters:
         break

@@ -80,7 +80,7 @@ pub struct ModelArgs {
     #[arg(long)]
     pub adapter: Option<String>,
     /// cpu, cuda[:N] or metal.
-    #[arg(long, default_value = "cpu")]
+    #[arg(long, default_value = "cpu", env = "WICK_DEVICE")]
     pub device: String,
     /// Print exactly one JSON object on stdout.
     #[arg(long)]

@@ -36,7 +36,7 @@ pub struct Args {
     #[arg(long, default_value_t = 10.0, value_parser = super::finite_f64)]
     grace_period: f64,
     /// cpu, cuda[:N] or metal.
-    #[arg(long, default_value = "cpu")]
+    #[arg(long, default_value = "cpu", env = "WICK_DEVICE")]
     device: String,
     /// Matrix products in bf16 with f32 sums on CPUs with Intel AMX.
     #[arg(long, value_enum, default_value = "f32", env = "WICK_MATMUL_PRECISION")]

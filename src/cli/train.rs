@@ -29,7 +29,7 @@ pub struct Args {
     #[command(flatten)]
     settings: Settings,
     /// cpu, cuda[:N] or metal.
-    #[arg(long, default_value = "cpu")]
+    #[arg(long, default_value = "cpu", env = "WICK_DEVICE")]
     device: String,
 }
 

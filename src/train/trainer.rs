@@ -138,9 +138,9 @@ fn check_out_dir(out: &Path, resume: bool) -> Result<()> {
 }
 
 pub fn train(req: TrainRequest) -> Result<TrainSummary> {
-    let device = req.device.clone();
-    // The processes beside this one (none, or the ranks mpirun started).
-    let comm = distributed::from_env()?;
+    // The processes beside this one (none, or the ranks a launcher started), and the
+    // device this one trains on (its own GPU under NCCL).
+    let (comm, device) = distributed::from_env(&req.device)?;
     let leader = comm.is_leader();
     // 1. Where the model, settings, data and output come from.
     let Plan {
