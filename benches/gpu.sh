@@ -59,6 +59,10 @@ row "default run: training loop s" "$wick_loop" "$peer_loop" "$(ratio "$wick_loo
 row "default run: final val loss" "$(grep -o 'val loss [0-9.]*' "$logs/default-wick.txt" | tail -1 | cut -d' ' -f3)" \
   "$(sed -n 's/.*final val loss \([0-9.]*\).*/\1/p' "$logs/default-nanogpt.txt")" ""
 
+# Where a step's time goes (WICK_STEP_TIMES synchronizes at each phase: not timed above).
+WICK_STEP_TIMES=1 timeout 60 "$wick" train --device cuda --max-iters 200 --sample-tokens 0 --out "$tmp/split" 2>&1 |
+  grep "step split" | tee "$logs/split-default.txt"
+
 echo "== GPT-2 124M fine-tune"
 model=$tmp/gpt2-124m-random
 python3 benches/peers/gpt2_finetune_torch.py --save "$model" --tokenizer "$tok" >/dev/null 2>&1
@@ -70,6 +74,9 @@ import json, statistics; e = [json.loads(l)['elapsed_s'] for l in open('$tmp/ft/
 print(round(statistics.median([b - a for a, b in zip(e[2:], e[3:])]) * 1000, 1))" 2>/dev/null)
 timeout 90 python3 benches/peers/gpt2_finetune_torch.py --model "$model" --device cuda --steps 20 >"$logs/ft-torch.txt" 2>&1
 peer_ms=$(sed -n 's/^median ms\/step.*: \([0-9.]*\)/\1/p' "$logs/ft-torch.txt")
+WICK_STEP_TIMES=1 timeout 60 "$wick" train --device cuda --model "$model" --data data/tinyshakespeare.txt --out "$tmp/ft-split" \
+  --batch-size 4 --block-size 256 --max-iters 10 --eval-every 100000 --save-every 100000 --sample-tokens 0 \
+  --dropout 0 --warmup-iters 0 2>&1 | grep "step split" | tee "$logs/split-124m.txt"
 row "124M fine-tune 4x256: median ms/step" "$wick_ms" "$peer_ms" "$(ratio "$wick_ms" "$peer_ms")"
 
 echo "== GPT-2 124M decode"
@@ -87,4 +94,5 @@ echo
 cat "$logs/gpu.txt"
 printf '%-44s %14s %14s %8s\n' "job" "wick" "peer" "wick/peer"
 printf '%s\n' "${rows[@]}" | tee "$logs/table.txt"
+cat "$logs"/split-*.txt
 echo "(wick/peer is a ratio of times, decode included: under 1, wick is the faster)"

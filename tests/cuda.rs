@@ -80,7 +80,7 @@ fn assert_json_close(a: &Value, b: &Value, tol: f64, path: &str) {
 #[track_caller]
 fn same_on_both(args: &[&str]) {
     let run = |device: &str| wick_json(&[args, &["--device", device, "--json"]].concat());
-    assert_json_close(&run("cuda"), &run("cpu"), 1e-4, &args[0].to_string());
+    assert_json_close(&run("cuda"), &run("cpu"), 1e-4, args[0]);
 }
 
 #[test]

@@ -76,6 +76,13 @@ impl InplaceOp2 for MomentsUpdate {
         lg: &Layout,
     ) -> Result<()> {
         let (mv, g) = (slice_mut(mv, lmv)?, slice(g, lg)?);
+        if mv.len() != 2 * g.len() {
+            candle_core::bail!(
+                "AdamW moments hold {} values for {} gradients",
+                mv.len(),
+                g.len()
+            )
+        }
         let (m, v) = mv.split_at_mut(g.len());
         for i in 0..g.len() {
             let gi = g[i] * self.grad_scale;
@@ -83,6 +90,18 @@ impl InplaceOp2 for MomentsUpdate {
             v[i] = self.beta2 * v[i] + (1.0 - self.beta2) * gi * gi;
         }
         Ok(())
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        mv: &mut candle_core::CudaStorage,
+        lmv: &Layout,
+        g: &candle_core::CudaStorage,
+        lg: &Layout,
+    ) -> Result<()> {
+        let args = [self.beta1, self.beta2, self.grad_scale];
+        super::adamw_cuda::moments(mv, lmv, g, lg, args)
     }
 }
 
@@ -115,6 +134,25 @@ impl InplaceOp2 for ApplyUpdate {
         }
         Ok(())
     }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        w: &mut candle_core::CudaStorage,
+        lw: &Layout,
+        mv: &candle_core::CudaStorage,
+        lmv: &Layout,
+    ) -> Result<()> {
+        let args = [self.lr, self.decay_factor, self.bc1, self.bc2, self.eps];
+        super::adamw_cuda::apply(w, lw, mv, lmv, args)
+    }
+}
+
+/// Whether AdamW updates `w` in place with its own kernels: f32 on the CPU, or on a
+/// GPU in a CUDA build; other tensors take the composed path.
+fn updates_in_place(w: &Tensor) -> bool {
+    let kernels = w.device().is_cpu() || (cfg!(feature = "cuda") && w.device().is_cuda());
+    kernels && w.dtype() == DType::F32 && w.is_contiguous()
 }
 
 pub struct AdamW {
@@ -171,6 +209,15 @@ impl AdamW {
     /// Parameters are read in parallel and their sums added in a fixed order, so the
     /// norm does not depend on the thread count.
     pub fn grad_norm(&self, grads: &GradStore) -> Result<f64> {
+        if let Some(p) = self.params.first().filter(|p| !p.var.device().is_cpu()) {
+            // On a GPU: one read back for all parameters, not one per parameter.
+            let mut sums = vec![Tensor::zeros((), DType::F32, p.var.device())?];
+            for g in self.params.iter().filter_map(|p| grads.get(&p.var)) {
+                sums.push(g.to_dtype(DType::F32)?.sqr()?.sum_all()?);
+            }
+            let total = Tensor::stack(&sums, 0)?.sum_all()?.to_scalar::<f32>()?;
+            return Ok((total as f64).sqrt());
+        }
         let sums = self
             .params
             .par_iter()
@@ -191,8 +238,9 @@ impl AdamW {
         } = self.cfg;
         let bc1 = 1.0 - beta1.powi(self.t as i32);
         let bc2 = 1.0 - beta2.powi(self.t as i32);
-        // Parameters update independently: in parallel, each one whole on one thread.
-        self.params.par_iter_mut().try_for_each(|p| -> Result<()> {
+        // Parameters update independently: on the CPU in parallel, each one whole on one
+        // thread; on a GPU in order, each a launch or two on the device's stream.
+        let update = |p: &mut Param| -> Result<()> {
             let Some(g) = grads.get(&p.var) else {
                 return Ok(());
             };
@@ -205,8 +253,7 @@ impl AdamW {
             } else {
                 1.0
             };
-            let in_place = w.device().is_cpu() && w.dtype() == DType::F32 && w.is_contiguous();
-            if in_place {
+            if updates_in_place(w) {
                 let g = g.to_dtype(DType::F32)?.contiguous()?.flatten_all()?;
                 let moments = MomentsUpdate {
                     beta1: beta1 as f32,
@@ -232,7 +279,11 @@ impl AdamW {
                 p.mv = Tensor::stack(&[m, v], 0)?;
             }
             Ok(())
-        })
+        };
+        match self.params.first().is_some_and(|p| p.var.device().is_cpu()) {
+            true => self.params.par_iter_mut().try_for_each(update),
+            false => self.params.iter_mut().try_for_each(update),
+        }
     }
 
     /// Moments as named tensors (`exp_avg.NAME`, `exp_avg_sq.NAME`) for saving.

@@ -18,6 +18,7 @@ use super::objectives::{self, Built, Eval, Setup, Task};
 use super::optim::{AdamW, AdamWConfig};
 use super::schedule::LrSchedule;
 use super::shards::accumulate;
+use super::step_times::Phase;
 use crate::checkpoint::{resolve, InitPolicy, TensorStore, WeightSource};
 use crate::error::{Result, WickError};
 use crate::models::{EncoderFamily, Model, ModelConfig};
@@ -276,7 +277,7 @@ pub fn train(req: TrainRequest) -> Result<TrainSummary> {
         device: &device,
         progress: req.progress && leader,
         comm: comm.as_ref(),
-        reduce_seconds: Default::default(),
+        times: super::step_times::StepTimes::from_env(),
     };
     run.announce(&model, &opt, &data_line, steps_per_epoch, task.shards())?;
 
@@ -597,8 +598,8 @@ struct Run<'a> {
     progress: bool,
     /// The ranks training together (one process: [`distributed::SingleProcess`]).
     comm: &'a dyn Collective,
-    /// Seconds spent summing gradients over the ranks.
-    reduce_seconds: std::cell::Cell<f64>,
+    /// Where the steps' time went (the summing share, and `WICK_STEP_TIMES`).
+    times: super::step_times::StepTimes,
 }
 
 /// Where the loop stopped.
@@ -769,6 +770,7 @@ impl Run<'_> {
         let (part, world) = (self.comm.part(), self.comm.world() as f64);
         let mut grads = None;
         let mut loss_sum = 0f64;
+        let mut clock = Instant::now();
         for micro in 0..cfg.grad_accum {
             let n = step * cfg.grad_accum + micro;
             // Dropout masks from (seed, micro-batch, rank): a resumed run draws the same
@@ -793,17 +795,18 @@ impl Run<'_> {
             )));
         }
         let mut grads = grads.expect("at least one micro-batch");
-        let reducing = Instant::now();
+        self.times.lap(Phase::Gradients, self.device, &mut clock)?;
         distributed::all_reduce_grads(self.comm, &mut grads, vars)?;
-        let spent = self.reduce_seconds.get() + reducing.elapsed().as_secs_f64();
-        self.reduce_seconds.set(spent);
+        self.times.lap(Phase::Summing, self.device, &mut clock)?;
         let norm = opt.grad_norm(&grads)?;
+        self.times.lap(Phase::Clipping, self.device, &mut clock)?;
         let scale = if cfg.grad_clip > 0.0 && norm > cfg.grad_clip {
             cfg.grad_clip / (norm + 1e-6)
         } else {
             1.0
         };
         opt.step(&grads, lr, scale)?;
+        self.times.lap(Phase::Optimizer, self.device, &mut clock)?;
         Ok((loss_sum / cfg.grad_accum as f64, norm))
     }
 
@@ -1008,13 +1011,16 @@ impl Run<'_> {
             leader: self.comm.is_leader(),
         };
         if self.comm.world() > 1 && summary.leader {
-            let reduce = self.reduce_seconds.get();
+            let reduce = self.times.seconds(Phase::Summing);
             println!(
                 "distributed  rank 0 spent {reduce:.1} s of the loop's {:.1} s ({:.1}%) \
                  summing gradients",
                 looped.seconds,
                 100.0 * reduce / looped.seconds.max(1e-9)
             );
+        }
+        if let Some(split) = self.times.report().filter(|_| summary.leader) {
+            println!("{split}");
         }
         if looped.interrupted || !summary.leader {
             return Ok(summary);
