@@ -472,3 +472,107 @@ fn lora_classifiers_on_roberta_and_distilbert_use_the_familys_names() {
         keep_saved(&out, &format!("lora-{base}"), None);
     }
 }
+
+/// A chat model keeps its chat template, and a sentence-transformers model its pooling
+/// and normalisation, through a LoRA run and `wick merge` (as through peft's
+/// `merge_and_unload` and a save): the written folders carry them from the base.
+#[test]
+fn chat_templates_and_sentence_transformers_files_survive_training_and_merging() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = corpus(dir.path());
+    let read = |p: &Path| std::fs::read_to_string(p).unwrap();
+    let json = |p: &Path| serde_json::from_str::<serde_json::Value>(&read(p)).unwrap();
+    let train_and_merge = |model: &Path, name: &str, extra: &[&str]| {
+        let out = dir.path().join(name);
+        let mut args = vec!["train", "--model", model.to_str().unwrap(), "--data"];
+        args.extend([data.to_str().unwrap(), "--out", out.to_str().unwrap()]);
+        args.extend(["--lora-r", "4", "--max-iters", "4", "--batch-size", "4"]);
+        args.extend([
+            "--block-size",
+            "16",
+            "--sample-tokens",
+            "0",
+            "--eval-every",
+            "100",
+        ]);
+        args.extend_from_slice(extra);
+        let (code, _, e) = wick(&args);
+        assert_eq!(code, 0, "{e}");
+        let merged = dir.path().join(format!("{name}-merged"));
+        let (m, o) = (out.to_str().unwrap(), merged.to_str().unwrap());
+        let (code, _, e) = wick(&["merge", "--model", m, "--out", o]);
+        assert_eq!(code, 0, "{e}");
+        (out, merged)
+    };
+
+    // A GPT-2 with a ChatML template.
+    let chat = copy_fixture("tiny-gpt2");
+    let template =
+        "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}";
+    std::fs::write(
+        chat.path().join("tokenizer_config.json"),
+        serde_json::json!({"chat_template": template}).to_string(),
+    )
+    .unwrap();
+    let (out, merged) = train_and_merge(chat.path(), "chat", &[]);
+    for folder in [&out, &merged] {
+        let t = json(&folder.join("tokenizer_config.json"));
+        assert_eq!(t["chat_template"], template, "{}", folder.display());
+    }
+
+    // A BERT as a SentenceTransformer: [CLS] pooling, then Normalize.
+    let st = copy_fixture("tiny-bert-mlm");
+    let modules = serde_json::json!([
+        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+        {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
+        {"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"},
+        {"idx": 3, "name": "3", "path": "../outside", "type": "sentence_transformers.models.Dense"}
+    ]);
+    std::fs::write(st.path().join("modules.json"), modules.to_string()).unwrap();
+    std::fs::create_dir(st.path().join("1_Pooling")).unwrap();
+    let pooling = r#"{"word_embedding_dimension": 32, "pooling_mode_cls_token": true, "pooling_mode_mean_tokens": false}"#;
+    std::fs::write(st.path().join("1_Pooling/config.json"), pooling).unwrap();
+    std::fs::write(
+        st.path().join("sentence_bert_config.json"),
+        r#"{"max_seq_length": 16}"#,
+    )
+    .unwrap();
+    let (out, merged) = train_and_merge(st.path(), "st", &["--objective", "mlm"]);
+    for folder in [&out, &merged] {
+        for f in [
+            "modules.json",
+            "1_Pooling/config.json",
+            "sentence_bert_config.json",
+        ] {
+            assert_eq!(
+                read(&folder.join(f)),
+                read(&st.path().join(f)),
+                "{f} in {}",
+                folder.display()
+            );
+        }
+        assert!(!folder.join("2_Normalize").exists() && !dir.path().join("outside").exists());
+    }
+    // The merged folder embeds as its modules say: [CLS] pooling, unit length.
+    let m = merged.to_str().unwrap();
+    let own = wick_json(&["embed", "--model", m, "--text", "the quick fox", "--json"]);
+    let cls = wick_json(&[
+        "embed",
+        "--model",
+        m,
+        "--text",
+        "the quick fox",
+        "--pooling",
+        "cls",
+        "--normalize",
+        "--json",
+    ]);
+    assert_eq!(own["embeddings"], cls["embeddings"]);
+    let v: Vec<f64> = own["embeddings"][0]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_f64().unwrap())
+        .collect();
+    assert!((v.iter().map(|x| x * x).sum::<f64>() - 1.0).abs() < 1e-5);
+}

@@ -2,12 +2,74 @@
 //! with `AutoTokenizer.from_pretrained(DIR)` and `pipeline("text-generation", model=DIR)`
 //! with no extra arguments: `tokenizer_config.json` (the tokenizer class, its special
 //! tokens, the context length) and `generation_config.json` (the ids generation starts,
-//! stops and pads with).
+//! stops and pads with). And a sentence-transformers folder's own files, carried from a
+//! base to what is trained or merged from it.
+
+use std::path::{Path, PathBuf};
 
 use serde_json::{json, Map, Value};
 
+use crate::error::{Result, WickError};
+use crate::files::atomic_write;
+
 use crate::models::ModelConfig;
 use crate::tokenizer::{Special, Tokenizer};
+
+/// What makes a folder a SentenceTransformer (its pooling and normalisation), relative
+/// to `dir`: modules.json, the two config files beside it, and the files of each module
+/// folder modules.json names (`1_Pooling/config.json`, ...). Empty for other folders.
+pub fn sentence_transformers_files(dir: &Path) -> Vec<PathBuf> {
+    let Some(modules) = std::fs::read_to_string(dir.join("modules.json"))
+        .ok()
+        .and_then(|t| serde_json::from_str::<Value>(&t).ok())
+        .and_then(|v| v.as_array().cloned())
+    else {
+        return vec![];
+    };
+    let mut files: Vec<PathBuf> = [
+        "modules.json",
+        "sentence_bert_config.json",
+        "config_sentence_transformers.json",
+    ]
+    .iter()
+    .map(PathBuf::from)
+    .filter(|f| dir.join(f).is_file())
+    .collect();
+    for m in &modules {
+        // The module folder, never the model's own root ("" is the Transformer module).
+        let Some(sub) = m["path"].as_str().map(Path::new).filter(|p| {
+            !p.as_os_str().is_empty()
+                && p.components()
+                    .all(|c| matches!(c, std::path::Component::Normal(_)))
+        }) else {
+            continue;
+        };
+        let entries = std::fs::read_dir(dir.join(sub))
+            .into_iter()
+            .flatten()
+            .flatten();
+        files.extend(
+            entries
+                .filter(|e| e.path().is_file())
+                .map(|e| sub.join(e.file_name())),
+        );
+    }
+    files
+}
+
+/// Copies `from`'s sentence-transformers files into `to` (atomically, each), so that a
+/// model trained or merged from a SentenceTransformer loads as one with its pooling.
+pub fn carry_sentence_transformers(from: &Path, to: &Path) -> Result<()> {
+    for f in sentence_transformers_files(from) {
+        let (src, dest) = (from.join(&f), to.join(&f));
+        if let Some(parent) = dest.parent() {
+            std::fs::create_dir_all(parent).map_err(|e| WickError::io(parent, e))?;
+        }
+        let bytes = std::fs::read(&src).map_err(|e| WickError::io(&src, e))?;
+        atomic_write(&dest, &bytes)?;
+    }
+    Ok(())
+}
 
 /// tokenizer_config.json for `tok` serving a model of `config`. The class is
 /// `PreTrainedTokenizerFast`, which reads everything else from tokenizer.json; the
@@ -91,6 +153,9 @@ pub fn tokenizer_config(config: &ModelConfig, tok: &Tokenizer) -> Value {
             "separate_vocabs".into(),
             tok.marian_separate_vocabs().into(),
         );
+    }
+    if let Some(t) = tok.chat_template() {
+        v.insert("chat_template".into(), t.clone());
     }
     Value::Object(v)
 }

@@ -4,7 +4,7 @@ use anyhow::{Context, Result};
 use serde_json::json;
 
 use super::{emit, ModelArgs};
-use crate::checkpoint::{adapter, save_pretrained, LoadOptions};
+use crate::checkpoint::{adapter, save_pretrained, side_files, LoadOptions};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -41,9 +41,11 @@ pub fn run(args: Args) -> Result<()> {
     ));
     let _ = std::fs::remove_dir_all(&tmp);
     save_pretrained(&tmp, &p.config, &tensors, p.tokenizer.as_ref())
+        .and_then(|()| side_files::carry_sentence_transformers(&p.dir, &tmp))
         .with_context(|| format!("writing --out {}", args.out.display()))?;
     if args.out.exists() {
         // An empty folder, or one holding no model (holds_model said so): files beside ours stay.
+        // (a module folder such as 1_Pooling moves whole)
         for e in std::fs::read_dir(&tmp)? {
             let e = e?;
             std::fs::rename(e.path(), args.out.join(e.file_name()))?;

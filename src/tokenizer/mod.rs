@@ -41,6 +41,10 @@ pub struct Tokenizer {
     /// ...), copied beside a saved tokenizer.json so that transformers' MarianTokenizer
     /// opens the folder.
     marian_files: Vec<PathBuf>,
+    /// The chat template the folder carried (tokenizer_config.json's `chat_template`, a
+    /// string or a list of named ones, or chat_template.jinja), written back into a saved
+    /// tokenizer_config.json: a fine-tune or merge of a chat model stays one.
+    chat_template: Option<serde_json::Value>,
 }
 
 impl std::fmt::Debug for Tokenizer {
@@ -87,6 +91,7 @@ impl Tokenizer {
             source_side: None,
             configured: special::Configured::default(),
             marian_files: vec![],
+            chat_template: None,
         }
     }
 
@@ -95,7 +100,13 @@ impl Tokenizer {
         let mut tok = Self::from_dir_files(dir)?;
         tok.configured = special::Configured::read(dir);
         tok.marian_files = marian_files(dir).unwrap_or_default();
+        tok.chat_template = chat_template(dir);
         Ok(tok)
+    }
+
+    /// The chat template this tokenizer's folder carried, as tokenizer_config.json holds it.
+    pub fn chat_template(&self) -> Option<&serde_json::Value> {
+        self.chat_template.as_ref()
     }
 
     fn from_dir_files(dir: &Path) -> Result<Self> {
@@ -388,6 +399,19 @@ impl Tokenizer {
 /// A Marian repository's tokenizer files in `dir`: vocab.json, source.spm and
 /// target.spm (and target_vocab.json when there is one), or `None` (GPT-2's vocab.json
 /// comes with merges.txt instead).
+/// `dir`'s chat template: tokenizer_config.json's `chat_template`, else chat_template.jinja.
+fn chat_template(dir: &Path) -> Option<serde_json::Value> {
+    let config = std::fs::read_to_string(dir.join("tokenizer_config.json")).ok();
+    let from_config = config
+        .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+        .and_then(|v| v.get("chat_template").cloned())
+        .filter(|t| t.is_string() || t.is_array());
+    from_config.or_else(|| {
+        let jinja = std::fs::read_to_string(dir.join("chat_template.jinja")).ok()?;
+        Some(jinja.into())
+    })
+}
+
 fn marian_files(dir: &Path) -> Option<Vec<PathBuf>> {
     let files = MARIAN_FILES.map(|f| dir.join(f));
     let complete = files[..3].iter().all(|f| f.is_file()) && !dir.join("merges.txt").is_file();

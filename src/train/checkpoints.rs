@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use super::config::TrainConfig;
 use crate::checkpoint::adapter::{self, AdapterConfig};
-use crate::checkpoint::{save, save_pretrained};
+use crate::checkpoint::{save, save_pretrained, side_files};
 use crate::error::{Result, WickError};
 use crate::files::atomic_write;
 use crate::models::ModelConfig;
@@ -70,6 +70,8 @@ pub struct Snapshot<'a> {
     pub tokenizer: &'a Tokenizer,
     pub optimizer: Vec<(String, Tensor)>,
     pub state: TrainerState,
+    /// The folder the run started from: its sentence-transformers files are carried.
+    pub base: Option<&'a Path>,
 }
 
 /// Writes checkpoint-N atomically, points `<out>`'s own model files at it, and keeps
@@ -86,6 +88,9 @@ pub fn save_checkpoint(out: &Path, snap: &Snapshot, keep_last: usize) -> Result<
             adapter::save(&tmp, cfg, tensors)?;
             save::save_model_files(&tmp, snap.config, Some(snap.tokenizer))?;
         }
+    }
+    if let Some(base) = snap.base {
+        side_files::carry_sentence_transformers(base, &tmp)?;
     }
     atomic_write(
         &tmp.join("optimizer.safetensors"),
@@ -136,6 +141,7 @@ fn remove_aside(dir: &Path, remove: impl Fn(&Path) -> std::io::Result<()>) -> Re
 /// Copies a checkpoint's model files (config, weights or adapter, tokenizer) into
 /// `dest`, each atomically, so `dest` is always a loadable model folder.
 pub fn publish(checkpoint: &Path, dest: &Path) -> Result<()> {
+    side_files::carry_sentence_transformers(checkpoint, dest)?;
     // config.json, written last, marks the folder whole (after adapter_config.json,
     // which makes it an adapter).
     let files = [

@@ -273,6 +273,7 @@ pub fn train(req: TrainRequest) -> Result<TrainSummary> {
         model_config: &model_config,
         tokenizer: &tokenizer,
         weights: &weights,
+        base: weights_dir.as_deref(),
         lora: lora.as_ref(),
         device: &device,
         progress: req.progress && leader,
@@ -592,6 +593,9 @@ struct Run<'a> {
     model_config: &'a ModelConfig,
     tokenizer: &'a Tokenizer,
     weights: &'a WeightSource,
+    /// The folder the weights came from (a base, or the checkpoint resumed), whose
+    /// sentence-transformers files each checkpoint carries.
+    base: Option<&'a Path>,
     /// A LoRA run: what its checkpoints save instead of the whole model.
     lora: Option<&'a super::lora::LoraRun>,
     device: &'a Device,
@@ -734,6 +738,7 @@ impl Run<'_> {
                 tokenizer: self.tokenizer,
                 optimizer: opt.state_tensors(),
                 state,
+                base: self.base,
             },
             self.cfg.keep_last,
         )
