@@ -3,7 +3,8 @@
 //!
 //!     cargo test --release --features mpi --test distributed -- --ignored
 //!
-//! (`just test-mpi` installs Open MPI and libclang first.) They start two ranks on this
+//! (`just test-mpi` installs Open MPI and libclang first; `.ci/run` runs them after the
+//! default suite, installing both when missing.) They start two ranks on this
 //! machine, talking over shared memory and loopback only, for at most a few hundred
 //! steps of the default preset's tiny sizes.
 
