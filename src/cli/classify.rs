@@ -32,7 +32,7 @@ pub fn run(args: Args) -> Result<()> {
     }
     let (tok, device) = (p.tokenizer()?, args.model.device()?);
     let thresholds = super::thresholds(&p, args.threshold)?;
-    let preds = args.batch.run(&texts, "classifying", |b| {
+    let preds = args.batch.run(&texts, &device, "classifying", |b| {
         classify(model, tok, b, args.batch.max_length, &thresholds, &device)
     })?;
     emit(args.model.json, &json!({"predictions": preds}), || {

@@ -58,7 +58,7 @@ pub fn run(args: Args) -> Result<()> {
     let (folder_pooling, folder_normalize) = crate::tasks::embed::folder_pooling(&p.dir);
     let pooling = args.pooling.unwrap_or(folder_pooling);
     let normalize = args.normalize || (folder_normalize && !args.no_normalize);
-    let e = args.batch.run(&texts, "embedding", |b| {
+    let e = args.batch.run(&texts, &device, "embedding", |b| {
         embed(
             model,
             tok,

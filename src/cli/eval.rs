@@ -233,7 +233,7 @@ fn eval_translator(args: &Args, p: &Pretrained, model: &crate::models::Seq2Seq) 
         max_length: None,
     };
     let hyps: Vec<String> = batch
-        .run(&sources, "translating", |b| {
+        .run(&sources, &device, "translating", |b| {
             crate::tasks::translate::translate(model, tok, b, &decoding, &device)
         })?
         .into_iter()

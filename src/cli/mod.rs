@@ -314,20 +314,18 @@ impl BatchArgs {
         Ok(())
     }
 
-    /// Runs `f` over `texts` in batches, with a progress bar on stderr when there is
-    /// more than one batch.
-    pub fn run<T>(
+    /// Runs `f` over `texts` in batches on `device` (side by side on the CPU), with a
+    /// progress bar on stderr when there is more than one batch.
+    pub fn run<T: Send>(
         &self,
         texts: &[String],
+        device: &candle_core::Device,
         what: &str,
-        f: impl FnMut(&[String]) -> crate::error::Result<Vec<T>>,
+        f: impl Fn(&[String]) -> crate::error::Result<Vec<T>> + Sync,
     ) -> Result<Vec<T>> {
-        Ok(crate::tasks::map_batches_shown(
-            texts,
-            self.batch_size,
-            what,
-            f,
-        )?)
+        let side_by_side = device.is_cpu();
+        let batches = crate::tasks::map_batches_shown(texts, self.batch_size, side_by_side, what, f);
+        Ok(batches?)
     }
 }
 
@@ -351,6 +349,13 @@ pub(crate) fn emit<T: Serialize>(
 
 pub fn run() -> Result<()> {
     let cli = Cli::parse();
+    if let Command::Embed(_) | Command::Classify(_) | Command::Translate(_) | Command::Eval(_) =
+        &cli.command
+    {
+        // Their batches run side by side (`BatchArgs::run`): candle's own ops stay on
+        // each batch's thread rather than queueing on candle's one-caller pool.
+        crate::runtime::candle_ops_on_caller();
+    }
     match cli.command {
         Command::Info(a) => info::run(a),
         Command::Score(a) => score::run(a),

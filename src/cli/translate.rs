@@ -55,7 +55,7 @@ pub fn run(args: Args) -> Result<()> {
         max_length: None,
     };
     let out = batch
-        .run(&texts, "translating", |b| {
+        .run(&texts, &device, "translating", |b| {
             translate(model, tok, b, &decoding, &device)
         })
         .context("translating")?;

@@ -642,6 +642,7 @@ pub async fn embeddings(State(s): AppRef, body: Result<Bytes, BytesRejection>) -
             let v = crate::tasks::map_batches(
                 &texts,
                 32,
+                device.is_cpu(),
                 |b| crate::tasks::embed::embed(bert, tok, b, pooling, normalize, None, &device),
                 |_| {},
             )?;
@@ -701,6 +702,7 @@ pub async fn classify(State(s): AppRef, body: Result<Bytes, BytesRejection>) -> 
             crate::tasks::map_batches(
                 &texts,
                 32,
+                device.is_cpu(),
                 |b| crate::tasks::classify::classify(bert, tok, b, None, &thresholds, &device),
                 |_| {},
             )
@@ -761,6 +763,7 @@ pub async fn translate(State(s): AppRef, body: Result<Bytes, BytesRejection>) ->
             crate::tasks::map_batches(
                 &texts,
                 32,
+                device.is_cpu(),
                 |b| crate::tasks::translate::translate(model, tok, b, &decoding, &device),
                 |_| {},
             )

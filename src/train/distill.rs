@@ -62,7 +62,7 @@ pub fn distill(
         }),
     };
     let started = Instant::now();
-    let outputs = crate::tasks::map_batches_shown(&sources, BATCH, "distilling", |b| {
+    let outputs = crate::tasks::map_batches_shown(&sources, BATCH, device.is_cpu(), "distilling", |b| {
         translate(model, tok, b, &decoding, device)
     })?;
     let mut tsv = String::new();
