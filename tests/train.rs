@@ -468,6 +468,82 @@ fn classification_fine_tuning_learns_a_separable_set() {
     }
 }
 
+/// A classifier's batch split into shards side by side (one per thread) trains the
+/// model one whole batch does: the same losses, step by step, to float summation order.
+#[test]
+fn a_classifier_batch_in_shards_trains_as_one() {
+    let s = Setup::new();
+    let rows: String = (0..24)
+        .map(|i| {
+            format!(
+                "the {} word {i}\t{}\n",
+                ["quick", "lazy"][i % 2],
+                ["pos", "neg"][i % 2]
+            )
+        })
+        .collect();
+    std::fs::write(s.p("cls.tsv"), format!("sentence\tlabel\n{rows}")).unwrap();
+    let run = |threads: &str| {
+        let out = s.p(&format!("cls-{threads}"));
+        let (data, model) = (s.p("cls.tsv"), fixture("tiny-bert"));
+        let args = [
+            "train",
+            "--model",
+            model.to_str().unwrap(),
+            "--objective",
+            "classify",
+            "--data",
+            data.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+            "--max-iters",
+            "15",
+            "--batch-size",
+            "6",
+            "--block-size",
+            "16",
+            "--learning-rate",
+            "0.003",
+            "--warmup-iters",
+            "2",
+            "--eval-every",
+            "1000",
+            "--log-every",
+            "1",
+            "--dropout",
+            "0",
+        ];
+        let o = wick_command()
+            .env("RAYON_NUM_THREADS", threads)
+            .args(args)
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&o.stdout).into_owned();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        (losses(&out), stdout)
+    };
+    let (whole, stdout) = run("1");
+    assert!(!stdout.contains("shards side by side"), "{stdout}");
+    for threads in ["2", "3"] {
+        let (sharded, stdout) = run(threads);
+        assert!(
+            stdout.contains(&format!("{threads} shards side by side")),
+            "{stdout}"
+        );
+        assert_eq!(whole.len(), sharded.len());
+        for ((step, a), (_, b)) in whole.iter().zip(&sharded) {
+            assert!(
+                (a - b).abs() < 1e-5 * (1.0 + a.abs()),
+                "step {step}: {a} whole, {b} in {threads} shards"
+            );
+        }
+    }
+    assert!(
+        whole.last().unwrap().1 < whole[0].1,
+        "the loss falls: {whole:?}"
+    );
+}
+
 /// Trains the tiny BERT fixture for 60 steps with `objective` on `data`.
 fn train_tiny_bert(objective: &str, data: &Path, out: &Path) -> (i32, String, String) {
     wick(&[

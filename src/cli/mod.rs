@@ -324,7 +324,8 @@ impl BatchArgs {
         f: impl Fn(&[String]) -> crate::error::Result<Vec<T>> + Sync,
     ) -> Result<Vec<T>> {
         let side_by_side = device.is_cpu();
-        let batches = crate::tasks::map_batches_shown(texts, self.batch_size, side_by_side, what, f);
+        let batches =
+            crate::tasks::map_batches_shown(texts, self.batch_size, side_by_side, what, f);
         Ok(batches?)
     }
 }

@@ -13,8 +13,8 @@ use crate::nn::loss::lm_loss;
 
 /// Mean next-token loss of inputs x (B, T) against targets y (B, T), dropout off.
 pub fn mean_loss(model: &Gpt2, x: &Tensor, y: &Tensor) -> Result<f64> {
-    let losses = over_shards(x, y, |_, x, y| {
-        Ok(lm_loss(&model.forward(x, None, None, false)?, y)?.to_scalar::<f32>()? as f64)
+    let losses = over_shards(&[x, y], |_, t| {
+        Ok(lm_loss(&model.forward(&t[0], None, None, false)?, &t[1])?.to_scalar::<f32>()? as f64)
     })?;
     Ok(losses.iter().sum::<f64>() / losses.len() as f64)
 }

@@ -96,8 +96,14 @@ mod map_tests {
                 |b| {
                     // Side by side, a batch's kernels stay on its thread.
                     let split = crate::nn::kernels::parallel::may_split();
-                    assert!(!(side_by_side && split), "a side-by-side batch split its kernels");
-                    sizes.lock().unwrap().push(b.iter().map(String::len).collect::<Vec<_>>());
+                    assert!(
+                        !(side_by_side && split),
+                        "a side-by-side batch split its kernels"
+                    );
+                    sizes
+                        .lock()
+                        .unwrap()
+                        .push(b.iter().map(String::len).collect::<Vec<_>>());
                     Ok(b.iter().map(|t| t.to_uppercase()).collect())
                 },
                 |n| done.push(n),

@@ -62,9 +62,10 @@ pub fn distill(
         }),
     };
     let started = Instant::now();
-    let outputs = crate::tasks::map_batches_shown(&sources, BATCH, device.is_cpu(), "distilling", |b| {
-        translate(model, tok, b, &decoding, device)
-    })?;
+    let outputs =
+        crate::tasks::map_batches_shown(&sources, BATCH, device.is_cpu(), "distilling", |b| {
+            translate(model, tok, b, &decoding, device)
+        })?;
     let mut tsv = String::new();
     for (p, t) in pairs.iter_mut().zip(outputs) {
         // One line per pair: a tab or newline in an output would split it.

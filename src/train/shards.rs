@@ -19,8 +19,33 @@ use crate::nn::kernels::parallel::{over_shards, shard_count};
 use crate::nn::loss::lm_loss;
 use crate::nn::recompute;
 
-/// Mean next-token loss of (x, y) with dropout on (seeded from `seed`, shard by shard),
-/// and the gradients of `vars` for that loss scaled by `weight`.
+/// The mean of `loss` over a batch's rows (each of `rows` holding the batch's rows of
+/// one input), with dropout seeded from `seed` shard by shard, and the gradients of
+/// `vars` for it scaled by `weight`. `loss` must weigh every row the same (a mean over
+/// rows), so that the mean of the shards' means is the batch's mean.
+pub fn grads_over(
+    rows: &[&Tensor],
+    weight: f64,
+    seed: u64,
+    vars: &[(String, Var)],
+    loss: impl Fn(&[Tensor]) -> Result<Tensor> + Sync,
+) -> Result<(f64, GradStore)> {
+    let shards = shard_count(rows[0].dim(0)?, rows[0].device());
+    let per_shard = over_shards(rows, |s, t| {
+        crate::nn::seed_dropout(seed ^ (s as u64).wrapping_mul(0xd1b5_4a32_d192_ed03));
+        backward(&loss(t)?, weight / shards as f64)
+    })?;
+    let (mut total, mut grads) = (0f64, None);
+    for (l, g) in per_shard {
+        total += l / shards as f64;
+        accumulate(&mut grads, g, vars)?;
+    }
+    Ok((total, grads.expect("at least one shard")))
+}
+
+/// Mean next-token loss of (x, y) with dropout on, and the gradients of `vars` for that
+/// loss scaled by `weight` ([`grads_over`]: every position of a causal LM's batch is a
+/// target).
 pub fn loss_and_grads(
     model: &Gpt2,
     x: &Tensor,
@@ -29,18 +54,9 @@ pub fn loss_and_grads(
     seed: u64,
     vars: &[(String, Var)],
 ) -> Result<(f64, GradStore)> {
-    let shards = shard_count(x.dim(0)?, x.device());
-    let per_shard = over_shards(x, y, |s, x, y| {
-        crate::nn::seed_dropout(seed ^ (s as u64).wrapping_mul(0xd1b5_4a32_d192_ed03));
-        let loss = lm_loss(&model.forward(x, None, None, true)?, y)?;
-        backward(&loss, weight / shards as f64)
-    })?;
-    let (mut loss, mut grads) = (0f64, None);
-    for (l, g) in per_shard {
-        loss += l / shards as f64;
-        accumulate(&mut grads, g, vars)?;
-    }
-    Ok((loss, grads.expect("at least one shard")))
+    grads_over(&[x, y], weight, seed, vars, |t| {
+        Ok(lm_loss(&model.forward(&t[0], None, None, true)?, &t[1])?)
+    })
 }
 
 /// The loss's value and the gradients of `loss · weight`.

@@ -151,8 +151,8 @@ pub fn train(req: TrainRequest) -> Result<TrainSummary> {
         data,
     } = plan(&req, leader)?;
     distributed::check_batch(comm.as_ref(), cfg.batch_size)?;
-    if cfg.objective == Objective::Clm && device.is_cpu() {
-        // Before any tensor work: the batch runs as shards side by side (objectives/clm.rs).
+    if matches!(cfg.objective, Objective::Clm | Objective::Classify) && device.is_cpu() {
+        // Before any tensor work: the batch runs as shards side by side (train/shards.rs).
         crate::runtime::candle_ops_on_caller();
     }
 

@@ -46,30 +46,29 @@ pub fn shard_count(batch: usize, device: &candle_core::Device) -> usize {
         .unwrap_or(1)
 }
 
-/// `f(shard, x rows, y rows)` for every shard of (x, y) ([`shard_count`]), side by
-/// side, each shard's kernels kept on its thread ([`serial`]); results in shard order.
+/// `f(shard, its rows of each of rows)` for every shard of the tensors in `rows` (the
+/// same batch size, [`shard_count`]), side by side, each shard's kernels kept on its
+/// thread ([`serial`]); results in shard order.
 pub fn over_shards<R: Send>(
-    x: &candle_core::Tensor,
-    y: &candle_core::Tensor,
-    f: impl Fn(usize, &candle_core::Tensor, &candle_core::Tensor) -> crate::error::Result<R> + Sync,
+    rows: &[&candle_core::Tensor],
+    f: impl Fn(usize, &[candle_core::Tensor]) -> crate::error::Result<R> + Sync,
 ) -> crate::error::Result<Vec<R>> {
     use rayon::prelude::*;
-    let shards = shard_count(x.dim(0)?, x.device());
+    let batch = rows[0].dim(0)?;
+    let shards = shard_count(batch, rows[0].device());
+    let of = |s: usize| -> crate::error::Result<Vec<candle_core::Tensor>> {
+        let n = batch / shards;
+        Ok(rows
+            .iter()
+            .map(|t| t.narrow(0, s * n, n))
+            .collect::<candle_core::Result<_>>()?)
+    };
     if shards == 1 {
-        return Ok(vec![f(0, x, y)?]);
+        return Ok(vec![f(0, &of(0)?)?]);
     }
-    let rows = x.dim(0)? / shards;
     (0..shards)
         .into_par_iter()
-        .map(|s| {
-            serial(|| {
-                f(
-                    s,
-                    &x.narrow(0, s * rows, rows)?,
-                    &y.narrow(0, s * rows, rows)?,
-                )
-            })
-        })
+        .map(|s| serial(|| f(s, &of(s)?)))
         .collect()
 }
 

@@ -7,7 +7,8 @@
 
 use std::path::Path;
 
-use candle_core::{Device, Tensor};
+use candle_core::backprop::GradStore;
+use candle_core::{Device, Tensor, Var};
 use rand::{rngs::StdRng, seq::SliceRandom, SeedableRng};
 
 use super::{does_not_fit, held_out, Built, Eval, Objective, Setup, Task};
@@ -19,9 +20,11 @@ use crate::error::Result;
 use crate::eval::{classify_over, multi_label_over, Thresholds};
 use crate::models::bert::MULTI_LABEL;
 use crate::models::{Bert, BertHeads, Model, ModelConfig};
+use crate::nn::kernels::parallel::shard_count;
 use crate::nn::loss::{bce_with_logits, cross_entropy};
 use crate::tokenizer::Tokenizer;
 use crate::train::config::TrainConfig;
+use crate::train::shards;
 
 /// The training examples, once [`Objective::prepare`] has read them.
 #[derive(Default)]
@@ -106,6 +109,7 @@ impl Objective for Classify {
         };
         let task = ClassifyTask {
             model,
+            shards: shard_count(cfg.batch_size, s.device),
             threshold: multi.then_some(cfg.threshold),
             train: batches(&examples, true)?,
             val: (!eval_examples.is_empty())
@@ -122,27 +126,71 @@ impl Objective for Classify {
 
 struct ClassifyTask<'m> {
     model: &'m Bert,
+    /// How many shards a batch runs as, side by side.
+    shards: usize,
     /// Multi-label: the probability from which a label is predicted.
     threshold: Option<f64>,
     train: ClassifyBatches,
     val: Option<ClassifyBatches>,
 }
 
-impl Task for ClassifyTask<'_> {
-    fn train_loss(&mut self, n: usize, part: Part, device: &Device) -> Result<Tensor> {
+impl ClassifyTask<'_> {
+    /// `part`'s rows of training batch `n`: (ids, token types, mask, labels).
+    fn rows(&mut self, n: usize, part: Part, device: &Device) -> Result<[Tensor; 4]> {
         let (x, tt, mask, y) = self.train.batch(n, device)?;
-        let (x, tt, mask, y) = (
+        Ok([
             part.rows(&x)?,
             part.rows(&tt)?,
             part.rows(&mask)?,
             part.rows(&y)?,
-        );
-        let h = self.model.forward(&x, Some(&tt), Some(&mask), true)?;
-        let logits = self.model.classifier_logits(&h, true)?; // (B, labels)
-        Ok(match self.threshold {
-            Some(_) => bce_with_logits(&logits, &y)?,
-            None => cross_entropy(&logits, &y)?,
+        ])
+    }
+}
+
+/// The mean loss of a batch's rows [ids, token types, mask, labels]: every row weighs
+/// the same (cross-entropy over rows; binary cross-entropy over rows and labels).
+fn loss(model: &Bert, multi_label: bool, rows: &[Tensor]) -> Result<Tensor> {
+    let [x, tt, mask, y] = rows else {
+        unreachable!("four inputs")
+    };
+    let h = model.forward(x, Some(tt), Some(mask), true)?;
+    let logits = model.classifier_logits(&h, true)?; // (B, labels)
+    Ok(match multi_label {
+        true => bce_with_logits(&logits, y)?,
+        false => cross_entropy(&logits, y)?,
+    })
+}
+
+impl Task for ClassifyTask<'_> {
+    fn train_loss(&mut self, n: usize, part: Part, device: &Device) -> Result<Tensor> {
+        loss(
+            self.model,
+            self.threshold.is_some(),
+            &self.rows(n, part, device)?,
+        )
+    }
+
+    /// The batch as shards side by side on the CPU (`train/shards.rs`), each with its
+    /// own dropout seed: a fine-tune's batch of short texts is too small for one
+    /// product to split well over the cores.
+    fn train_grads(
+        &mut self,
+        n: usize,
+        part: Part,
+        weight: f64,
+        seed: u64,
+        vars: &[(String, Var)],
+        device: &Device,
+    ) -> Result<(f64, GradStore)> {
+        let [x, tt, mask, y] = self.rows(n, part, device)?;
+        let (model, multi) = (self.model, self.threshold.is_some());
+        shards::grads_over(&[&x, &tt, &mask, &y], weight, seed, vars, |t| {
+            loss(model, multi, t)
         })
+    }
+
+    fn shards(&self) -> usize {
+        self.shards
     }
 
     /// The whole validation set: loss, accuracy and macro-F1.
