@@ -74,10 +74,16 @@ impl LinearOp {
             )
         }
         let n = x.len() / inp;
-        let mut y = zeroed(n * out);
-        if let Some(b) = b {
-            y.chunks_exact_mut(out).for_each(|r| r.copy_from_slice(b));
-        }
+        // The products add into y: it starts as the bias rows (written once, not
+        // zeroed first) or zeros.
+        let mut y = match b {
+            Some(b) => {
+                let mut y = Vec::with_capacity(n * out);
+                (0..n).for_each(|_| y.extend_from_slice(b));
+                y
+            }
+            None => zeroed(n * out),
+        };
         match (n, self.in_out) {
             (1, true) => gemv_in_out(x, w, &mut y),
             (1, false) => gemv_out_in(x, w, &mut y),
