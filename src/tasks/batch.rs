@@ -86,33 +86,35 @@ mod map_tests {
     #[test]
     fn batches_by_length_and_restores_order() {
         let texts: Vec<String> = ["a", "ccc", "bb", "dddd", "e"].map(String::from).to_vec();
-        for side_by_side in [false, true] {
-            let sizes = std::sync::Mutex::new(vec![]);
-            let mut done = vec![];
-            let out = map_batches(
-                &texts,
-                2,
-                side_by_side,
-                |b| {
-                    // Side by side, a batch's kernels stay on its thread.
-                    let split = crate::nn::kernels::parallel::may_split();
-                    assert!(
-                        !(side_by_side && split),
-                        "a side-by-side batch split its kernels"
-                    );
-                    sizes
-                        .lock()
-                        .unwrap()
-                        .push(b.iter().map(String::len).collect::<Vec<_>>());
-                    Ok(b.iter().map(|t| t.to_uppercase()).collect())
-                },
-                |n| done.push(n),
-            )
+        // Two threads: the first two batches run side by side, the lone third alone.
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(2)
+            .build()
             .unwrap();
-            assert_eq!(out, vec!["A", "CCC", "BB", "DDDD", "E"]);
-            let mut sizes = sizes.into_inner().unwrap();
-            sizes.sort();
-            assert_eq!(sizes, vec![vec![1], vec![2, 1], vec![4, 3]]);
+        for side_by_side in [false, true] {
+            let seen = std::sync::Mutex::new(vec![]);
+            let mut done = vec![];
+            let out = pool.install(|| {
+                map_batches(
+                    &texts,
+                    2,
+                    side_by_side,
+                    |b| {
+                        let split = crate::nn::kernels::parallel::may_split();
+                        let lens = b.iter().map(String::len).collect::<Vec<_>>();
+                        seen.lock().unwrap().push((lens, split));
+                        Ok(b.iter().map(|t| t.to_uppercase()).collect())
+                    },
+                    |n| done.push(n),
+                )
+            });
+            assert_eq!(out.unwrap(), vec!["A", "CCC", "BB", "DDDD", "E"]);
+            let mut seen = seen.into_inner().unwrap();
+            seen.sort();
+            // Side by side, a batch's kernels stay on its thread; a batch alone may split.
+            let paired = !side_by_side;
+            let want = vec![(vec![1], true), (vec![2, 1], paired), (vec![4, 3], paired)];
+            assert_eq!(seen, want, "side by side: {side_by_side}");
             assert_eq!(done, vec![2, 2, 1], "batches reported in order");
         }
     }
