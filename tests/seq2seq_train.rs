@@ -42,6 +42,23 @@ fn train(dir: &std::path::Path, name: &str, extra: &[&str]) -> std::path::PathBu
 }
 
 fn train_on(dir: &std::path::Path, name: &str, pairs: &str, extra: &[&str]) -> std::path::PathBuf {
+    let (out, stdout) = train_threads(dir, name, pairs, extra, None);
+    assert!(
+        stdout.contains("trained a") && stdout.contains("BPE"),
+        "{stdout}"
+    );
+    out
+}
+
+/// The tiny encoder-decoder trained on `pairs` (with RAYON_NUM_THREADS=`threads` when
+/// given): its folder and stdout.
+fn train_threads(
+    dir: &std::path::Path,
+    name: &str,
+    pairs: &str,
+    extra: &[&str],
+    threads: Option<&str>,
+) -> (std::path::PathBuf, String) {
     let data = dir.join(format!("{name}-pairs.tsv"));
     std::fs::write(&data, pairs).unwrap();
     let cfg = dir.join("tiny-s2s.json");
@@ -69,13 +86,40 @@ fn train_on(dir: &std::path::Path, name: &str, pairs: &str, extra: &[&str]) -> s
         extra,
     ]
     .concat();
-    let (code, stdout, e) = wick(&args);
-    assert_eq!(code, 0, "{stdout}\n{e}");
+    let mut command = wick_command();
+    if let Some(t) = threads {
+        command.env("RAYON_NUM_THREADS", t);
+    }
+    let o = command.args(&args).output().unwrap();
+    let stdout = String::from_utf8_lossy(&o.stdout).into_owned();
     assert!(
-        stdout.contains("trained a") && stdout.contains("BPE"),
-        "{stdout}"
+        o.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&o.stderr)
     );
-    out
+    (out, stdout)
+}
+
+/// A batch split into shards side by side trains as one whole batch: the shards hold
+/// different numbers of target tokens, so each shard's mean loss must be weighed by its
+/// share of them (an unweighted mean of the shards' means would differ here).
+#[test]
+fn a_batch_in_shards_trains_as_one() {
+    let dir = tempfile::tempdir().unwrap();
+    assert_shards_train_as_one(|threads| {
+        let name = format!("shards-{threads}");
+        let extra = [
+            "--max-iters",
+            "12",
+            "--log-every",
+            "1",
+            "--learning-rate",
+            "0.003",
+        ];
+        let (out, stdout) =
+            train_threads(dir.path(), &name, &PAIRS.repeat(3), &extra, Some(threads));
+        (losses(&out), stdout)
+    });
 }
 
 #[test]

@@ -522,26 +522,7 @@ fn a_classifier_batch_in_shards_trains_as_one() {
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
         (losses(&out), stdout)
     };
-    let (whole, stdout) = run("1");
-    assert!(!stdout.contains("shards side by side"), "{stdout}");
-    for threads in ["2", "3"] {
-        let (sharded, stdout) = run(threads);
-        assert!(
-            stdout.contains(&format!("{threads} shards side by side")),
-            "{stdout}"
-        );
-        assert_eq!(whole.len(), sharded.len());
-        for ((step, a), (_, b)) in whole.iter().zip(&sharded) {
-            assert!(
-                (a - b).abs() < 1e-5 * (1.0 + a.abs()),
-                "step {step}: {a} whole, {b} in {threads} shards"
-            );
-        }
-    }
-    assert!(
-        whole.last().unwrap().1 < whole[0].1,
-        "the loss falls: {whole:?}"
-    );
+    assert_shards_train_as_one(run);
 }
 
 /// Trains the tiny BERT fixture for 60 steps with `objective` on `data`.

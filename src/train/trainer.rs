@@ -151,7 +151,11 @@ pub fn train(req: TrainRequest) -> Result<TrainSummary> {
         data,
     } = plan(&req, leader)?;
     distributed::check_batch(comm.as_ref(), cfg.batch_size)?;
-    if matches!(cfg.objective, Objective::Clm | Objective::Classify) && device.is_cpu() {
+    if matches!(
+        cfg.objective,
+        Objective::Clm | Objective::Classify | Objective::Seq2seq
+    ) && device.is_cpu()
+    {
         // Before any tensor work: the batch runs as shards side by side (train/shards.rs).
         crate::runtime::candle_ops_on_caller();
     }

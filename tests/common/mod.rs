@@ -175,6 +175,34 @@ pub fn copy_fixture(name: &str) -> tempfile::TempDir {
 }
 
 /// (step, train loss) of every line of a run's metrics.jsonl.
+/// A batch split into shards side by side (one per thread) trains the model one whole
+/// batch does: `run(threads)` trains with RAYON_NUM_THREADS=threads and gives its losses
+/// and stdout; one thread runs whole batches, 2 and 3 run shards, and every step's loss
+/// must agree to float summation order.
+#[allow(dead_code)]
+pub fn assert_shards_train_as_one(run: impl Fn(&str) -> (Vec<(u64, f64)>, String)) {
+    let (whole, stdout) = run("1");
+    assert!(!stdout.contains("shards side by side"), "{stdout}");
+    for threads in ["2", "3"] {
+        let (sharded, stdout) = run(threads);
+        assert!(
+            stdout.contains(&format!("{threads} shards side by side")),
+            "{stdout}"
+        );
+        assert_eq!(whole.len(), sharded.len());
+        for ((step, a), (_, b)) in whole.iter().zip(&sharded) {
+            assert!(
+                (a - b).abs() < 1e-5 * (1.0 + a.abs()),
+                "step {step}: {a} whole, {b} in {threads} shards"
+            );
+        }
+    }
+    assert!(
+        whole.last().unwrap().1 < whole[0].1,
+        "the loss falls: {whole:?}"
+    );
+}
+
 pub fn losses(out: &Path) -> Vec<(u64, f64)> {
     std::fs::read_to_string(out.join("metrics.jsonl"))
         .unwrap()

@@ -5,7 +5,8 @@
 
 use std::path::Path;
 
-use candle_core::{Device, Tensor};
+use candle_core::backprop::GradStore;
+use candle_core::{Device, Tensor, Var};
 use rand::{rngs::StdRng, seq::SliceRandom, Rng, SeedableRng};
 
 use super::{does_not_fit, held_out, Built, Eval, Objective, Setup, Task};
@@ -13,10 +14,13 @@ use crate::data::pairs::{encode_pairs, PairBatch, PairBatches};
 use crate::data::Part;
 use crate::error::{Result, WickError};
 use crate::eval::seq2seq_loss_over;
+use crate::labels::IGNORE;
 use crate::models::{BertHeads, Model, ModelConfig, Seq2Seq as Seq2SeqModel};
+use crate::nn::kernels::parallel::shard_count;
 use crate::nn::loss::smoothed_loss;
 use crate::tokenizer::Tokenizer;
 use crate::train::config::TrainConfig;
+use crate::train::shards;
 
 pub struct Seq2Seq;
 
@@ -70,6 +74,7 @@ impl Objective for Seq2Seq {
             label_smoothing: cfg.label_smoothing,
             scheduled_sampling: cfg.scheduled_sampling,
             seed: cfg.seed,
+            shards: shard_count(cfg.batch_size, s.device),
         };
         Ok(Built {
             task: Box::new(task),
@@ -128,23 +133,62 @@ struct Seq2SeqTask<'m> {
     /// gold token (scheduled sampling; 0 = pure teacher forcing).
     scheduled_sampling: f64,
     seed: u64,
+    /// How many shards a batch runs as, side by side.
+    shards: usize,
+}
+
+impl Seq2SeqTask<'_> {
+    /// What the decoder reads for batch `n`: the gold targets after BOS, or under
+    /// scheduled sampling some of them replaced by the model's own predictions.
+    fn decoder_inputs(&self, b: &PairBatch, n: usize) -> Result<Tensor> {
+        if self.scheduled_sampling == 0.0 {
+            return Ok(b.tgt_in.clone());
+        }
+        let mut rng = StdRng::seed_from_u64(
+            self.seed ^ 0x5353 ^ (n as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15),
+        );
+        scheduled_inputs(self.model, b, self.scheduled_sampling, &mut rng)
+    }
 }
 
 impl Task for Seq2SeqTask<'_> {
     fn train_loss(&mut self, n: usize, part: Part, device: &Device) -> Result<Tensor> {
         let b = self.train.batch(n, device)?.rows(part)?;
-        let tgt_in = if self.scheduled_sampling > 0.0 {
-            let mut rng = StdRng::seed_from_u64(
-                self.seed ^ 0x5353 ^ (n as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15),
-            );
-            scheduled_inputs(self.model, &b, self.scheduled_sampling, &mut rng)?
-        } else {
-            b.tgt_in.clone()
-        };
+        let tgt_in = self.decoder_inputs(&b, n)?;
         let logits =
             self.model
                 .forward(&b.src, Some(&b.src_mask), &tgt_in, Some(&b.tgt_mask), true)?;
         Ok(smoothed_loss(&logits, &b.labels, self.label_smoothing)?)
+    }
+
+    /// The batch as shards side by side on the CPU (`train/shards.rs`). The loss is a
+    /// mean over target tokens, and shards hold different numbers of them, so each
+    /// shard's mean is weighed by its share of the batch's tokens: the shards' losses
+    /// then average to the whole batch's, and their gradients sum to its gradient.
+    fn train_grads(
+        &mut self,
+        n: usize,
+        part: Part,
+        weight: f64,
+        seed: u64,
+        vars: &[(String, Var)],
+        device: &Device,
+    ) -> Result<(f64, GradStore)> {
+        let b = self.train.batch(n, device)?.rows(part)?;
+        let tgt_in = self.decoder_inputs(&b, n)?;
+        let shards = shard_count(b.src.dim(0)?, device) as f64;
+        let total = labelled(&b.labels)?;
+        let (model, eps) = (self.model, self.label_smoothing);
+        let rows = [&b.src, &b.src_mask, &tgt_in, &b.tgt_mask, &b.labels];
+        shards::grads_over(&rows, weight, seed, vars, |t| {
+            let logits = model.forward(&t[0], Some(&t[1]), &t[2], Some(&t[3]), true)?;
+            let share = labelled(&t[4])? * shards / total;
+            Ok((smoothed_loss(&logits, &t[4], eps)? * share)?)
+        })
+    }
+
+    fn shards(&self) -> usize {
+        self.shards
     }
 
     /// The loss over the whole held-out set (no smoothing).
@@ -156,6 +200,15 @@ impl Task for Seq2SeqTask<'_> {
             self.model, val, device,
         )?)))
     }
+}
+
+/// How many target tokens of `labels` (B, T) count for the loss (not padding).
+fn labelled(labels: &Tensor) -> Result<f64> {
+    Ok(labels
+        .ne(IGNORE)?
+        .to_dtype(candle_core::DType::F32)?
+        .sum_all()?
+        .to_scalar::<f32>()? as f64)
 }
 
 /// Scheduled sampling (Bengio et al. 2015, in the two-pass form used for Transformers):
