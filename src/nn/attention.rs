@@ -109,20 +109,18 @@ impl MultiHeadAttention {
             }
         }
         let (q, k, v) = self.project_qkv(x, train)?; // (B, T, C) each
-        let (q, k, v) = (
-            self.split_heads(&q)?,
-            self.split_heads(&k)?,
-            self.split_heads(&v)?,
-        );
-        let (k, v) = match cache {
-            Some(cache) => cache.append(&k, &v)?,
-            None => (k, v),
-        };
-        self.attend(&q, &k, &v, mask, train)
+        let y = match cache {
+            Some(cache) => {
+                let (k, v) = cache.append(&self.split_heads(&k)?, &self.split_heads(&v)?)?;
+                self.attend_split(&self.split_heads(&q)?, &k, &v, mask, train)?
+            }
+            None => self.attend(&q, &k, &v, mask, train)?,
+        }; // (B, T, C)
+        self.out.forward_t(&y, train)
     }
 
     /// Self-attention over packed real tokens x: (N, C) -> (N, C). The projections run
-    /// on the N rows; the scores on the padded (B, H, T, T) view, under `mask`.
+    /// on the N rows; the scores on the padded (B, T, C) view, under `mask`.
     pub fn forward_packed(
         &self,
         x: &Tensor,
@@ -131,18 +129,13 @@ impl MultiHeadAttention {
         train: bool,
     ) -> Result<Tensor> {
         let (q, k, v) = self.project_qkv(x, train)?; // (N, C) each
-        let heads = |t: &Tensor| self.split_heads(&packing.unpack(t)?); // (B, H, T, C/H)
-        let y = scaled_dot_product_attention(
-            &heads(&q)?,
-            &heads(&k)?,
-            &heads(&v)?,
-            mask,
-            self.scale,
-            self.dropout,
-            train,
-        )?;
-        let y = packing.pack(&merge_heads(&y)?)?; // (N, C)
-        self.out.forward_t(&y, train)
+        let (q, k, v) = (
+            packing.unpack(&q)?,
+            packing.unpack(&k)?,
+            packing.unpack(&v)?,
+        );
+        let y = self.attend(&q, &k, &v, mask, train)?; // (B, T, C)
+        self.out.forward_t(&packing.pack(&y)?, train) // (N, C)
     }
 
     /// Queries, keys and values of x: (..., C) -> three (..., C).
@@ -176,24 +169,29 @@ impl MultiHeadAttention {
         cache: Option<&mut KvCache>,
         train: bool,
     ) -> Result<Tensor> {
-        let q = self.split_heads(&self.project_q(x, train)?)?;
-        let project = |m: &Tensor| -> Result<(Tensor, Tensor)> {
-            let (k, v) = self.project_kv(m, train)?;
-            Ok((self.split_heads(&k)?, self.split_heads(&v)?))
-        };
-        let (k, v) = match cache {
-            Some(cache) => match cache.current()? {
-                Some(kv) => kv,
-                None => {
-                    let (k, v) = project(memory)?;
-                    cache.append(&k, &v)?
-                }
-            },
-            None => project(memory)?,
-        };
-        self.attend(&q, &k, &v, mask, train)
+        let q = self.project_q(x, train)?; // (B, Tq, C)
+        let y = match cache {
+            Some(cache) => {
+                let (k, v) = match cache.current()? {
+                    Some(kv) => kv,
+                    None => {
+                        let (k, v) = self.project_kv(memory, train)?;
+                        cache.append(&self.split_heads(&k)?, &self.split_heads(&v)?)?
+                    }
+                };
+                self.attend_split(&self.split_heads(&q)?, &k, &v, mask, train)?
+            }
+            None => {
+                let (k, v) = self.project_kv(memory, train)?; // (B, Tk, C) each
+                self.attend(&q, &k, &v, mask, train)?
+            }
+        }; // (B, Tq, C)
+        self.out.forward_t(&y, train)
     }
 
+    /// Attention of q (B, Tq, C) over k and v (B, Tk, C) -> (B, Tq, C), heads merged:
+    /// one op ([`kernels::attention`]) unless attention dropout is on, which needs the
+    /// probabilities as a tensor.
     fn attend(
         &self,
         q: &Tensor,
@@ -202,8 +200,29 @@ impl MultiHeadAttention {
         mask: &Mask,
         train: bool,
     ) -> Result<Tensor> {
+        if self.dropout == 0.0 || !train {
+            return kernels::attention(q, k, v, self.num_heads, self.scale, mask);
+        }
+        let (q, k, v) = (
+            self.split_heads(q)?,
+            self.split_heads(k)?,
+            self.split_heads(v)?,
+        );
+        self.attend_split(&q, &k, &v, mask, train)
+    }
+
+    /// The same over split heads, q (B, H, Tq, D), k and v (B, H, Tk, D), as a KV cache
+    /// holds them -> (B, Tq, C).
+    fn attend_split(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        mask: &Mask,
+        train: bool,
+    ) -> Result<Tensor> {
         let y = scaled_dot_product_attention(q, k, v, mask, self.scale, self.dropout, train)?;
-        self.out.forward_t(&merge_heads(&y)?, train)
+        merge_heads(&y)
     }
 }
 

@@ -10,9 +10,18 @@
 //! probabilities in the backward pass instead of storing them (as FlashAttention does).
 //! It serves training and scoring (no KV cache, no attention dropout, causal mask only);
 //! everything else takes the composed path, and a test holds the two to each other.
+//!
+//! [`attention`] is the same for separate q, k and v (B, T, C) under any [`Mask`]: the
+//! encoder-decoder's self- and cross-attention and BERT's, with padding. There the
+//! composed form adds a scale, a broadcast bias add and the head copies to the nodes
+//! above, and candle's backward zero-fills and sums a gradient for each of them.
 
-use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
+use std::sync::Arc;
+
+use candle_core::{CpuStorage, CustomOp1, CustomOp3, DType, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
+
+use crate::nn::mask::Mask;
 
 use super::matmul::{gemm_rows, View};
 use super::rows::{f32_slice, softmax_grad_in_place, softmax_in_place, zeroed};
@@ -45,18 +54,39 @@ fn head_t(qkv: &[f32], part: usize, h: usize, dims: Dims) -> View<'_> {
 }
 
 simd_fn! {
-    /// p (T, T) = causal softmax of s·scale by rows, in place; zeros above the diagonal.
-    fn causal_softmax(p: &mut [f32], t: usize, scale: f32) {
-        for (i, row) in p.chunks_exact_mut(t).enumerate() {
-            softmax_in_place(row, scale, i + 1);
+    /// p (Tq, Tk) = causal softmax of s·scale by rows, in place: query i, the last Tq
+    /// of Tk positions, sees keys up to `past + i` (zeros after).
+    fn causal_softmax(p: &mut [f32], tk: usize, past: usize, scale: f32) {
+        for (i, row) in p.chunks_exact_mut(tk).enumerate() {
+            softmax_in_place(row, scale, (past + i + 1).min(tk));
         }
     }
 }
 
 simd_fn! {
-    /// ds = p ⊙ (dp − Σ_j p·dp)·scale by rows, in place of dp.
-    fn softmax_backward(p: &[f32], dp: &mut [f32], t: usize, scale: f32) {
-        for (pr, dr) in p.chunks_exact(t).zip(dp.chunks_exact_mut(t)) {
+    /// p (Tq, Tk) = softmax of s·scale by rows, in place, over every key.
+    fn full_softmax(p: &mut [f32], tk: usize, scale: f32) {
+        for row in p.chunks_exact_mut(tk) {
+            softmax_in_place(row, scale, tk);
+        }
+    }
+}
+
+simd_fn! {
+    /// p (Tq, Tk) = softmax of s·scale + bias by rows, in place (the composed path's
+    /// arithmetic: scale, add, then softmax).
+    fn biased_softmax(p: &mut [f32], bias: &[f32], tk: usize, scale: f32) {
+        for (row, b) in p.chunks_exact_mut(tk).zip(bias.chunks_exact(tk)) {
+            row.iter_mut().zip(b).for_each(|(v, b)| *v = *v * scale + b);
+            softmax_in_place(row, 1.0, tk);
+        }
+    }
+}
+
+simd_fn! {
+    /// ds = p ⊙ (dp − Σ_j p·dp)·scale by rows of `tk`, in place of dp.
+    fn softmax_backward(p: &[f32], dp: &mut [f32], tk: usize, scale: f32) {
+        for (pr, dr) in p.chunks_exact(tk).zip(dp.chunks_exact_mut(tk)) {
             softmax_grad_in_place(pr, dr, scale);
         }
     }
@@ -100,7 +130,7 @@ fn upper_times(dst: &mut [f32], t: usize, n: usize, u: View<'_>, r: View<'_>) {
 fn probs(qkv: &[f32], h: usize, dims: Dims, scale: f32, p: &mut [f32]) {
     let Dims { t, d, .. } = dims;
     causal_product(p, t, d, head(qkv, 0, h, dims), head_t(qkv, 1, h, dims));
-    causal_softmax(p, t, scale);
+    causal_softmax(p, t, 0, scale);
 }
 
 /// Head h's output y_h (T, D) = P·V for one batch element's qkv (T, 3C).
@@ -241,10 +271,296 @@ pub fn causal_self_attention(qkv: &Tensor, heads: usize, scale: f64) -> Result<T
     })
 }
 
+// ---------------------------------------------------------------- separate q, k, v
+
+/// What a query may see, as the op reads it: a [`Mask`] with its bias on the host.
+#[derive(Clone)]
+enum Seen {
+    All,
+    Causal,
+    /// An additive bias (Bb, Tq, Tk), Bb = 1 (shared by the batch) or B.
+    Bias {
+        bias: Arc<Vec<f32>>,
+        per_batch: bool,
+    },
+}
+
+/// Sizes of attention between q (B, Tq, C) and k, v (B, Tk, C), heads of D.
+#[derive(Clone, Copy)]
+struct Sizes {
+    tq: usize,
+    tk: usize,
+    c: usize,
+    d: usize,
+}
+
+#[derive(Clone)]
+struct Attention {
+    heads: usize,
+    scale: f32,
+    seen: Seen,
+}
+
+/// One batch element's q (Tq, C), k and v (Tk, C).
+struct Element<'a> {
+    n: usize,
+    q: &'a [f32],
+    k: &'a [f32],
+    v: &'a [f32],
+}
+
+impl Attention {
+    fn sizes(&self, lq: &Layout, lk: &Layout, lv: &Layout) -> Result<(usize, Sizes)> {
+        let (b, tq, c) = lq.shape().dims3()?;
+        let (bk, tk, ck) = lk.shape().dims3()?;
+        if (bk, tk, ck) != lv.shape().dims3()? || bk != b || ck != c {
+            candle_core::bail!(
+                "attention: q {:?}, k {:?}, v {:?} do not fit",
+                lq.dims(),
+                lk.dims(),
+                lv.dims()
+            )
+        }
+        if c % self.heads != 0 {
+            candle_core::bail!(
+                "attention: {c} channels do not split into {} heads",
+                self.heads
+            )
+        }
+        if let Seen::Bias { bias, per_batch } = &self.seen {
+            let want = if *per_batch { b } else { 1 } * tq * tk;
+            if bias.len() != want {
+                candle_core::bail!(
+                    "attention: a mask of {} values for {b} × {tq} × {tk}",
+                    bias.len()
+                )
+            }
+        }
+        let d = c / self.heads;
+        Ok((b, Sizes { tq, tk, c, d }))
+    }
+
+    /// P (Tq, Tk) of head h of element e: softmax(Q·Kᵀ·scale) under the mask.
+    fn probs(&self, e: &Element<'_>, h: usize, z: Sizes, p: &mut [f32]) {
+        let Sizes { tq, tk, c, d } = z;
+        let q = e.head(e.q, h, z); // (Tq, D)
+        let kt = View::strided(&e.k[h * d..], 1, c); // (D, Tk)
+        gemm_rows(p, tk, tq, tk, d, q, kt, false);
+        match &self.seen {
+            Seen::All => full_softmax(p, tk, self.scale),
+            Seen::Causal => causal_softmax(p, tk, tk.saturating_sub(tq), self.scale),
+            Seen::Bias { bias, per_batch } => {
+                let at = if *per_batch { e.n * tq * tk } else { 0 };
+                biased_softmax(p, &bias[at..at + tq * tk], tk, self.scale)
+            }
+        }
+    }
+
+    /// Head h's output y_h (Tq, D) = P·V.
+    fn forward_head(&self, e: &Element<'_>, h: usize, z: Sizes, y: &mut [f32]) {
+        let Sizes { tq, tk, d, .. } = z;
+        let mut p = zeroed(tq * tk);
+        self.probs(e, h, z, &mut p);
+        let (p, v) = (View::rows(&p, tk), e.head(e.v, h, z)); // (Tq, Tk), (Tk, D)
+        gemm_rows(y, d, tq, d, tk, p, v, false);
+    }
+    /// Head h's gradients dQ (Tq, D), dK (Tk, D), dV (Tk, D), one after the other in
+    /// `out`, from dy (Tq, C).
+    fn backward_head(&self, e: &Element<'_>, dy: &[f32], h: usize, z: Sizes, out: &mut [f32]) {
+        let Sizes { tq, tk, c, d } = z;
+        let mut p = zeroed(tq * tk);
+        self.probs(e, h, z, &mut p);
+        let (q, k) = (e.head(e.q, h, z), e.head(e.k, h, z)); // (Tq, D), (Tk, D)
+        let vt = View::strided(&e.v[h * d..], 1, c); // (D, Tk)
+        let dy_h = View::strided(&dy[h * d..], c, 1); // (Tq, D)
+                                                      // dP = dY·Vᵀ, then dS = P ⊙ (dP − rowsum(P ⊙ dP))·scale
+        let mut ds = zeroed(tq * tk);
+        gemm_rows(&mut ds, tk, tq, tk, d, dy_h, vt, false);
+        softmax_backward(&p, &mut ds, tk, self.scale);
+        let (dq, rest) = out.split_at_mut(tq * d);
+        let (dk, dv) = rest.split_at_mut(tk * d);
+        let (ds, dst, pt) = (
+            View::rows(&ds, tk),
+            View::transposed(&ds, tk),
+            View::transposed(&p, tk),
+        );
+        gemm_rows(dq, d, tq, d, tk, ds, k, false); // dS·K
+        gemm_rows(dk, d, tk, d, tq, dst, q, false); // dSᵀ·Q
+        gemm_rows(dv, d, tk, d, tq, pt, dy_h, false); // Pᵀ·dY
+    }
+}
+
+impl<'a> Element<'a> {
+    /// Head h of x, one of q, k, v: (T, D) read in place.
+    fn head(&self, x: &'a [f32], h: usize, z: Sizes) -> View<'a> {
+        View::strided(&x[h * z.d..], z.c, 1)
+    }
+}
+
+/// The batch elements of q, k, v read in place.
+fn element<'a>(q: &'a [f32], k: &'a [f32], v: &'a [f32], n: usize, z: Sizes) -> Element<'a> {
+    let (lq, lk) = (z.tq * z.c, z.tk * z.c);
+    Element {
+        n,
+        q: &q[n * lq..][..lq],
+        k: &k[n * lk..][..lk],
+        v: &v[n * lk..][..lk],
+    }
+}
+
+/// Head blocks (B, H, T, D) of `outs`, each `from` rows into its buffer at row `at`,
+/// written into (B, T, C) `dst` with the heads merged.
+fn merge(outs: &[Vec<f32>], heads: usize, t: usize, d: usize, at: usize, dst: &mut [f32]) {
+    let c = heads * d;
+    for (m, o) in outs.iter().enumerate() {
+        let (n, h) = (m / heads, m % heads);
+        for i in 0..t {
+            dst[(n * t + i) * c + h * d..][..d].copy_from_slice(&o[(at + i) * d..][..d]);
+        }
+    }
+}
+
+impl CustomOp3 for Attention {
+    fn name(&self) -> &'static str {
+        "wick-attention"
+    }
+
+    fn cpu_fwd(
+        &self,
+        sq: &CpuStorage,
+        lq: &Layout,
+        sk: &CpuStorage,
+        lk: &Layout,
+        sv: &CpuStorage,
+        lv: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (b, z) = self.sizes(lq, lk, lv)?;
+        let (q, k, v) = (
+            f32_slice(sq, lq, "attention")?,
+            f32_slice(sk, lk, "attention")?,
+            f32_slice(sv, lv, "attention")?,
+        );
+        let outs = per_head(b, self.heads, z.tq * z.d, |n, h, yh| {
+            self.forward_head(&element(q, k, v, n, z), h, z, yh)
+        });
+        let mut y = zeroed(b * z.tq * z.c);
+        merge(&outs, self.heads, z.tq, z.d, 0, &mut y);
+        Ok((CpuStorage::F32(y), lq.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let (b, tq, c) = q.dims3()?;
+        let tk = k.dim(1)?;
+        let grads = q.apply_op3_no_bwd(
+            k,
+            v,
+            &AttentionGrad {
+                op: self.clone(),
+                dy: grad.contiguous()?,
+            },
+        )?; // dq | dk | dv, flat
+        let (nq, nk) = (b * tq * c, b * tk * c);
+        Ok((
+            Some(grads.narrow(0, 0, nq)?.reshape((b, tq, c))?),
+            Some(grads.narrow(0, nq, nk)?.reshape((b, tk, c))?),
+            Some(grads.narrow(0, nq + nk, nk)?.reshape((b, tk, c))?),
+        ))
+    }
+}
+
+/// The gradients of [`Attention`] for dy, read in place: dq (B, Tq, C), dk and dv
+/// (B, Tk, C), one after the other in one flat tensor.
+struct AttentionGrad {
+    op: Attention,
+    dy: Tensor,
+}
+
+impl CustomOp3 for AttentionGrad {
+    fn name(&self) -> &'static str {
+        "wick-attention-grad"
+    }
+
+    fn cpu_fwd(
+        &self,
+        sq: &CpuStorage,
+        lq: &Layout,
+        sk: &CpuStorage,
+        lk: &Layout,
+        sv: &CpuStorage,
+        lv: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (b, z) = self.op.sizes(lq, lk, lv)?;
+        let (q, k, v) = (
+            f32_slice(sq, lq, "attention grad")?,
+            f32_slice(sk, lk, "attention grad")?,
+            f32_slice(sv, lv, "attention grad")?,
+        );
+        let (storage, ldy) = self.dy.storage_and_layout();
+        let candle_core::Storage::Cpu(sdy) = &*storage else {
+            candle_core::bail!("attention grad: dy is not on the CPU")
+        };
+        let dy = f32_slice(sdy, ldy, "attention grad")?;
+        let (tq, tk, d) = (z.tq, z.tk, z.d);
+        let outs = per_head(b, self.op.heads, (tq + 2 * tk) * d, |n, h, g| {
+            let dy_n = &dy[n * tq * z.c..][..tq * z.c];
+            self.op
+                .backward_head(&element(q, k, v, n, z), dy_n, h, z, g)
+        });
+        let (nq, nk) = (b * tq * z.c, b * tk * z.c);
+        let mut grads = zeroed(nq + 2 * nk);
+        let (dq, rest) = grads.split_at_mut(nq);
+        let (dk, dv) = rest.split_at_mut(nk);
+        merge(&outs, self.op.heads, tq, d, 0, dq);
+        merge(&outs, self.op.heads, tk, d, tq, dk);
+        merge(&outs, self.op.heads, tk, d, tq + tk, dv);
+        Ok((CpuStorage::F32(grads), Shape::from(nq + 2 * nk)))
+    }
+}
+
+/// Multi-head attention softmax(q·kᵀ·scale + mask)·v of q (B, Tq, C) over k and v
+/// (B, Tk, C), each split into `heads` heads, -> (B, Tq, C) with the heads merged.
+pub fn attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    heads: usize,
+    scale: f64,
+    mask: &Mask,
+) -> Result<Tensor> {
+    let seen = match mask {
+        Mask::None => Seen::All,
+        Mask::Causal => Seen::Causal,
+        Mask::Bias(b) => {
+            let per_batch = b.dim(0)? != 1;
+            let (tq, tk) = (q.dim(1)?, k.dim(1)?);
+            let rows = if per_batch { q.dim(0)? } else { 1 };
+            let b = b.to_dtype(DType::F32)?.broadcast_as((rows, 1, tq, tk))?;
+            Seen::Bias {
+                bias: Arc::new(b.flatten_all()?.to_vec1::<f32>()?),
+                per_batch,
+            }
+        }
+    };
+    let op = Attention {
+        heads,
+        scale: scale as f32,
+        seen,
+    };
+    q.contiguous()?
+        .apply_op3(&k.contiguous()?, &v.contiguous()?, op)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use candle_core::{Device, Var};
+    use candle_core::{DType, Device, Var};
 
     #[test]
     fn matches_composed_attention_and_its_gradient_at_every_simd_level() -> Result<()> {
@@ -282,6 +598,88 @@ mod tests {
             size > 1.0 && diff < 1e-5 * size,
             "gradient differs by {diff} (of {size})"
         );
+        Ok(())
+    }
+
+    #[test]
+    fn separate_qkv_matches_composed_attention_under_every_mask_at_every_simd_level() -> Result<()>
+    {
+        crate::nn::kernels::simd::each_level(|_| check_separate().unwrap());
+        Ok(())
+    }
+
+    fn check_separate() -> Result<()> {
+        let dev = Device::Cpu;
+        let (b, heads, d) = (3, 2, 5);
+        let c = heads * d;
+        let var = |t: usize, salt: usize| -> Result<Var> {
+            let vals: Vec<f32> = (0..b * t * c)
+                .map(|i| (((i + salt) * 37 % 101) as f32 / 50.0) - 1.0)
+                .collect();
+            Var::from_tensor(&Tensor::from_vec(vals, (b, t, c), &dev)?)
+        };
+        // Row 0 left-padded (with a causal mask its first query sees nothing), row 1
+        // right-padded, row 2 whole.
+        let pad = |t: usize| -> Result<Tensor> {
+            let rows: Vec<u32> = (0..b * t)
+                .map(|i| match (i / t, i % t) {
+                    (0, j) => u32::from(j >= 2),
+                    (1, j) => u32::from(j + 2 < t),
+                    _ => 1,
+                })
+                .collect();
+            Tensor::from_vec(rows, (b, t), &dev)
+        };
+        let cases = [
+            // (Tq, Tk, mask): self-attention, a cached past, cross-attention
+            (6, 6, Mask::None),
+            (6, 6, Mask::Causal),
+            (3, 7, Mask::Causal),
+            (
+                6,
+                6,
+                Mask::new(6, 6, false, Some(&pad(6)?), DType::F32, &dev)?,
+            ),
+            (
+                6,
+                6,
+                Mask::new(6, 6, true, Some(&pad(6)?), DType::F32, &dev)?,
+            ),
+            (
+                4,
+                7,
+                Mask::new(4, 7, false, Some(&pad(7)?), DType::F32, &dev)?,
+            ),
+            (2, 5, Mask::new(2, 5, true, None, DType::F32, &dev)?),
+        ];
+        for (tq, tk, mask) in cases {
+            let (q, k, v) = (var(tq, 0)?, var(tk, 7)?, var(tk, 19)?);
+            let scale = 1.0 / (d as f64).sqrt();
+            let args = (q.as_tensor(), k.as_tensor(), v.as_tensor());
+            let fused = attention(args.0, args.1, args.2, heads, scale, &mask)?;
+            let plain = super::super::attention_slow(args.0, args.1, args.2, heads, scale, &mask)?;
+            let what = format!("Tq {tq}, Tk {tk}, {mask:?}");
+            let diff = (&fused - &plain)?.abs()?.max_all()?.to_scalar::<f32>()?;
+            assert!(diff < 1e-6, "{what}: forward differs by {diff}");
+            let w = Tensor::from_vec(
+                (0..b * tq * c)
+                    .map(|i| (i % 13) as f32 - 6.0)
+                    .collect::<Vec<_>>(),
+                (b, tq, c),
+                &dev,
+            )?;
+            let gf = (fused * &w)?.sum_all()?.backward()?;
+            let gp = (plain * &w)?.sum_all()?.backward()?;
+            for (name, x) in [("q", &q), ("k", &k), ("v", &v)] {
+                let (f, p) = (gf.get(x).unwrap(), gp.get(x).unwrap());
+                let diff = (f - p)?.abs()?.max_all()?.to_scalar::<f32>()?;
+                let size = p.abs()?.max_all()?.to_scalar::<f32>()?;
+                assert!(
+                    size > 0.1 && diff < 1e-5 * size,
+                    "{what}: d{name} differs by {diff} (of {size})"
+                );
+            }
+        }
         Ok(())
     }
 }

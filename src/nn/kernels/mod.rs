@@ -8,7 +8,7 @@
 //!
 //! The kernels: `rows` (GELU, LayerNorm, softmax, cross-entropy: one pass over each row
 //! with a hand-written backward), `linear` (x·W + b through gemm, GEMVs for one row),
-//! `attention` (causal self-attention from q|k|v to merged heads), `matmul` (gemm on
+//! `attention` (multi-head attention from q, k, v, or a fused q|k|v, to merged heads), `matmul` (gemm on
 //! strided views), `simd` (exp/tanh and the run-time choice of instruction set),
 //! `parallel` (whether a kernel may split its work over threads).
 
@@ -168,17 +168,47 @@ pub fn causal_self_attention(qkv: &Tensor, heads: usize, scale: f64) -> Result<T
 
 /// The same as narrows, head splits, two matmuls and a softmax.
 pub fn causal_self_attention_slow(qkv: &Tensor, heads: usize, scale: f64) -> Result<Tensor> {
-    let (b, t, c3) = qkv.dims3()?;
-    let c = c3 / 3;
-    let split = |part: usize| -> Result<Tensor> {
-        qkv.narrow(2, part * c, c)?
-            .reshape((b, t, heads, c / heads))?
+    let c = qkv.dim(2)? / 3;
+    let part = |i: usize| qkv.narrow(2, i * c, c);
+    attention_slow(&part(0)?, &part(1)?, &part(2)?, heads, scale, &Mask::Causal)
+}
+
+/// Multi-head attention of q (B, Tq, C) over k and v (B, Tk, C) under `mask`, heads
+/// split and merged inside: (B, Tq, C).
+pub fn attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    heads: usize,
+    scale: f64,
+    mask: &Mask,
+) -> Result<Tensor> {
+    if serves(&[q, k, v]) {
+        attention::attention(q, k, v, heads, scale, mask)
+    } else {
+        attention_slow(q, k, v, heads, scale, mask)
+    }
+}
+
+/// The same as head splits, two matmuls and a softmax.
+pub fn attention_slow(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    heads: usize,
+    scale: f64,
+    mask: &Mask,
+) -> Result<Tensor> {
+    let (b, tq, c) = q.dims3()?;
+    let split = |x: &Tensor| -> Result<Tensor> {
+        let t = x.dim(1)?;
+        x.reshape((b, t, heads, c / heads))?
             .transpose(1, 2)?
             .contiguous() // (B, H, T, D)
     };
-    let (q, k, v) = (split(0)?, split(1)?, split(2)?);
-    let p = softmax_slow(&q.matmul(&k.t()?)?, scale, &Mask::Causal)?; // (B, H, T, T)
-    p.matmul(&v)?.transpose(1, 2)?.reshape((b, t, c)) // (B, T, C)
+    let (q, k, v) = (split(q)?, split(k)?, split(v)?);
+    let p = softmax_slow(&q.matmul(&k.t()?)?, scale, mask)?; // (B, H, Tq, Tk)
+    p.matmul(&v)?.transpose(1, 2)?.reshape((b, tq, c)) // (B, Tq, C)
 }
 
 // ---------------------------------------------------------------- cross-entropy
