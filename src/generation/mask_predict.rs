@@ -111,7 +111,7 @@ pub fn mask_predict(
             .broadcast_add(&banned)?;
         let arg = logits.argmax(D::Minus1)?; // (N,)
                                              // log p(argmax) = −(its cross-entropy): the fused row kernel, no (N, V) softmax.
-        let nll = crate::nn::kernels::cross_entropy_rows(&logits, &arg)?.to_vec1::<f32>()?;
+        let nll = crate::nn::kernels::cross_entropy_rows(&logits, &arg, 0.0)?.to_vec1::<f32>()?;
         let (arg, mut at) = (arg.to_vec1::<u32>()?, 0);
         for (cand, ts) in cands.iter_mut().zip(&open) {
             for &t in ts {

@@ -8,7 +8,7 @@ use crate::nn::kernels;
 
 /// Mean cross-entropy of logits (N, C) against targets (N,).
 pub fn cross_entropy(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
-    kernels::cross_entropy_rows(logits, &targets.to_dtype(DType::U32)?)?.mean_all()
+    kernels::cross_entropy_rows(logits, &targets.to_dtype(DType::U32)?, 0.0)?.mean_all()
 }
 
 /// Mean next-token cross-entropy of logits (B, T, V) against targets (B, T).
@@ -43,11 +43,7 @@ fn labelled_rows(labels: &Tensor) -> Result<Vec<u32>> {
 /// Mean cross-entropy over the positions whose label is not [`IGNORE`] (masked LM):
 /// logits (B, T, V), labels (B, T).
 pub fn masked_lm_loss(logits: &Tensor, labels: &Tensor) -> Result<Tensor> {
-    let v = logits.dim(D::Minus1)?;
-    let (logits, labels) = (logits.reshape(((), v))?, labels.flatten_all()?);
-    let n = labelled_rows(&labels)?.len().max(1) as f64;
-    // Ignored rows contribute zero loss and zero gradient.
-    kernels::cross_entropy_rows(&logits, &labels)?.sum_all()? / n
+    smoothed_loss(logits, labels, 0.0)
 }
 
 /// Hidden states (B, T, C) and labels (B, T) cut to the positions that carry a label:
@@ -72,20 +68,11 @@ pub fn labelled_positions(hidden: &Tensor, labels: &Tensor) -> Result<Option<(Te
 /// (1 − ε)·NLL + ε·mean over the vocabulary of −log p. Positions labelled [`IGNORE`]
 /// (padding) count for nothing. logits (B, T, V), labels (B, T).
 pub fn smoothed_loss(logits: &Tensor, labels: &Tensor, eps: f64) -> Result<Tensor> {
-    let nll = masked_lm_loss(logits, labels)?;
-    if eps == 0.0 {
-        return Ok(nll);
-    }
     let v = logits.dim(D::Minus1)?;
-    let (rows, labels) = (logits.reshape(((), v))?, labels.flatten_all()?);
-    let keep = labelled_rows(&labels)?;
-    let kept = rows.index_select(&Tensor::new(keep, rows.device())?, 0)?;
-    // Composed log_softmax: it has a backward.
-    let uniform = candle_nn::ops::log_softmax(&kept, D::Minus1)?
-        .mean(D::Minus1)?
-        .neg()?
-        .mean_all()?;
-    (nll * (1.0 - eps))? + (uniform * eps)?
+    let (logits, labels) = (logits.reshape(((), v))?, labels.flatten_all()?);
+    let n = labelled_rows(&labels)?.len().max(1) as f64;
+    // Ignored rows contribute zero loss and zero gradient.
+    kernels::cross_entropy_rows(&logits, &labels, eps)?.sum_all()? / n
 }
 
 #[cfg(test)]

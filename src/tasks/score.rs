@@ -67,7 +67,7 @@ pub fn score_strided(
         let hidden = hidden.narrow(1, first_new, n)?; // (1, N, C)
         let logits = model.lm_logits(&hidden)?.squeeze(0)?; // (N, V)
         let targets = Tensor::new(&window[first_new + 1..], device)?; // (N,)
-        let nll = crate::nn::kernels::cross_entropy_rows(&logits, &targets)?; // (N,)
+        let nll = crate::nn::kernels::cross_entropy_rows(&logits, &targets, 0.0)?; // (N,)
         logprobs.extend(nll.to_vec1::<f32>()?.into_iter().map(|v| -v));
         if end == ids.len() {
             break;

@@ -214,17 +214,22 @@ pub fn attention_slow(
 // ---------------------------------------------------------------- cross-entropy
 
 /// Cross-entropy of each row of logits (N, C) against targets (N,): (N,), with 0 (and
-/// no gradient) where the target is [`IGNORE`].
-pub fn cross_entropy_rows(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
+/// no gradient) where the target is [`IGNORE`]; label-smoothed by `smoothing` ε (the
+/// target gets 1 − ε of the mass, every class ε / C).
+pub fn cross_entropy_rows(logits: &Tensor, targets: &Tensor, smoothing: f64) -> Result<Tensor> {
     if serves(&[logits]) {
-        rows::cross_entropy_rows(logits, targets)
+        rows::cross_entropy_rows(logits, targets, smoothing)
     } else {
-        cross_entropy_rows_slow(logits, targets)
+        cross_entropy_rows_slow(logits, targets, smoothing)
     }
 }
 
-/// The same as log-softmax, gather and a mask.
-pub fn cross_entropy_rows_slow(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
+/// The same as log-softmax, gather, a mean and a mask.
+pub fn cross_entropy_rows_slow(
+    logits: &Tensor,
+    targets: &Tensor,
+    smoothing: f64,
+) -> Result<Tensor> {
     let t = targets.to_dtype(DType::U32)?.to_vec1::<u32>()?;
     let keep: Vec<f32> = t
         .iter()
@@ -235,7 +240,14 @@ pub fn cross_entropy_rows_slow(logits: &Tensor, targets: &Tensor) -> Result<Tens
     let safe = Tensor::new(safe, dev)?.unsqueeze(1)?; // (N, 1)
     let keep = Tensor::new(keep, dev)?.to_dtype(logits.dtype())?; // (N,)
     let log_p = candle_nn::ops::log_softmax(logits, D::Minus1)?; // (N, C)
-    log_p.gather(&safe, 1)?.squeeze(1)?.neg()? * keep
+    let nll = log_p.gather(&safe, 1)?.squeeze(1)?.neg()?; // (N,)
+    let loss = if smoothing == 0.0 {
+        nll
+    } else {
+        let uniform = log_p.mean(D::Minus1)?.neg()?; // (N,)
+        ((nll * (1.0 - smoothing))? + (uniform * smoothing)?)?
+    };
+    loss * keep
 }
 
 #[cfg(test)]
@@ -284,8 +296,15 @@ mod tests {
     fn cross_entropy_rows_agree_and_ignore() -> Result<()> {
         let logits = ramp(&[5, 7], 4);
         let t = Tensor::new(&[3u32, IGNORE, 0, 6, IGNORE], &Device::Cpu)?;
-        let fast = rows::cross_entropy_rows(logits.as_tensor(), &t)?;
-        let slow = cross_entropy_rows_slow(logits.as_tensor(), &t)?;
+        for smoothing in [0.0, 0.1] {
+            check_cross_entropy_rows(&logits, &t, smoothing)?;
+        }
+        Ok(())
+    }
+
+    fn check_cross_entropy_rows(logits: &Var, t: &Tensor, smoothing: f64) -> Result<()> {
+        let fast = rows::cross_entropy_rows(logits.as_tensor(), t, smoothing)?;
+        let slow = cross_entropy_rows_slow(logits.as_tensor(), t, smoothing)?;
         let (f, s) = (fast.to_vec1::<f32>()?, slow.to_vec1::<f32>()?);
         for (a, b) in f.iter().zip(&s) {
             assert!((a - b).abs() < 1e-6, "{f:?} vs {s:?}");
@@ -293,11 +312,11 @@ mod tests {
         assert_eq!((s[1], s[4]), (0.0, 0.0));
         let gf = fast.sum_all()?.backward()?;
         let gs = slow.sum_all()?.backward()?;
-        let d = (gf.get(&logits).unwrap() - gs.get(&logits).unwrap())?
+        let d = (gf.get(logits).unwrap() - gs.get(logits).unwrap())?
             .abs()?
             .max_all()?
             .to_scalar::<f32>()?;
-        assert!(d < 1e-6, "gradients differ by {d}");
+        assert!(d < 1e-6, "smoothing {smoothing}: gradients differ by {d}");
         Ok(())
     }
 }

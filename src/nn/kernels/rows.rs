@@ -507,7 +507,12 @@ pub fn softmax_scaled(x: &Tensor, scale: f64, causal: bool) -> Result<Tensor> {
 
 // ---------------------------------------------------------------- cross-entropy
 
-struct CrossEntropy;
+/// Cross-entropy with label smoothing ε: the target gets 1 − ε of the probability mass
+/// and every class ε / V, so loss_i = logsumexp(x_i) − (1 − ε)·x_i[t] − ε·mean(x_i).
+#[derive(Clone, Copy)]
+struct CrossEntropy {
+    smoothing: f32,
+}
 
 impl CustomOp2 for CrossEntropy {
     fn name(&self) -> &'static str {
@@ -529,7 +534,7 @@ impl CustomOp2 for CrossEntropy {
         let mut loss = zeroed(t.len());
         let nll = |i: usize, out: &mut f32| {
             if t[i] != IGNORE {
-                row_nll(&x[i * v..(i + 1) * v], t[i] as usize, out);
+                row_nll(&x[i * v..(i + 1) * v], t[i] as usize, self.smoothing, out);
             }
         };
         if x.len() >= PAR_MIN && super::parallel::may_split() {
@@ -547,7 +552,7 @@ impl CustomOp2 for CrossEntropy {
         _res: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        let d = logits.apply_op3_no_bwd(targets, &grad.contiguous()?, &CrossEntropyGrad)?;
+        let d = logits.apply_op3_no_bwd(targets, &grad.contiguous()?, &CrossEntropyGrad(*self))?;
         Ok((Some(d), None))
     }
 }
@@ -555,8 +560,9 @@ impl CustomOp2 for CrossEntropy {
 simd_fn! {
     /// −log softmax(r)[target] = logsumexp(r) − r[target]. The sum of exponentials runs
     /// in eight f32 lanes per block of 256, the blocks added in f64: a vocabulary of 50k
-    /// summed in one f32 chain lost up to 1e-3 of a log-probability.
-    fn row_nll(r: &[f32], target: usize, out: &mut f32) {
+    /// summed in one f32 chain lost up to 1e-3 of a log-probability. With smoothing ε,
+    /// −(1 − ε)·log p[target] − ε·mean log p.
+    fn row_nll(r: &[f32], target: usize, smoothing: f32, out: &mut f32) {
         let max = max8(r);
         // The exponentials of a block into a buffer, then summed: the element-wise loop
         // vectorises, an exp inside the summing loop did not.
@@ -566,12 +572,18 @@ simd_fn! {
             e.iter_mut().zip(c).for_each(|(o, &a)| *o = simd::exp(a - max));
             sum += sum8(e) as f64;
         }
-        *out = ((sum.ln() + max as f64) - r[target] as f64) as f32;
+        let lse = sum.ln() + max as f64;
+        *out = if smoothing == 0.0 {
+            (lse - r[target] as f64) as f32
+        } else {
+            let (eps, mean) = (smoothing as f64, sum8(r) as f64 / r.len() as f64);
+            (lse - (1.0 - eps) * r[target] as f64 - eps * mean) as f32
+        };
     }
 }
 
-/// d loss_i / d logits_i = (softmax(logits_i) − onehot(t_i)) · g_i.
-struct CrossEntropyGrad;
+/// d loss_i / d logits_i = (softmax(logits_i) − (1 − ε)·onehot(t_i) − ε / V) · g_i.
+struct CrossEntropyGrad(CrossEntropy);
 
 impl CustomOp3 for CrossEntropyGrad {
     fn name(&self) -> &'static str {
@@ -596,20 +608,30 @@ impl CustomOp3 for CrossEntropyGrad {
             if t[i] == IGNORE {
                 return; // no gradient: the row stays zero
             }
-            // softmax(x_i) · g_i − onehot(t_i) · g_i
+            // softmax(x_i) · g_i − onehot(t_i) · g_i, the target's share smoothed
             softmax_row(&x[i * v..(i + 1) * v], 1.0, v, r);
-            r.iter_mut().for_each(|a| *a *= g[i]);
-            r[t[i] as usize] -= g[i];
+            let eps = self.0.smoothing;
+            if eps == 0.0 {
+                r.iter_mut().for_each(|a| *a *= g[i]);
+                r[t[i] as usize] -= g[i];
+            } else {
+                let spread = eps / v as f32;
+                r.iter_mut().for_each(|a| *a = (*a - spread) * g[i]);
+                r[t[i] as usize] -= (1.0 - eps) * g[i];
+            }
         });
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
 }
 
-/// Per-row cross-entropy of logits (N, V) against targets (N,) u32, with a fused
-/// backward; rows whose target is [`IGNORE`] give 0.
-pub fn cross_entropy_rows(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
+/// Per-row cross-entropy of logits (N, V) against targets (N,) u32, label-smoothed by
+/// `smoothing`, with a fused backward; rows whose target is [`IGNORE`] give 0.
+pub fn cross_entropy_rows(logits: &Tensor, targets: &Tensor, smoothing: f64) -> Result<Tensor> {
     let targets = targets.to_dtype(DType::U32)?.contiguous()?;
-    logits.contiguous()?.apply_op2(&targets, CrossEntropy)
+    let op = CrossEntropy {
+        smoothing: smoothing as f32,
+    };
+    logits.contiguous()?.apply_op2(&targets, op)
 }
 
 #[cfg(test)]
@@ -780,7 +802,11 @@ mod tests {
                 out.push(bits(g.get(&s).unwrap()));
             }
             let t = Tensor::new(&[3u32, 0, IGNORE, 36, 5], &Device::Cpu)?;
-            let ce = cross_entropy_rows(a.as_tensor(), &t)?;
+            let ce = cross_entropy_rows(a.as_tensor(), &t, 0.0)?;
+            let smoothed = cross_entropy_rows(a.as_tensor(), &t, 0.1)?;
+            let gs = smoothed.sum_all()?.backward()?;
+            out.push(bits(&smoothed));
+            out.push(bits(gs.get(&a).unwrap()));
             let g = ce.sum_all()?.backward()?;
             out.push(bits(&ce));
             out.push(bits(g.get(&a).unwrap()));
@@ -804,7 +830,7 @@ mod tests {
     fn cross_entropy_matches_composed_and_ignores() -> Result<()> {
         let logits = x(&[6, 11], 9);
         let t = Tensor::new(&[3u32, 0, 10, IGNORE, 5, 5], &Device::Cpu)?;
-        let rows = cross_entropy_rows(logits.as_tensor(), &t)?;
+        let rows = cross_entropy_rows(logits.as_tensor(), &t, 0.0)?;
         let keep = [0usize, 1, 2, 4, 5];
         let idx = Tensor::new(&[0u32, 1, 2, 4, 5], &Device::Cpu)?;
         let plain = candle_nn::loss::cross_entropy(
@@ -838,7 +864,7 @@ mod tests {
             lse - row[123] as f64
         };
         let logits = Tensor::from_vec(row, (1, v), &Device::Cpu)?;
-        let got = cross_entropy_rows(&logits, &Tensor::new(&[123u32], &Device::Cpu)?)?;
+        let got = cross_entropy_rows(&logits, &Tensor::new(&[123u32], &Device::Cpu)?, 0.0)?;
         let got = got.to_vec1::<f32>()?[0] as f64;
         assert!((got - want).abs() < 2e-6, "{got} vs {want}");
         Ok(())
