@@ -66,7 +66,7 @@ fn a_lora_run_trains_only_the_adapter_saves_peft_layout_and_merges() {
     let dir = tempfile::tempdir().unwrap();
     let data = corpus(dir.path());
     let out = dir.path().join("lora");
-    let (code, stdout, e) = train_lora(&data, &out, &["--max-iters", "30"]);
+    let (code, stdout, e) = train_lora(&data, &out, &["--max-iters", "40"]);
     assert_eq!(code, 0, "{e}");
     assert!(stdout.contains("lora         r 4 alpha 8"), "{stdout}");
     let l: Vec<f64> = losses(&out).into_iter().map(|(_, l)| l).collect();

@@ -65,25 +65,16 @@ fn set_dropout_state(state: Option<rand::rngs::StdRng>) {
 }
 
 /// Inverted dropout, the identity in eval mode: x · mask / (1 − p) with mask ~
-/// Bernoulli(1 − p). The mask is a constant, so gradients flow through the multiply.
+/// Bernoulli(1 − p), drawn from this thread's seeded generator ([`seed_dropout`]): one
+/// draw per call seeds the whole mask ([`kernels::dropout`]).
 pub fn dropout(x: &Tensor, p: f64, train: bool) -> Result<Tensor> {
     if !(train && p > 0.0) {
         return Ok(x.clone());
     }
     use rand::Rng;
-    let keep = 1.0 / (1.0 - p) as f32;
-    let mask: Option<Vec<f32>> = DROPOUT_RNG.with(|r| {
-        r.borrow_mut().as_mut().map(|rng| {
-            (0..x.elem_count())
-                .map(|_| if rng.random::<f64>() < p { 0.0 } else { keep })
-                .collect()
-        })
-    });
-    let Some(mask) = mask else {
-        return candle_nn::ops::dropout(x, p as f32); // unseeded: candle's own
-    };
-    let mask = Tensor::from_vec(mask, x.shape(), &candle_core::Device::Cpu)?
-        .to_device(x.device())?
-        .to_dtype(x.dtype())?;
-    x * mask
+    let seed = DROPOUT_RNG.with(|r| r.borrow_mut().as_mut().map(|rng| rng.random::<u64>()));
+    match seed {
+        Some(seed) => kernels::dropout(x, p, seed),
+        None => candle_nn::ops::dropout(x, p as f32), // unseeded: candle's own
+    }
 }

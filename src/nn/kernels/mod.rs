@@ -7,13 +7,14 @@
 //! `layer_norm_slow`). A model block has one call line and never sees the switch.
 //!
 //! The kernels: `rows` (GELU, LayerNorm, softmax, cross-entropy: one pass over each row
-//! with a hand-written backward), `linear` (x·W + b through gemm, GEMVs for one row),
+//! with a hand-written backward), `dropout` (its mask drawn inside the op), `linear` (x·W + b through gemm, GEMVs for one row),
 //! `attention` (multi-head attention from q, k, v, or a fused q|k|v, to merged heads), `matmul` (gemm on
 //! strided views), `simd` (exp/tanh and the run-time choice of instruction set),
 //! `parallel` (whether a kernel may split its work over threads).
 
 mod attention;
 mod bf16;
+mod dropout;
 mod linear;
 mod matmul;
 pub mod parallel;
@@ -68,6 +69,27 @@ pub fn layer_norm_slow(x: &Tensor, w: &Tensor, b: &Tensor, eps: f64) -> Result<T
     let var = centered.sqr()?.mean_keepdim(D::Minus1)?; // (..., 1), biased like PyTorch
     let normed = centered.broadcast_div(&(var + eps)?.sqrt()?)?;
     normed.to_dtype(dtype)?.broadcast_mul(w)?.broadcast_add(b)
+}
+
+// ---------------------------------------------------------------- dropout
+
+/// Inverted dropout: x ⊙ mask / (1 − p), each element dropped with probability p, the
+/// mask a function of `seed` and the element's index (the same on every device).
+pub fn dropout(x: &Tensor, p: f64, seed: u64) -> Result<Tensor> {
+    if serves(&[x]) {
+        dropout::dropout(x, p, seed)
+    } else {
+        dropout_slow(x, p, seed)
+    }
+}
+
+/// The same as a mask tensor made on the host and a multiply.
+pub fn dropout_slow(x: &Tensor, p: f64, seed: u64) -> Result<Tensor> {
+    let mask = dropout::Draw::new(p, seed).mask(x.elem_count());
+    let mask = Tensor::from_vec(mask, x.shape(), &Device::Cpu)?
+        .to_device(x.device())?
+        .to_dtype(x.dtype())?;
+    x * mask
 }
 
 // ---------------------------------------------------------------- GELU
