@@ -189,9 +189,9 @@ impl MultiHeadAttention {
         self.out.forward_t(&y, train)
     }
 
-    /// Attention of q (B, Tq, C) over k and v (B, Tk, C) -> (B, Tq, C), heads merged:
-    /// one op ([`kernels::attention`]) unless attention dropout is on, which needs the
-    /// probabilities as a tensor.
+    /// Attention of q (B, Tq, C) over k and v (B, Tk, C) -> (B, Tq, C), heads merged,
+    /// as one op ([`kernels::attention`]), attention dropout inside it (the split-head
+    /// path only when dropout has no seeded generator to draw from).
     fn attend(
         &self,
         q: &Tensor,
@@ -200,8 +200,12 @@ impl MultiHeadAttention {
         mask: &Mask,
         train: bool,
     ) -> Result<Tensor> {
-        if self.dropout == 0.0 || !train {
-            return kernels::attention(q, k, v, self.num_heads, self.scale, mask);
+        let dropout = match train && self.dropout > 0.0 {
+            false => None,
+            true => super::dropout_seed().map(|seed| (self.dropout, seed)),
+        };
+        if dropout.is_some() || !train || self.dropout == 0.0 {
+            return kernels::attention(q, k, v, self.num_heads, self.scale, mask, dropout);
         }
         let (q, k, v) = (
             self.split_heads(q)?,

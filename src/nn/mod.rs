@@ -64,6 +64,13 @@ fn set_dropout_state(state: Option<rand::rngs::StdRng>) {
     DROPOUT_RNG.with(|r| *r.borrow_mut() = state);
 }
 
+/// The seed of the next dropout mask on this thread: one draw from its seeded generator
+/// ([`seed_dropout`]), or None when it is unseeded.
+pub fn dropout_seed() -> Option<u64> {
+    use rand::Rng;
+    DROPOUT_RNG.with(|r| r.borrow_mut().as_mut().map(|rng| rng.random::<u64>()))
+}
+
 /// Inverted dropout, the identity in eval mode: x · mask / (1 − p) with mask ~
 /// Bernoulli(1 − p), drawn from this thread's seeded generator ([`seed_dropout`]): one
 /// draw per call seeds the whole mask ([`kernels::dropout`]).
@@ -71,9 +78,7 @@ pub fn dropout(x: &Tensor, p: f64, train: bool) -> Result<Tensor> {
     if !(train && p > 0.0) {
         return Ok(x.clone());
     }
-    use rand::Rng;
-    let seed = DROPOUT_RNG.with(|r| r.borrow_mut().as_mut().map(|rng| rng.random::<u64>()));
-    match seed {
+    match dropout_seed() {
         Some(seed) => kernels::dropout(x, p, seed),
         None => candle_nn::ops::dropout(x, p as f32), // unseeded: candle's own
     }

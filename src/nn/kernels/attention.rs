@@ -23,6 +23,7 @@ use rayon::prelude::*;
 
 use crate::nn::mask::Mask;
 
+use super::dropout::{apply_in_place, Draw};
 use super::matmul::{gemm_rows, View};
 use super::rows::{f32_slice, softmax_grad_in_place, softmax_in_place, zeroed};
 use super::simd::simd_fn;
@@ -299,6 +300,9 @@ struct Attention {
     heads: usize,
     scale: f32,
     seen: Seen,
+    /// Dropout on the probabilities, its mask indexed as the (B, H, Tq, Tk) tensor of
+    /// them would be (the composed path's mask, to the bit).
+    dropout: Option<Draw>,
 }
 
 /// One batch element's q (Tq, C), k and v (Tk, C).
@@ -356,11 +360,20 @@ impl Attention {
         }
     }
 
-    /// Head h's output y_h (Tq, D) = P·V.
+    /// x (Tq, Tk) of head h of element e ⊙ the dropout mask, when there is dropout.
+    fn drop(&self, e: &Element<'_>, h: usize, z: Sizes, x: &mut [f32]) {
+        if let Some(draw) = self.dropout {
+            let first = (e.n * self.heads + h) * z.tq * z.tk;
+            apply_in_place(x, draw, first);
+        }
+    }
+
+    /// Head h's output y_h (Tq, D) = P·V (P after dropout).
     fn forward_head(&self, e: &Element<'_>, h: usize, z: Sizes, y: &mut [f32]) {
         let Sizes { tq, tk, d, .. } = z;
         let mut p = zeroed(tq * tk);
         self.probs(e, h, z, &mut p);
+        self.drop(e, h, z, &mut p);
         let (p, v) = (View::rows(&p, tk), e.head(e.v, h, z)); // (Tq, Tk), (Tk, D)
         gemm_rows(y, d, tq, d, tk, p, v, false);
     }
@@ -373,16 +386,24 @@ impl Attention {
         let (q, k) = (e.head(e.q, h, z), e.head(e.k, h, z)); // (Tq, D), (Tk, D)
         let vt = View::strided(&e.v[h * d..], 1, c); // (D, Tk)
         let dy_h = View::strided(&dy[h * d..], c, 1); // (Tq, D)
-                                                      // dP = dY·Vᵀ, then dS = P ⊙ (dP − rowsum(P ⊙ dP))·scale
+
+        // With dropout the output read P' = P ⊙ mask: dV = P'ᵀ·dY, dP = (dY·Vᵀ) ⊙ mask.
+        let kept = self.dropout.map(|_| {
+            let mut kept = p.clone();
+            self.drop(e, h, z, &mut kept);
+            kept
+        });
+        // dP = dY·Vᵀ, then dS = P ⊙ (dP − rowsum(P ⊙ dP))·scale
         let mut ds = zeroed(tq * tk);
         gemm_rows(&mut ds, tk, tq, tk, d, dy_h, vt, false);
+        self.drop(e, h, z, &mut ds);
         softmax_backward(&p, &mut ds, tk, self.scale);
         let (dq, rest) = out.split_at_mut(tq * d);
         let (dk, dv) = rest.split_at_mut(tk * d);
         let (ds, dst, pt) = (
             View::rows(&ds, tk),
             View::transposed(&ds, tk),
-            View::transposed(&p, tk),
+            View::transposed(kept.as_ref().unwrap_or(&p), tk),
         );
         gemm_rows(dq, d, tq, d, tk, ds, k, false); // dS·K
         gemm_rows(dk, d, tk, d, tq, dst, q, false); // dSᵀ·Q
@@ -525,7 +546,8 @@ impl CustomOp3 for AttentionGrad {
 }
 
 /// Multi-head attention softmax(q·kᵀ·scale + mask)·v of q (B, Tq, C) over k and v
-/// (B, Tk, C), each split into `heads` heads, -> (B, Tq, C) with the heads merged.
+/// (B, Tk, C), each split into `heads` heads, -> (B, Tq, C) with the heads merged;
+/// `dropout` (p, seed) on the probabilities.
 pub fn attention(
     q: &Tensor,
     k: &Tensor,
@@ -533,6 +555,7 @@ pub fn attention(
     heads: usize,
     scale: f64,
     mask: &Mask,
+    dropout: Option<(f64, u64)>,
 ) -> Result<Tensor> {
     let seen = match mask {
         Mask::None => Seen::All,
@@ -552,6 +575,7 @@ pub fn attention(
         heads,
         scale: scale as f32,
         seen,
+        dropout: dropout.map(|(p, seed)| Draw::new(p, seed)),
     };
     q.contiguous()?
         .apply_op3(&k.contiguous()?, &v.contiguous()?, op)
@@ -656,9 +680,12 @@ mod tests {
             let (q, k, v) = (var(tq, 0)?, var(tk, 7)?, var(tk, 19)?);
             let scale = 1.0 / (d as f64).sqrt();
             let args = (q.as_tensor(), k.as_tensor(), v.as_tensor());
-            let fused = attention(args.0, args.1, args.2, heads, scale, &mask)?;
-            let plain = super::super::attention_slow(args.0, args.1, args.2, heads, scale, &mask)?;
-            let what = format!("Tq {tq}, Tk {tk}, {mask:?}");
+            // With dropout the two paths draw the same mask from the same seed.
+            let drop = (tq == 6).then_some((0.3, 99));
+            let fused = attention(args.0, args.1, args.2, heads, scale, &mask, drop)?;
+            let plain =
+                super::super::attention_slow(args.0, args.1, args.2, heads, scale, &mask, drop)?;
+            let what = format!("Tq {tq}, Tk {tk}, {mask:?}, dropout {drop:?}");
             let diff = (&fused - &plain)?.abs()?.max_all()?.to_scalar::<f32>()?;
             assert!(diff < 1e-6, "{what}: forward differs by {diff}");
             let w = Tensor::from_vec(

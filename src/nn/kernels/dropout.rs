@@ -65,6 +65,15 @@ simd_fn! {
     }
 }
 
+simd_fn! {
+    /// x ⊙ mask in place, the mask's elements counted from `first`.
+    pub(super) fn apply_in_place(x: &mut [f32], draw: Draw, first: usize) {
+        for (j, x) in x.iter_mut().enumerate() {
+            *x *= draw.factor(first + j);
+        }
+    }
+}
+
 /// x ⊙ mask; its own backward, since the gradient is the upstream gradient ⊙ the same
 /// mask.
 struct Dropout(Draw);

@@ -192,11 +192,20 @@ pub fn causal_self_attention(qkv: &Tensor, heads: usize, scale: f64) -> Result<T
 pub fn causal_self_attention_slow(qkv: &Tensor, heads: usize, scale: f64) -> Result<Tensor> {
     let c = qkv.dim(2)? / 3;
     let part = |i: usize| qkv.narrow(2, i * c, c);
-    attention_slow(&part(0)?, &part(1)?, &part(2)?, heads, scale, &Mask::Causal)
+    attention_slow(
+        &part(0)?,
+        &part(1)?,
+        &part(2)?,
+        heads,
+        scale,
+        &Mask::Causal,
+        None,
+    )
 }
 
 /// Multi-head attention of q (B, Tq, C) over k and v (B, Tk, C) under `mask`, heads
-/// split and merged inside: (B, Tq, C).
+/// split and merged inside: (B, Tq, C); `dropout` (p, seed) on the probabilities, its
+/// mask drawn as [`dropout`] draws one for them.
 pub fn attention(
     q: &Tensor,
     k: &Tensor,
@@ -204,15 +213,16 @@ pub fn attention(
     heads: usize,
     scale: f64,
     mask: &Mask,
+    dropout: Option<(f64, u64)>,
 ) -> Result<Tensor> {
     if serves(&[q, k, v]) {
-        attention::attention(q, k, v, heads, scale, mask)
+        attention::attention(q, k, v, heads, scale, mask, dropout)
     } else {
-        attention_slow(q, k, v, heads, scale, mask)
+        attention_slow(q, k, v, heads, scale, mask, dropout)
     }
 }
 
-/// The same as head splits, two matmuls and a softmax.
+/// The same as head splits, two matmuls, a softmax and a dropout.
 pub fn attention_slow(
     q: &Tensor,
     k: &Tensor,
@@ -220,6 +230,7 @@ pub fn attention_slow(
     heads: usize,
     scale: f64,
     mask: &Mask,
+    dropout: Option<(f64, u64)>,
 ) -> Result<Tensor> {
     let (b, tq, c) = q.dims3()?;
     let split = |x: &Tensor| -> Result<Tensor> {
@@ -230,6 +241,10 @@ pub fn attention_slow(
     };
     let (q, k, v) = (split(q)?, split(k)?, split(v)?);
     let p = softmax_slow(&q.matmul(&k.t()?)?, scale, mask)?; // (B, H, Tq, Tk)
+    let p = match dropout {
+        Some((rate, seed)) => dropout_slow(&p, rate, seed)?,
+        None => p,
+    };
     p.matmul(&v)?.transpose(1, 2)?.reshape((b, tq, c)) // (B, Tq, C)
 }
 
